@@ -1,0 +1,62 @@
+#!lua
+--[[
+  dead_letter: move one job to the queue's dead letters, atomically: fenced
+  XACK and XDEL of the stream entry, XADD to the dead-letter stream, counters.
+
+  No flags: when Redis is out of memory the whole call is refused before any
+  write, the job stays pending with its owner, and the worker tries again
+  later. A dead-letter move is never dropped.
+
+  KEYS[1]    stats hash          HINCRBY "dead:<priority>"
+  KEYS[2]    stream              the job's priority stream
+  KEYS[3]    dead-letter stream
+  ARGV[1]    group
+  ARGV[2]    consumer            the owner the entry must still have
+  ARGV[3]    entry id
+  ARGV[4]    priority name       critical | high | medium | low
+  ARGV[5]    error               why the job failed (text)
+  ARGV[6]    now                 Unix ms
+  ARGV[7]    job id              '' when the envelope could not be read
+  ARGV[8]    attempts            attempts made
+  ARGV[9]    max dead letters    approximate MAXLEN for the dead-letter
+                                 stream; 0 = never trimmed
+
+  Returns    {0, dead entry id}  moved
+             {2}                 not moved: the consumer no longer owns the
+                                 entry (reclaimed by another worker)
+]]
+local stats, stream, dead = KEYS[1], KEYS[2], KEYS[3]
+local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
+local priority, err, now = ARGV[4], ARGV[5], ARGV[6]
+local job_id, attempts, max_dead = ARGV[7], ARGV[8], tonumber(ARGV[9])
+
+local pending = redis.call('XPENDING', stream, group, id, id, 1)
+if not (pending[1] and pending[1][2] == consumer) then
+  return { 2 }
+end
+
+local envelope = ''
+local entry = redis.call('XRANGE', stream, id, id)
+if entry[1] then
+  local fields = entry[1][2]
+  for f = 1, #fields, 2 do
+    if fields[f] == 'e' then envelope = fields[f + 1] end
+  end
+end
+
+local args = { dead }
+if max_dead > 0 then
+  args[#args + 1] = 'MAXLEN'
+  args[#args + 1] = '~'
+  args[#args + 1] = max_dead
+end
+for _, v in ipairs({ '*', 'e', envelope, 'job', job_id, 'priority', priority,
+                     'error', err, 'failed_ms', now, 'attempts', attempts,
+                     'entry', id }) do
+  args[#args + 1] = v
+end
+local dead_id = redis.call('XADD', unpack(args))
+redis.call('XACK', stream, group, id)
+redis.call('XDEL', stream, id)
+redis.call('HINCRBY', stats, 'dead:' .. priority, 1)
+return { 0, dead_id }

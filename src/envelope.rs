@@ -1,0 +1,200 @@
+//! The job envelope: what one stream entry carries, as MessagePack.
+//!
+//! The envelope is a MessagePack array led by a schema version. The user's
+//! payload is nested inside as opaque bytes (itself MessagePack with field
+//! names), so a worker can read the job's id and attempt even when the payload
+//! no longer decodes into the handler's type: such a job is poison, not lost.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The envelope schema this build writes. Readers accept this version and
+/// older ones; a newer version is a decode error, never a guess.
+pub(crate) const SCHEMA_VERSION: u8 = 1;
+
+/// A job's identity, stable across retries. Time-ordered (UUIDv7), made by
+/// the producer, so it is known before Redis answers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub(crate) fn generate() -> JobId {
+        JobId(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for JobId {
+    fn from(id: String) -> Self {
+        JobId(id)
+    }
+}
+
+/// One job as stored in its stream entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) version: u8,
+    #[serde(borrow)]
+    pub(crate) id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub(crate) name: Cow<'a, str>,
+    /// Attempts already made before this delivery: 0 on the first run.
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    /// When the job was first enqueued, in Unix milliseconds.
+    pub(crate) enqueued_ms: u64,
+    pub(crate) timeout_ms: Option<u64>,
+    #[serde(with = "serde_bytes", borrow)]
+    pub(crate) payload: Cow<'a, [u8]>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Encodes `payload` and wraps it in a new envelope, refusing anything
+    /// whose encoded envelope exceeds `limit` bytes.
+    pub(crate) fn encode_new<T: Serialize + ?Sized>(
+        id: &JobId,
+        name: &str,
+        payload: &T,
+        max_attempts: u32,
+        timeout_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let payload = encode_payload(payload)?;
+        if payload.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        Envelope {
+            version: SCHEMA_VERSION,
+            id: Cow::Borrowed(id.as_str()),
+            name: Cow::Borrowed(name),
+            attempt: 0,
+            max_attempts,
+            enqueued_ms: now_ms(),
+            timeout_ms,
+            payload: Cow::Owned(payload),
+        }
+        .encode(limit)
+    }
+
+    /// Encodes this envelope, refusing it when larger than `limit` bytes.
+    pub(crate) fn encode(&self, limit: usize) -> Result<Vec<u8>, Error> {
+        let bytes = rmp_serde::to_vec(self).map_err(|e| Error::Encode(e.to_string()))?;
+        if bytes.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes an envelope, borrowing its strings and payload from `bytes`.
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Envelope<'a>, Error> {
+        let envelope: Envelope<'a> =
+            rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        if envelope.version > SCHEMA_VERSION {
+            return Err(Error::Decode(format!(
+                "envelope schema version {} is newer than this build reads ({SCHEMA_VERSION})",
+                envelope.version
+            )));
+        }
+        Ok(envelope)
+    }
+
+    /// Decodes the user's payload into `T`.
+    pub(crate) fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        rmp_serde::from_slice(&self.payload).map_err(|e| Error::Decode(e.to_string()))
+    }
+}
+
+fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Vec<u8>, Error> {
+    rmp_serde::to_vec_named(payload).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Milliseconds since the Unix epoch; 0 if the clock is before 1970.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Alert {
+        host: String,
+        level: u8,
+    }
+
+    #[test]
+    fn round_trips_with_borrowed_fields() {
+        let alert = Alert {
+            host: "db-1".into(),
+            level: 3,
+        };
+        let id = JobId::generate();
+        let bytes = Envelope::encode_new(&id, "page", &alert, 3, Some(60_000), 1 << 20)
+            .expect("encodes");
+        let envelope = Envelope::decode(&bytes).expect("decodes");
+        assert!(matches!(envelope.id, Cow::Borrowed(_)));
+        assert_eq!(envelope.id, id.as_str());
+        assert_eq!(envelope.name, "page");
+        assert_eq!((envelope.attempt, envelope.max_attempts), (0, 3));
+        assert_eq!(envelope.timeout_ms, Some(60_000));
+        assert!(envelope.enqueued_ms > 1_600_000_000_000);
+        assert_eq!(envelope.payload::<Alert>().expect("payload"), alert);
+    }
+
+    #[test]
+    fn oversized_payloads_are_refused() {
+        let big = vec![7u8; 2048];
+        let err = Envelope::encode_new(&JobId::generate(), "", &big, 1, None, 1024)
+            .expect_err("too large");
+        assert!(matches!(err, Error::PayloadTooLarge { limit: 1024, .. }), "{err}");
+    }
+
+    #[test]
+    fn garbage_and_future_versions_are_decode_errors() {
+        assert!(matches!(Envelope::decode(b"\xc1garbage"), Err(Error::Decode(_))));
+        let mut future = Envelope::decode(
+            &Envelope::encode_new(&JobId::generate(), "", &1u8, 1, None, 1024).expect("encodes"),
+        )
+        .expect("decodes")
+        .clone();
+        future.version = SCHEMA_VERSION + 1;
+        let bytes = rmp_serde::to_vec(&future).expect("encodes");
+        let err = Envelope::decode(&bytes).expect_err("newer schema");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn payload_of_the_wrong_shape_is_a_decode_error() {
+        let bytes = Envelope::encode_new(&JobId::generate(), "", &"text", 1, None, 1024)
+            .expect("encodes");
+        let envelope = Envelope::decode(&bytes).expect("decodes");
+        assert!(matches!(envelope.payload::<Alert>(), Err(Error::Decode(_))));
+    }
+}

@@ -1,0 +1,222 @@
+//! The error types. Every failure a caller can see is a variant here, and
+//! every Redis error code streamq understands is mapped here, in one place.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in streamq.
+///
+/// Messages are short and lowercase; [`Error::is_retryable`] tells whether
+/// trying the same call again may succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A queue name or key prefix is not usable in a key name.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        /// `"queue name"` or `"key prefix"`.
+        what: &'static str,
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A priority name that is not critical, high, medium or low.
+    #[error("unknown priority {0:?}: expected critical, high, medium or low")]
+    UnknownPriority(String),
+    /// The encoded job is larger than the queue allows; nothing was sent.
+    #[error("job is {size} bytes encoded, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Encoded size of the job envelope.
+        size: usize,
+        /// The queue's `max_payload_bytes`.
+        limit: usize,
+    },
+    /// The payload could not be encoded as MessagePack; nothing was sent.
+    #[error("cannot encode payload: {0}")]
+    Encode(String),
+    /// A job read from Redis could not be decoded.
+    #[error("cannot decode job: {0}")]
+    Decode(String),
+    /// The queue holds as many jobs as its `max_backlog` allows; nothing was added.
+    #[error("queue is full: {backlog} jobs waiting or in flight, limit {limit}")]
+    QueueFull {
+        /// Jobs in the queue's streams when the enqueue was refused.
+        backlog: u64,
+        /// The configured bound.
+        limit: u64,
+    },
+    /// Some script calls of a batch were applied and some were not.
+    #[error("batch partly enqueued ({} jobs): {source}", enqueued.len())]
+    PartialBatch {
+        /// The ids that were enqueued.
+        enqueued: Vec<crate::JobId>,
+        /// Why the rest were not.
+        source: Box<Error>,
+    },
+    /// The worker no longer owns the job: it was reclaimed by another worker
+    /// after its lease ran out, and only the new owner may finish it.
+    #[error("job is owned by another worker now")]
+    OwnershipLost,
+    /// The server is older than streamq supports, or is not Redis or Valkey.
+    #[error("unsupported server {server} {found}: streamq needs {required} or newer")]
+    UnsupportedServer {
+        /// `redis` or `valkey`, as the server calls itself.
+        server: String,
+        /// The version it reported.
+        found: String,
+        /// The oldest version streamq works with.
+        required: &'static str,
+    },
+    /// A queue key exists with another type (a string where a stream belongs).
+    #[error("key {key:?} holds a {found}, expected a {expected}")]
+    WrongKeyType {
+        /// The key, or `"?"` when Redis did not say which.
+        key: String,
+        /// The type found.
+        found: String,
+        /// The type streamq needs there.
+        expected: &'static str,
+    },
+    /// Redis is at `maxmemory` and refuses writes; nothing was written.
+    #[error("redis is out of memory: {0}")]
+    OutOfMemory(String),
+    /// The Redis user lacks a permission streamq needs (an ACL refusal).
+    #[error("no permission: {0}")]
+    NoPermission(String),
+    /// The connection settings are unusable.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A script answered in a shape streamq does not expect.
+    #[error("unexpected reply from script {script}: {detail}")]
+    UnexpectedReply {
+        /// The script's name.
+        script: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Starting a local redis-server failed.
+    #[error("cannot start redis-server: {0}")]
+    LocalServer(String),
+    /// Any other Redis or connection error.
+    #[error(transparent)]
+    Redis(redis::RedisError),
+}
+
+impl Error {
+    /// Whether the same call may succeed if tried again later: connection
+    /// faults, timeouts, out-of-memory and a full queue are; invalid input,
+    /// permissions and unsupported servers are not.
+    ///
+    /// An enqueue that failed with a retryable error may or may not have been
+    /// applied (a timeout can hide a success); retrying it can add a duplicate,
+    /// never lose a job.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::OutOfMemory(_) | Error::QueueFull { .. } => true,
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN"))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    /// Maps the Redis error codes streamq gives meaning to. Codes are matched,
+    /// never message texts, which differ between versions.
+    fn from(err: redis::RedisError) -> Self {
+        let detail = || err.detail().unwrap_or_default().to_owned();
+        match err.code() {
+            Some("OOM") => Error::OutOfMemory(detail()),
+            Some("NOPERM") => Error::NoPermission(detail()),
+            Some("WRONGTYPE") => Error::WrongKeyType {
+                key: "?".to_owned(),
+                found: "value of another type".to_owned(),
+                expected: "stream",
+            },
+            _ => Error::Redis(err),
+        }
+    }
+}
+
+/// Settings that cannot work, found when a configuration is built. Lists every
+/// violated constraint, not only the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct ConfigError {
+    problems: Vec<String>,
+}
+
+impl ConfigError {
+    /// Each violated constraint, in words.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    pub(crate) fn single(problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+/// Collects constraint violations while a configuration is checked.
+#[derive(Debug, Default)]
+pub(crate) struct ConfigCheck {
+    problems: Vec<String>,
+}
+
+impl ConfigCheck {
+    pub(crate) fn require(&mut self, ok: bool, problem: impl FnOnce() -> String) {
+        if !ok {
+            self.problems.push(problem());
+        }
+    }
+
+    pub(crate) fn positive(&mut self, name: &str, value: usize) {
+        self.require(value > 0, || format!("{name} must be at least 1"));
+    }
+
+    pub(crate) fn nonzero(&mut self, name: &str, value: Duration) {
+        self.require(!value.is_zero(), || format!("{name} must be longer than zero"));
+    }
+
+    pub(crate) fn finish(self) -> Result<(), ConfigError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_list_every_problem() {
+        let mut check = ConfigCheck::default();
+        check.positive("concurrency", 0);
+        check.nonzero("block", Duration::ZERO);
+        check.positive("ack batch", 5);
+        let err = check.finish().expect_err("two problems");
+        assert_eq!(err.problems().len(), 2);
+        assert_eq!(
+            err.to_string(),
+            "concurrency must be at least 1; block must be longer than zero"
+        );
+    }
+
+    #[test]
+    fn retryable_errors_are_told_apart() {
+        assert!(Error::OutOfMemory(String::new()).is_retryable());
+        assert!(!Error::PayloadTooLarge { size: 2, limit: 1 }.is_retryable());
+    }
+}

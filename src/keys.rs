@@ -1,0 +1,121 @@
+//! Every Redis key streamq uses is built here, and nowhere else.
+//!
+//! All keys of one queue share the hash tag `{queue}`, so a queue lives in one
+//! Redis Cluster slot and its scripts may touch all of its keys:
+//!
+//! | key                           | type   | holds                                  |
+//! |-------------------------------|--------|----------------------------------------|
+//! | `<prefix>:{<queue>}:critical` | stream | jobs of that priority (also `high`, `medium`, `low`) |
+//! | `<prefix>:{<queue>}:stats`    | hash   | counters kept by the scripts           |
+//! | `<prefix>:{<queue>}:dead`     | stream | dead letters: failed jobs and their errors |
+
+use crate::{Error, Priority};
+
+/// The consumer group every worker of a queue reads through.
+pub(crate) const GROUP: &str = "streamq";
+
+/// The longest queue name or prefix accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// The key names of one queue, built once when the queue is opened.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueKeys {
+    streams: [String; 4],
+    stats: String,
+    dead: String,
+}
+
+impl QueueKeys {
+    /// Validates `prefix` and `queue` and builds the queue's key names.
+    pub(crate) fn new(prefix: &str, queue: &str) -> Result<QueueKeys, Error> {
+        validate_name("queue name", queue)?;
+        validate_name("key prefix", prefix)?;
+        let base = format!("{prefix}:{{{queue}}}");
+        Ok(QueueKeys {
+            streams: Priority::ALL.map(|p| format!("{base}:{}", p.as_str())),
+            stats: format!("{base}:stats"),
+            dead: format!("{base}:dead"),
+        })
+    }
+
+    /// The stream holding jobs of `priority`.
+    pub(crate) fn stream(&self, priority: Priority) -> &str {
+        &self.streams[priority.index()]
+    }
+
+    /// The four streams, most urgent first.
+    pub(crate) fn streams(&self) -> &[String; 4] {
+        &self.streams
+    }
+
+    /// The dead-letter stream.
+    pub(crate) fn dead(&self) -> &str {
+        &self.dead
+    }
+
+    /// The counters hash.
+    pub(crate) fn stats(&self) -> &str {
+        &self.stats
+    }
+}
+
+/// Checks a queue name or key prefix: 1 to [`MAX_NAME_LEN`] bytes, no braces
+/// (they would break the hash tag), no whitespace or control characters.
+fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > MAX_NAME_LEN {
+        Some(format!("is {} bytes, the limit is {MAX_NAME_LEN}", name.len()))
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control())
+    {
+        Some(format!("contains {c:?}; braces, whitespace and control characters are not allowed"))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what,
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = QueueKeys::new("streamq", "alerts").expect("valid names");
+        assert_eq!(keys.stream(Priority::Critical), "streamq:{alerts}:critical");
+        assert_eq!(keys.stream(Priority::Low), "streamq:{alerts}:low");
+        assert_eq!(keys.stats(), "streamq:{alerts}:stats");
+        assert_eq!(keys.dead(), "streamq:{alerts}:dead");
+        for key in keys.streams().iter().map(String::as_str).chain([keys.stats(), keys.dead()]) {
+            assert!(key.contains("{alerts}"), "{key}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_rejected_with_a_reason() {
+        let long = "q".repeat(MAX_NAME_LEN + 1);
+        for bad in ["", "a{b", "a}b", "with space", "tab\t", "nul\0", long.as_str()] {
+            match QueueKeys::new("streamq", bad) {
+                Err(Error::InvalidName { what, name, .. }) => {
+                    assert_eq!(what, "queue name");
+                    assert_eq!(name, bad);
+                }
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+        assert!(matches!(
+            QueueKeys::new("bad{prefix", "ok"),
+            Err(Error::InvalidName { what: "key prefix", .. })
+        ));
+        assert!(QueueKeys::new("streamq", "alerts:eu-west.1").is_ok());
+    }
+}

@@ -1,0 +1,241 @@
+//! [`Queue`]: a handle on one named queue in one Redis, shared by producers,
+//! workers and operators.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+
+use crate::connection::{RedisConfig, ServerInfo};
+use crate::error::ConfigCheck;
+use crate::keys::{GROUP, QueueKeys};
+use crate::{Error, Priority};
+
+/// A connected queue. Cheap to clone: clones share one connection, on which
+/// concurrent calls are pipelined.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn example() -> Result<(), streamq::Error> {
+/// use streamq::{EnqueueOptions, Priority, Queue, RedisConfig};
+///
+/// let redis = RedisConfig::from_url("redis://127.0.0.1:6379")?;
+/// let queue = Queue::builder("alerts").connect(&redis).await?;
+/// let id = queue
+///     .enqueue(&"disk full on db-1", &EnqueueOptions::new().priority(Priority::High))
+///     .await?;
+/// println!("enqueued {id}");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    keys: QueueKeys,
+    settings: QueueSettings,
+    redis: RedisConfig,
+    server: ServerInfo,
+    conn: ConnectionManager,
+}
+
+/// Per-queue settings, fixed when the queue is opened.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueSettings {
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) max_backlog: Option<u64>,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_dead_letters: Option<u64>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.inner.name)
+            .field("redis", &self.inner.redis)
+            .field("server", &self.inner.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a [`Queue`] with non-default settings.
+#[derive(Debug, Clone)]
+pub struct QueueBuilder {
+    name: String,
+    prefix: String,
+    settings: QueueSettings,
+}
+
+/// The default limit on one job's encoded size: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+impl QueueBuilder {
+    /// The first part of every key name. Default: `streamq`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> QueueBuilder {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The largest encoded job accepted, checked before any Redis call.
+    /// Default: [`DEFAULT_MAX_PAYLOAD_BYTES`] (1 MiB).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> QueueBuilder {
+        self.settings.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Refuse enqueues with [`Error::QueueFull`] once this many jobs are
+    /// waiting or in flight. Default: no bound.
+    pub fn max_backlog(mut self, jobs: u64) -> QueueBuilder {
+        self.settings.max_backlog = Some(jobs);
+        self
+    }
+
+    /// How many times a job may run before it is dead-lettered, unless the
+    /// job says otherwise. Default: 3.
+    pub fn max_attempts(mut self, attempts: u32) -> QueueBuilder {
+        self.settings.max_attempts = attempts;
+        self
+    }
+
+    /// Keep about this many dead letters, trimming the oldest. Default: no
+    /// bound; dead letters are never trimmed.
+    pub fn max_dead_letters(mut self, entries: u64) -> QueueBuilder {
+        self.settings.max_dead_letters = Some(entries);
+        self
+    }
+
+    /// Validates the settings, connects, checks the server version and the
+    /// queue's keys, and creates the consumer groups (idempotently).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] and [`Error::Config`] before any connection is
+    /// made; [`Error::UnsupportedServer`] below Redis 7.0;
+    /// [`Error::WrongKeyType`] when a queue key holds something else;
+    /// connection and permission errors as they come.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: setup is idempotent, so a dropped call can be repeated.
+    pub async fn connect(self, redis: &RedisConfig) -> Result<Queue, Error> {
+        let keys = QueueKeys::new(&self.prefix, &self.name)?;
+        let mut check = ConfigCheck::default();
+        check.positive("max payload bytes", self.settings.max_payload_bytes);
+        check.require(self.settings.max_attempts >= 1, || {
+            "max attempts must be at least 1".to_owned()
+        });
+        check.require(self.settings.max_backlog != Some(0), || {
+            "max backlog must be at least 1".to_owned()
+        });
+        check.finish()?;
+
+        let mut conn = redis.connection_manager().await?;
+        let server = ServerInfo::detect(&mut conn).await?;
+        let queue = Queue {
+            inner: Arc::new(Inner {
+                name: self.name,
+                keys,
+                settings: self.settings,
+                redis: redis.clone(),
+                server,
+                conn,
+            }),
+        };
+        queue.ensure_groups().await?;
+        Ok(queue)
+    }
+}
+
+impl Queue {
+    /// Starts opening the queue `name` with default settings.
+    pub fn builder(name: impl Into<String>) -> QueueBuilder {
+        QueueBuilder {
+            name: name.into(),
+            prefix: "streamq".to_owned(),
+            settings: QueueSettings {
+                max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+                max_backlog: None,
+                max_attempts: 3,
+                max_dead_letters: None,
+            },
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The server the queue lives on, as detected at connect.
+    pub fn server(&self) -> &ServerInfo {
+        &self.inner.server
+    }
+
+    /// The stream key holding jobs of `priority`, for inspection with other tools.
+    pub fn stream_key(&self, priority: Priority) -> &str {
+        self.inner.keys.stream(priority)
+    }
+
+    pub(crate) fn keys(&self) -> &QueueKeys {
+        &self.inner.keys
+    }
+
+    pub(crate) fn settings(&self) -> &QueueSettings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn redis(&self) -> &RedisConfig {
+        &self.inner.redis
+    }
+
+    /// A handle on the shared connection (clones are cheap and share it).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Checks every queue key's type, then creates the consumer group on each
+    /// priority stream from its first entry. Run at connect, and again by
+    /// workers when Redis says the group is gone.
+    pub(crate) async fn ensure_groups(&self) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let keys = self.keys();
+        let mut pipe = redis::pipe();
+        for key in keys.streams() {
+            pipe.cmd("TYPE").arg(key);
+        }
+        pipe.cmd("TYPE").arg(keys.stats());
+        let types: Vec<String> = pipe.query_async(&mut conn).await?;
+        let expected = keys
+            .streams()
+            .iter()
+            .map(|k| (k.as_str(), "stream"))
+            .chain([(keys.stats(), "hash")]);
+        for ((key, expected), found) in expected.zip(types) {
+            if found != "none" && found != expected {
+                return Err(Error::WrongKeyType {
+                    key: key.to_owned(),
+                    found,
+                    expected,
+                });
+            }
+        }
+        for key in keys.streams() {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+}

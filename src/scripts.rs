@@ -1,0 +1,225 @@
+//! The Lua scripts in `lua/`, reached through typed fields, invoked by SHA1.
+//!
+//! Each script is embedded at build time and its SHA1 computed once. Calls go
+//! out as `EVALSHA`; when Redis answers `NOSCRIPT` (its script cache is empty
+//! after a restart, a failover or `SCRIPT FLUSH`) the script is loaded and the
+//! call replayed. A `NOSCRIPT` reply means the script did not run, so the
+//! replay cannot apply anything twice. Pipelines get the same treatment, per
+//! command: redis-rs only does it for single calls.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionLike;
+use crate::Error;
+use crate::queue::QueueSettings;
+use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
+
+/// The status codes scripts return as the first element of their reply.
+/// [`crate::producer`] and the worker map them to [`crate::Error`] variants.
+pub(crate) mod code {
+    /// Done as asked.
+    pub(crate) const OK: i64 = 0;
+    /// Enqueue refused: the backlog bound would be exceeded.
+    pub(crate) const QUEUE_FULL: i64 = 1;
+    /// Refused: the calling consumer no longer owns the entry.
+    pub(crate) const OWNERSHIP_LOST: i64 = 2;
+}
+
+/// Splits a `{status, ...}` reply and maps a status other than
+/// [`code::OK`] to its error. The one place script codes become errors.
+pub(crate) fn check_status(
+    script: &Script,
+    reply: Value,
+    settings: &QueueSettings,
+) -> Result<Vec<Value>, Error> {
+    let unexpected = |detail: String| Error::UnexpectedReply {
+        script: script.name,
+        detail,
+    };
+    let Value::Array(mut items) = reply else {
+        return Err(unexpected(format!("{reply:?}")));
+    };
+    if items.is_empty() {
+        return Err(unexpected("empty reply".to_owned()));
+    }
+    let rest = items.split_off(1);
+    match items[0] {
+        Value::Int(code::OK) => Ok(rest),
+        Value::Int(code::QUEUE_FULL) => Err(Error::QueueFull {
+            backlog: rest.first().and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(0),
+            limit: settings.max_backlog.unwrap_or(0),
+        }),
+        Value::Int(code::OWNERSHIP_LOST) => Err(Error::OwnershipLost),
+        ref other => Err(unexpected(format!("unknown status {other:?}"))),
+    }
+}
+
+/// One Lua script: its name (the file stem), source and SHA1.
+#[derive(Debug)]
+pub(crate) struct Script {
+    pub(crate) name: &'static str,
+    source: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(name: &'static str, source: &'static str) -> Script {
+        Script {
+            name,
+            source,
+            sha: sha1_smol::Sha1::from(source).digest().to_string(),
+        }
+    }
+
+    /// Starts a call with the given keys; add arguments with [`ScriptCall::arg`].
+    pub(crate) fn call<K: AsRef<str>>(&'static self, keys: &[K]) -> ScriptCall {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(keys.len());
+        for key in keys {
+            cmd.arg(key.as_ref());
+        }
+        ScriptCall { script: self, cmd }
+    }
+
+    async fn load<C: ConnectionLike>(&self, conn: &mut C) -> RedisResult<()> {
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(self.source)
+            .query_async(conn)
+            .await?;
+        debug_assert_eq!(sha, self.sha);
+        tracing::debug!(script = self.name, "loaded script after NOSCRIPT");
+        Ok(())
+    }
+}
+
+/// Every script streamq runs. One field per file in `lua/`.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) enqueue: Script,
+    pub(crate) fetch: Script,
+    pub(crate) ack: Script,
+    pub(crate) retire_consumer: Script,
+    pub(crate) dead_letter: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    enqueue: Script::new("enqueue", include_str!("../lua/enqueue.lua")),
+    fetch: Script::new("fetch", include_str!("../lua/fetch.lua")),
+    ack: Script::new("ack", include_str!("../lua/ack.lua")),
+    dead_letter: Script::new("dead_letter", include_str!("../lua/dead_letter.lua")),
+    retire_consumer: Script::new(
+        "retire_consumer",
+        include_str!("../lua/retire_consumer.lua"),
+    ),
+});
+
+/// The script registry.
+pub(crate) fn scripts() -> &'static Scripts {
+    &SCRIPTS
+}
+
+/// A prepared `EVALSHA`, ready to send alone or in a pipeline.
+#[derive(Debug, Clone)]
+pub(crate) struct ScriptCall {
+    script: &'static Script,
+    cmd: Cmd,
+}
+
+impl ScriptCall {
+    /// Appends an argument (one or more ARGV entries).
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut ScriptCall {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// The script this call runs.
+    pub(crate) fn script(&self) -> &'static Script {
+        self.script
+    }
+
+    /// Sends the call, loading the script and replaying once on `NOSCRIPT`.
+    ///
+    /// Cancel safety: if dropped before the reply arrives, the script may or
+    /// may not have run.
+    pub(crate) async fn invoke<T, C>(&self, conn: &mut C) -> RedisResult<T>
+    where
+        T: FromRedisValue,
+        C: ConnectionLike,
+    {
+        match self.cmd.query_async(conn).await {
+            Err(err) if is_noscript(&err) => {
+                self.script.load(conn).await?;
+                self.cmd.query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Sends many calls as one pipeline (one round trip) and returns one result
+/// per call, in order. Calls answered `NOSCRIPT` are replayed after their
+/// scripts are loaded; the others ran exactly once.
+pub(crate) async fn invoke_pipelined<C: ConnectionLike>(
+    conn: &mut C,
+    calls: &[ScriptCall],
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let mut results = send_pipeline(conn, calls.iter()).await?;
+    let missing: Vec<usize> = (0..calls.len())
+        .filter(|&i| matches!(&results[i], Err(e) if is_noscript(e)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(results);
+    }
+    let mut loaded: Vec<&'static str> = Vec::new();
+    for &i in &missing {
+        let script = calls[i].script;
+        if !loaded.contains(&script.name) {
+            script.load(conn).await?;
+            loaded.push(script.name);
+        }
+    }
+    let replayed = send_pipeline(conn, missing.iter().map(|&i| &calls[i])).await?;
+    for (i, result) in missing.into_iter().zip(replayed) {
+        results[i] = result;
+    }
+    Ok(results)
+}
+
+async fn send_pipeline<'a, C: ConnectionLike>(
+    conn: &mut C,
+    calls: impl Iterator<Item = &'a ScriptCall>,
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let mut pipe = redis::pipe();
+    for call in calls {
+        pipe.add_command(call.cmd.clone());
+    }
+    pipe.ignore_errors().query_async(conn).await
+}
+
+fn is_noscript(err: &RedisError) -> bool {
+    err.code() == Some("NOSCRIPT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_has_a_contract_header_and_a_distinct_sha() {
+        let s = scripts();
+        let all = [&s.enqueue, &s.fetch, &s.ack, &s.retire_consumer, &s.dead_letter];
+        for script in all {
+            assert_eq!(script.sha.len(), 40, "{}", script.name);
+            assert!(script.source.starts_with("#!lua"), "{} needs a shebang", script.name);
+            for section in ["KEYS[", "ARGV[", "Returns"] {
+                assert!(script.source.contains(section), "{} header lacks {section}", script.name);
+            }
+        }
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a.sha, b.sha);
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! What a handler receives ([`Job`]) and returns ([`JobError`]), and the
+//! [`Handler`] trait itself. None of it needs Redis, so handlers are tested
+//! by calling them directly.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::{JobId, Priority};
+
+/// One delivery of a job to a handler.
+#[derive(Debug, Clone)]
+pub struct Job<T> {
+    pub(crate) id: JobId,
+    pub(crate) name: String,
+    pub(crate) priority: Priority,
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) enqueued_ms: u64,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) payload: T,
+}
+
+impl<T> Job<T> {
+    /// A job as a handler would see it on its first attempt, for testing
+    /// handlers without Redis.
+    pub fn new(payload: T) -> Job<T> {
+        Job {
+            id: JobId::from(String::from("test-job")),
+            name: String::new(),
+            priority: Priority::default(),
+            attempt: 1,
+            max_attempts: 3,
+            enqueued_ms: crate::envelope::now_ms(),
+            timeout: None,
+            payload,
+        }
+    }
+
+    /// Sets the priority (for tests).
+    pub fn with_priority(mut self, priority: Priority) -> Job<T> {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the name (for tests).
+    pub fn with_name(mut self, name: impl Into<String>) -> Job<T> {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the attempt number (for tests).
+    pub fn with_attempt(mut self, attempt: u32) -> Job<T> {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The job's id, the same on every attempt.
+    pub fn id(&self) -> &JobId {
+        &self.id
+    }
+
+    /// The name or type given at enqueue (empty if none).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The priority the job was read from.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// Which attempt this is: 1 on the first run.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// How many attempts the job may have in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// When the job was first enqueued, in Unix milliseconds.
+    pub fn enqueued_ms(&self) -> u64 {
+        self.enqueued_ms
+    }
+
+    /// How long this run may take, if the job set a limit.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &T {
+        &self.payload
+    }
+
+    /// Takes the payload out.
+    pub fn into_payload(self) -> T {
+        self.payload
+    }
+}
+
+/// Why a job failed, and whether it is worth another attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    message: String,
+    permanent: bool,
+}
+
+impl JobError {
+    /// A failure another attempt may fix (a timeout, a dependency down).
+    pub fn retry(message: impl fmt::Display) -> JobError {
+        JobError {
+            message: message.to_string(),
+            permanent: false,
+        }
+    }
+
+    /// A failure no retry will fix: the job goes straight to the dead letters.
+    pub fn permanent(message: impl fmt::Display) -> JobError {
+        JobError {
+            message: message.to_string(),
+            permanent: true,
+        }
+    }
+
+    /// The message, as stored with the dead letter.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether retrying is pointless.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for JobError {}
+
+/// Processes jobs. Implemented for every `Fn(Job<T>) -> impl Future<Output =
+/// Result<(), JobError>>`, so an async closure is a handler.
+///
+/// Returning `Ok` completes the job; an error is retried or dead-lettered
+/// by its [`JobError`]; a panic counts as a retryable failure.
+pub trait Handler<T>: Send + Sync + 'static {
+    /// Runs one job.
+    fn handle(&self, job: Job<T>) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+impl<T, F, Fut> Handler<T> for F
+where
+    F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send,
+{
+    fn handle(&self, job: Job<T>) -> impl Future<Output = Result<(), JobError>> + Send {
+        self(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn closures_are_handlers_and_run_without_redis() {
+        let handler = |job: Job<u32>| async move {
+            if *job.payload() > 10 {
+                Err(JobError::permanent("too big"))
+            } else {
+                Ok(())
+            }
+        };
+        assert_eq!(handler.handle(Job::new(3)).await, Ok(()));
+        let err = handler.handle(Job::new(11)).await.expect_err("fails");
+        assert!(err.is_permanent());
+        assert_eq!(err.to_string(), "too big");
+    }
+}

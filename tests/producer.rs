@@ -1,0 +1,122 @@
+//! Enqueueing against a real Redis: batches, priorities, typed refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use redis::AsyncCommands;
+use streamq::{EnqueueOptions, Error, Priority, Queue};
+use support::TestRedis;
+
+#[tokio::test]
+async fn a_batch_of_thousands_goes_out_in_one_call_and_is_counted() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("batch").await;
+    let mut batch = queue.batch();
+    let mut expected = [0u64; 4];
+    for i in 0..5000u32 {
+        let priority = Priority::ALL[(i % 4) as usize];
+        expected[priority as usize] += 1;
+        batch
+            .push(&i, &EnqueueOptions::new().priority(priority).name("n"))
+            .unwrap();
+    }
+    let ids = batch.send().await.unwrap();
+    assert_eq!(ids.len(), 5000);
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 5000);
+
+    let stats = queue.stats().await.unwrap();
+    for (p, stat) in stats.priorities.iter().enumerate() {
+        assert_eq!(stat.length, expected[p], "{:?}", stat.priority);
+        assert_eq!(stat.waiting, expected[p]);
+        assert_eq!(stat.enqueued, expected[p]);
+        assert_eq!(stat.in_flight, 0);
+    }
+    let mut raw = redis.raw().await;
+    let len: u64 = raw.xlen(queue.stream_key(Priority::Low)).await.unwrap();
+    assert_eq!(len, expected[3]);
+}
+
+#[tokio::test]
+async fn an_oversized_payload_is_refused_before_redis_and_nothing_is_added() {
+    let redis = TestRedis::start();
+    let queue = redis
+        .open(Queue::builder("small").max_payload_bytes(1024))
+        .await;
+    let big = vec![1u8; 4096];
+    let err = queue.enqueue(&big, &EnqueueOptions::new()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::PayloadTooLarge { limit: 1024, size } if size > 4096),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    let mut batch = queue.batch();
+    batch.push(&1u8, &EnqueueOptions::new()).unwrap();
+    assert!(batch.push(&big, &EnqueueOptions::new()).is_err());
+    assert_eq!(batch.len(), 1, "a refused job leaves the batch unchanged");
+    assert_eq!(queue.stats().await.unwrap().enqueued(), 0);
+}
+
+#[tokio::test]
+async fn bad_queue_names_are_typed_errors_before_any_connection() {
+    // Port 1 has no server: validation must fail first.
+    let nowhere = streamq::RedisConfig::from_url("redis://127.0.0.1:1").unwrap();
+    for bad in ["", "a{b}", "new\nline", &"x".repeat(200)] {
+        let err = Queue::builder(bad).connect(&nowhere).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{bad:?}: {err}");
+    }
+    let err = Queue::builder("ok").prefix("p}").connect(&nowhere).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidName { what: "key prefix", .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_queue_key_of_the_wrong_type_is_a_typed_error() {
+    let redis = TestRedis::start();
+    let mut raw = redis.raw().await;
+    let _: () = raw.set("streamq:{typed}:high", "not a stream").await.unwrap();
+    let err = Queue::builder("typed").connect(&redis.config()).await.unwrap_err();
+    match err {
+        Error::WrongKeyType { key, found, expected } => {
+            assert_eq!(key, "streamq:{typed}:high");
+            assert_eq!(found, "string");
+            assert_eq!(expected, "stream");
+        }
+        other => panic!("{other}"),
+    }
+
+    // Broken after connect: the enqueue script's XADD meets the wrong type.
+    let queue = redis.queue("later").await;
+    let _: () = raw.del("streamq:{later}:low").await.unwrap();
+    let _: () = raw.set("streamq:{later}:low", "x").await.unwrap();
+    let err = queue
+        .enqueue(&1, &EnqueueOptions::new().priority(Priority::Low))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongKeyType { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_the_whole_batch() {
+    let redis = TestRedis::start();
+    let queue = redis.open(Queue::builder("bounded").max_backlog(10)).await;
+    let mut batch = queue.batch();
+    for i in 0..8 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    batch.send().await.unwrap();
+    let mut batch = queue.batch();
+    for i in 0..3 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    let err = batch.send().await.unwrap_err();
+    assert!(matches!(err, Error::QueueFull { backlog: 8, limit: 10 }), "{err}");
+    assert!(err.is_retryable());
+    assert_eq!(queue.stats().await.unwrap().enqueued(), 8);
+}
+
+#[tokio::test]
+async fn unknown_priority_names_are_typed_errors() {
+    let err = "urgent".parse::<Priority>().unwrap_err();
+    assert!(matches!(err, Error::UnknownPriority(_)));
+    assert_eq!(Priority::from_severity("error"), Priority::High);
+}
