@@ -7,7 +7,7 @@ use std::time::Duration;
 ///
 /// Messages are short and lowercase; [`Error::is_retryable`] tells whether
 /// trying the same call again may succeed.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A queue name or key prefix is not usable in a key name.
@@ -121,6 +121,21 @@ impl Error {
                     || matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN"))
             }
             _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Error {
+    /// The message; a partial batch shows how many ids it holds, not each one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::PartialBatch { enqueued, source } => f
+                .debug_struct("PartialBatch")
+                .field("enqueued", &enqueued.len())
+                .field("source", source)
+                .finish(),
+            Error::Redis(e) => f.debug_tuple("Redis").field(e).finish(),
+            other => write!(f, "{other}"),
         }
     }
 }

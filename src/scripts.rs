@@ -147,15 +147,22 @@ impl ScriptCall {
         T: FromRedisValue,
         C: ConnectionLike,
     {
-        match self.cmd.query_async(conn).await {
-            Err(err) if is_noscript(&err) => {
-                self.script.load(conn).await?;
-                self.cmd.query_async(conn).await
+        let mut tries = 0;
+        loop {
+            match self.cmd.query_async(conn).await {
+                Err(err) if is_noscript(&err) && tries < MAX_RELOADS => {
+                    tries += 1;
+                    self.script.load(conn).await?;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 }
+
+/// How many times one call reloads its script before giving up. More than
+/// one: another client may flush the cache between our load and our replay.
+const MAX_RELOADS: usize = 5;
 
 /// Sends many calls as one pipeline (one round trip) and returns one result
 /// per call, in order. Calls answered `NOSCRIPT` are replayed after their
@@ -165,23 +172,25 @@ pub(crate) async fn invoke_pipelined<C: ConnectionLike>(
     calls: &[ScriptCall],
 ) -> RedisResult<Vec<RedisResult<Value>>> {
     let mut results = send_pipeline(conn, calls.iter()).await?;
-    let missing: Vec<usize> = (0..calls.len())
-        .filter(|&i| matches!(&results[i], Err(e) if is_noscript(e)))
-        .collect();
-    if missing.is_empty() {
-        return Ok(results);
-    }
-    let mut loaded: Vec<&'static str> = Vec::new();
-    for &i in &missing {
-        let script = calls[i].script;
-        if !loaded.contains(&script.name) {
-            script.load(conn).await?;
-            loaded.push(script.name);
+    for _ in 0..MAX_RELOADS {
+        let missing: Vec<usize> = (0..calls.len())
+            .filter(|&i| matches!(&results[i], Err(e) if is_noscript(e)))
+            .collect();
+        if missing.is_empty() {
+            break;
         }
-    }
-    let replayed = send_pipeline(conn, missing.iter().map(|&i| &calls[i])).await?;
-    for (i, result) in missing.into_iter().zip(replayed) {
-        results[i] = result;
+        let mut loaded: Vec<&'static str> = Vec::new();
+        for &i in &missing {
+            let script = calls[i].script;
+            if !loaded.contains(&script.name) {
+                script.load(conn).await?;
+                loaded.push(script.name);
+            }
+        }
+        let replayed = send_pipeline(conn, missing.iter().map(|&i| &calls[i])).await?;
+        for (i, result) in missing.into_iter().zip(replayed) {
+            results[i] = result;
+        }
     }
     Ok(results)
 }

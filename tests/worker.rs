@@ -1,0 +1,394 @@
+//! Workers against a real Redis: priority order, the concurrency bound,
+//! graceful shutdown, exactly-once in the happy path, SCRIPT FLUSH.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use streamq::{EnqueueOptions, Job, JobError, JobId, Priority, Queue, Worker, WorkerConfig, WorkerReport};
+use support::{TestRedis, eventually};
+use tokio_util::sync::CancellationToken;
+
+/// Records every job id a handler saw, with how many times.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<HashMap<JobId, u32>>>);
+
+impl Seen {
+    fn record(&self, id: &JobId) {
+        *self.0.lock().unwrap().entry(id.clone()).or_default() += 1;
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn duplicates(&self) -> Vec<(JobId, u32)> {
+        let seen = self.0.lock().unwrap();
+        seen.iter().filter(|(_, n)| **n > 1).map(|(id, n)| (id.clone(), *n)).collect()
+    }
+    fn ids(&self) -> Vec<JobId> {
+        self.0.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+fn spawn_worker<T, F, Fut>(
+    queue: &Queue,
+    config: WorkerConfig,
+    handler: F,
+) -> (CancellationToken, tokio::task::JoinHandle<WorkerReport>)
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+    F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), JobError>> + Send,
+{
+    let token = CancellationToken::new();
+    let worker = Worker::new(queue, config).unwrap();
+    let stop = token.clone();
+    let handle = tokio::spawn(async move { worker.run(handler, stop).await.unwrap() });
+    (token, handle)
+}
+
+#[tokio::test]
+async fn jobs_run_most_urgent_first() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("order").await;
+    let mut batch = queue.batch();
+    let order = [Priority::Low, Priority::Medium, Priority::Critical, Priority::High];
+    for round in 0..25u32 {
+        for p in order {
+            batch.push(&(p.as_str(), round), &EnqueueOptions::new().priority(p)).unwrap();
+        }
+    }
+    batch.send().await.unwrap();
+
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let log = ran.clone();
+    let (stop, worker) = spawn_worker(
+        &queue,
+        WorkerConfig::new().concurrency(1).prefetch(0),
+        move |job: Job<(String, u32)>| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push((job.priority(), job.payload().1));
+                Ok(())
+            }
+        },
+    );
+    eventually("all 100 jobs ran", Duration::from_secs(20), || {
+        let n = ran.lock().unwrap().len();
+        async move { n == 100 }
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(worker.await.unwrap().completed, 100);
+
+    let ran = ran.lock().unwrap().clone();
+    let priorities: Vec<Priority> = ran.iter().map(|(p, _)| *p).collect();
+    let mut sorted = priorities.clone();
+    sorted.sort();
+    assert_eq!(priorities, sorted, "a lower priority ran before a higher one");
+    for p in Priority::ALL {
+        let rounds: Vec<u32> = ran.iter().filter(|(q, _)| *q == p).map(|(_, r)| *r).collect();
+        assert_eq!(rounds, (0..25).collect::<Vec<_>>(), "{p} jobs out of order");
+    }
+}
+
+#[tokio::test]
+async fn a_late_critical_job_overtakes_waiting_low_ones() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("overtake").await;
+    let mut batch = queue.batch();
+    for i in 0..20u32 {
+        batch.push(&i, &EnqueueOptions::new().priority(Priority::Low)).unwrap();
+    }
+    batch.send().await.unwrap();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let log = ran.clone();
+    let (stop, worker) = spawn_worker(
+        &queue,
+        WorkerConfig::new().concurrency(1).prefetch(0),
+        move |job: Job<u32>| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(job.priority());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(())
+            }
+        },
+    );
+    eventually("a few low jobs ran", Duration::from_secs(10), || {
+        let n = ran.lock().unwrap().len();
+        async move { n >= 3 }
+    })
+    .await;
+    let ran_before = ran.lock().unwrap().len();
+    queue
+        .enqueue(&999u32, &EnqueueOptions::new().priority(Priority::Critical))
+        .await
+        .unwrap();
+    eventually("all ran", Duration::from_secs(10), || {
+        let n = ran.lock().unwrap().len();
+        async move { n == 21 }
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    let ran = ran.lock().unwrap().clone();
+    let critical_at = ran.iter().position(|p| *p == Priority::Critical).unwrap();
+    // Concurrency 1, no prefetch: at most the low job running when it arrived
+    // (and one being claimed at that instant) may start before it.
+    assert!(
+        critical_at <= ran_before + 1,
+        "critical job ran at {critical_at}, {ran_before} had run when it arrived"
+    );
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_holds_and_is_reached() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("bounded").await;
+    let mut batch = queue.batch();
+    for i in 0..200u32 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    batch.send().await.unwrap();
+
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let (stop, worker) = spawn_worker(
+        &queue,
+        WorkerConfig::new().concurrency(7).prefetch(5),
+        move |_job: Job<u32>| {
+            let (running, peak) = (r.clone(), p.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        },
+    );
+    eventually("queue drained", Duration::from_secs(30), || {
+        let queue = queue.clone();
+        async move { queue.stats().await.unwrap().completed() == 200 }
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(worker.await.unwrap().completed, 200);
+    assert_eq!(peak.load(Ordering::SeqCst), 7, "peak concurrency");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("shutdown").await;
+    let enqueued = Arc::new(Mutex::new(Vec::new()));
+
+    // A producer that keeps going while the worker is stopped.
+    let producer_queue = queue.clone();
+    let producer_log = enqueued.clone();
+    let producer = tokio::spawn(async move {
+        for round in 0..40u32 {
+            let mut batch = producer_queue.batch();
+            for i in 0..50u32 {
+                let p = Priority::ALL[(i % 4) as usize];
+                batch.push(&(round * 50 + i), &EnqueueOptions::new().priority(p)).unwrap();
+            }
+            let ids = batch.send().await.unwrap();
+            producer_log.lock().unwrap().extend(ids);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    let seen = Seen::default();
+    let handler = |seen: Seen| {
+        move |job: Job<u32>| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(u64::from(*job.payload() % 3))).await;
+                seen.record(job.id());
+                Ok(())
+            }
+        }
+    };
+    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new().concurrency(16), handler(seen.clone()));
+    eventually("the worker is busy", Duration::from_secs(10), || {
+        let n = seen.len();
+        async move { n > 300 }
+    })
+    .await;
+    stop.cancel();
+    let first = worker.await.unwrap();
+    assert_eq!(first.completed as usize, seen.len(), "every job run was acknowledged");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.in_flight(), 0, "shutdown left claimed jobs unfinished");
+
+    producer.await.unwrap();
+    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new().concurrency(16), handler(seen.clone()));
+    eventually("the rest drained", Duration::from_secs(30), || {
+        let n = seen.len();
+        async move { n == 2000 }
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+
+    assert!(seen.duplicates().is_empty(), "ran twice: {:?}", seen.duplicates());
+    let mut ran = seen.ids();
+    let mut sent = enqueued.lock().unwrap().clone();
+    ran.sort();
+    sent.sort();
+    assert_eq!(ran, sent);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.completed(), stats.waiting(), stats.in_flight()), (2000, 0, 0));
+    for p in &stats.priorities {
+        assert_eq!(p.length, 0, "{} stream not emptied", p.priority);
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_jobs_run_exactly_once() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("bulk").await;
+    let seen = Arc::new(
+        (0..100_000)
+            .map(|_| std::sync::atomic::AtomicU8::new(0))
+            .collect::<Vec<_>>(),
+    );
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let seen = seen.clone();
+        workers.push(spawn_worker(
+            &queue,
+            WorkerConfig::new().concurrency(64).prefetch(64),
+            move |job: Job<u32>| {
+                let seen = seen.clone();
+                async move {
+                    seen[*job.payload() as usize].fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            },
+        ));
+    }
+    for chunk in 0..100u32 {
+        let mut batch = queue.batch();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let p = Priority::ALL[(i % 4) as usize];
+            batch.push(&i, &EnqueueOptions::new().priority(p)).unwrap();
+        }
+        batch.send().await.unwrap();
+    }
+    eventually("all processed", Duration::from_secs(120), || {
+        let queue = queue.clone();
+        async move { queue.stats().await.unwrap().completed() == 100_000 }
+    })
+    .await;
+    let mut completed = 0;
+    for (stop, handle) in workers {
+        stop.cancel();
+        completed += handle.await.unwrap().completed;
+    }
+    assert_eq!(completed, 100_000);
+    let counts: Vec<u8> = seen.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let wrong: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] != 1).collect();
+    assert!(wrong.is_empty(), "{} jobs not run exactly once, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    let stats = queue.stats().await.unwrap();
+    for p in &stats.priorities {
+        assert_eq!((p.enqueued, p.completed, p.length), (25_000, 25_000, 0), "{}", p.priority);
+    }
+}
+
+#[tokio::test]
+async fn script_flush_under_load_surfaces_no_error_and_loses_nothing() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("flush").await;
+    let seen = Seen::default();
+    let recorder = seen.clone();
+    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new().concurrency(8), move |job: Job<u32>| {
+        let seen = recorder.clone();
+        async move {
+            seen.record(job.id());
+            Ok(())
+        }
+    });
+    let flusher_done = CancellationToken::new();
+    let flusher = {
+        let done = flusher_done.clone();
+        let mut raw = redis.raw().await;
+        tokio::spawn(async move {
+            let mut flushes = 0u32;
+            while !done.is_cancelled() {
+                let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+                flushes += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            flushes
+        })
+    };
+    let mut sent = Vec::new();
+    for round in 0..60u32 {
+        // Mix single enqueues, one-call batches and multi-call pipelined batches.
+        sent.push(queue.enqueue(&round, &EnqueueOptions::new()).await.unwrap());
+        let mut batch = queue.batch();
+        let size = if round % 10 == 0 { 2500 } else { 20 };
+        for i in 0..size {
+            batch.push(&i, &EnqueueOptions::new().priority(Priority::ALL[(i % 4) as usize])).unwrap();
+        }
+        sent.extend(batch.send().await.unwrap());
+    }
+    let total = sent.len();
+    eventually("all processed", Duration::from_secs(60), || {
+        let n = seen.len();
+        async move { n == total }
+    })
+    .await;
+    flusher_done.cancel();
+    let flushes = flusher.await.unwrap();
+    assert!(flushes > 10, "only {flushes} flushes happened");
+    stop.cancel();
+    let report = worker.await.unwrap();
+    assert_eq!(report.completed as usize, total);
+    assert!(seen.duplicates().is_empty());
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.completed() as usize, stats.in_flight()), (total, 0));
+}
+
+#[tokio::test]
+async fn a_failing_or_undecodable_job_is_dead_lettered_with_its_error() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("fail").await;
+    queue.enqueue(&"boom", &EnqueueOptions::new().max_attempts(1)).await.unwrap();
+    queue.enqueue(&42u32, &EnqueueOptions::new()).await.unwrap();
+    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new(), |job: Job<String>| async move {
+        Err(JobError::permanent(format!("cannot handle {}", job.payload())))
+    });
+    eventually("both dead-lettered", Duration::from_secs(10), || {
+        let queue = queue.clone();
+        async move { queue.stats().await.unwrap().dead_letters == 2 }
+    })
+    .await;
+    stop.cancel();
+    let report = worker.await.unwrap();
+    assert_eq!((report.completed, report.dead_lettered), (0, 2));
+    let mut raw = redis.raw().await;
+    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("streamq:{fail}:dead")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let errors: Vec<String> = dead
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("error").unwrap())
+        .collect();
+    assert!(errors.contains(&"cannot handle boom".to_owned()), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("undecodable payload")), "{errors:?}");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.in_flight(), stats.waiting()), (0, 0));
+}
