@@ -142,6 +142,11 @@ impl RedisConfig {
         check.nonzero("connect timeout", self.connect_timeout);
         check.nonzero("response timeout", self.response_timeout);
         check.finish()?;
+        if matches!(self.info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            // rustls needs a process-wide crypto provider; an application
+            // that installed its own keeps it (this then fails harmlessly).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client = match &self.tls_root_cert {
             Some(root) => Client::build_with_tls(
                 self.info.clone(),
