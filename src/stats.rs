@@ -108,6 +108,27 @@ impl Queue {
     }
 }
 
+impl Queue {
+    /// One section of `INFO` from the queue's server, as field/value pairs
+    /// (for example `"memory"` for `used_memory`).
+    ///
+    /// # Errors
+    ///
+    /// Connection errors, or [`Error::NoPermission`] where an ACL denies `INFO`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    pub async fn server_info(&self, section: &str) -> Result<HashMap<String, String>, Error> {
+        let text: String = redis::cmd("INFO").arg(section).query_async(&mut self.conn()).await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+}
+
 /// The count from an `XPENDING key group` summary reply.
 fn pending_count(reply: &Value) -> u64 {
     match reply {
