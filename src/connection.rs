@@ -8,8 +8,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, Value};
 
-use crate::error::{ConfigCheck, ConfigError};
 use crate::Error;
+use crate::error::{ConfigCheck, ConfigError};
 
 /// How to connect to Redis: address, credentials, TLS and timeouts.
 ///
@@ -286,10 +286,7 @@ impl ServerInfo {
         let field = |name: &str| -> Option<String> {
             let pairs: Vec<(&Value, &Value)> = match &reply {
                 Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
-                Value::Array(items) => items
-                    .chunks_exact(2)
-                    .map(|kv| (&kv[0], &kv[1]))
-                    .collect(),
+                Value::Array(items) => items.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect(),
                 _ => Vec::new(),
             };
             pairs.into_iter().find_map(|(k, v)| {

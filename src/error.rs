@@ -118,7 +118,10 @@ impl Error {
                     || e.is_timeout()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
-                    || matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN"))
+                    || matches!(
+                        e.code(),
+                        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+                    )
             }
             _ => false,
         }
@@ -197,7 +200,9 @@ impl ConfigCheck {
     }
 
     pub(crate) fn nonzero(&mut self, name: &str, value: Duration) {
-        self.require(!value.is_zero(), || format!("{name} must be longer than zero"));
+        self.require(!value.is_zero(), || {
+            format!("{name} must be longer than zero")
+        });
     }
 
     pub(crate) fn finish(self) -> Result<(), ConfigError> {

@@ -65,14 +65,16 @@ fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
     let reason = if name.is_empty() {
         Some("is empty".to_owned())
     } else if name.len() > MAX_NAME_LEN {
-        Some(format!("is {} bytes, the limit is {MAX_NAME_LEN}", name.len()))
-    } else if let Some(c) = name
-        .chars()
-        .find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control())
-    {
-        Some(format!("contains {c:?}; braces, whitespace and control characters are not allowed"))
+        Some(format!(
+            "is {} bytes, the limit is {MAX_NAME_LEN}",
+            name.len()
+        ))
     } else {
-        None
+        name.chars()
+            .find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control())
+            .map(|c| {
+                format!("contains {c:?}; braces, whitespace and control characters are not allowed")
+            })
     };
     match reason {
         Some(reason) => Err(Error::InvalidName {
@@ -95,7 +97,12 @@ mod tests {
         assert_eq!(keys.stream(Priority::Low), "streamq:{alerts}:low");
         assert_eq!(keys.stats(), "streamq:{alerts}:stats");
         assert_eq!(keys.dead(), "streamq:{alerts}:dead");
-        for key in keys.streams().iter().map(String::as_str).chain([keys.stats(), keys.dead()]) {
+        for key in keys
+            .streams()
+            .iter()
+            .map(String::as_str)
+            .chain([keys.stats(), keys.dead()])
+        {
             assert!(key.contains("{alerts}"), "{key}");
         }
     }
@@ -103,7 +110,15 @@ mod tests {
     #[test]
     fn bad_names_are_rejected_with_a_reason() {
         let long = "q".repeat(MAX_NAME_LEN + 1);
-        for bad in ["", "a{b", "a}b", "with space", "tab\t", "nul\0", long.as_str()] {
+        for bad in [
+            "",
+            "a{b",
+            "a}b",
+            "with space",
+            "tab\t",
+            "nul\0",
+            long.as_str(),
+        ] {
             match QueueKeys::new("streamq", bad) {
                 Err(Error::InvalidName { what, name, .. }) => {
                     assert_eq!(what, "queue name");
@@ -114,7 +129,10 @@ mod tests {
         }
         assert!(matches!(
             QueueKeys::new("bad{prefix", "ok"),
-            Err(Error::InvalidName { what: "key prefix", .. })
+            Err(Error::InvalidName {
+                what: "key prefix",
+                ..
+            })
         ));
         assert!(QueueKeys::new("streamq", "alerts:eu-west.1").is_ok());
     }

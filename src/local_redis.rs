@@ -187,7 +187,9 @@ impl LocalRedis {
     }
 
     fn spawn(&mut self) -> Result<(), Error> {
-        let log_start = std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
+        let log_start = std::fs::metadata(self.log_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
         let port = self.port.to_string();
         let (port_flag, plain_port) = if self.tls {
             ("--tls-port", "0")
@@ -216,7 +218,11 @@ impl LocalRedis {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let log = self.log();
-            if log.get(usize::try_from(log_start).unwrap_or(0)..).unwrap_or(&log).contains("Ready to accept connections") {
+            if log
+                .get(usize::try_from(log_start).unwrap_or(0)..)
+                .unwrap_or(&log)
+                .contains("Ready to accept connections")
+            {
                 self.child = Some(child);
                 return Ok(());
             }

@@ -7,13 +7,14 @@ use crate::Error;
 
 /// How urgent a job is. Each priority has its own stream; workers always take
 /// the most urgent waiting job first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Priority {
     /// Served before everything else.
     Critical,
     /// Served when nothing critical waits.
     High,
     /// The default priority.
+    #[default]
     Medium,
     /// Served only when nothing else waits.
     Low,
@@ -69,12 +70,6 @@ impl Priority {
         usize::try_from(index - 1)
             .ok()
             .and_then(|i| Priority::ALL.get(i).copied())
-    }
-}
-
-impl Default for Priority {
-    fn default() -> Self {
-        Priority::Medium
     }
 }
 

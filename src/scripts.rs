@@ -9,9 +9,9 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionLike;
 use crate::Error;
 use crate::queue::QueueSettings;
+use redis::aio::ConnectionLike;
 use redis::{Cmd, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
 
 /// The status codes scripts return as the first element of their reply.
@@ -46,7 +46,10 @@ pub(crate) fn check_status(
     match items[0] {
         Value::Int(code::OK) => Ok(rest),
         Value::Int(code::QUEUE_FULL) => Err(Error::QueueFull {
-            backlog: rest.first().and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(0),
+            backlog: rest
+                .first()
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or(0),
             limit: settings.max_backlog.unwrap_or(0),
         }),
         Value::Int(code::OWNERSHIP_LOST) => Err(Error::OwnershipLost),
@@ -217,12 +220,26 @@ mod tests {
     #[test]
     fn every_script_has_a_contract_header_and_a_distinct_sha() {
         let s = scripts();
-        let all = [&s.enqueue, &s.fetch, &s.ack, &s.retire_consumer, &s.dead_letter];
+        let all = [
+            &s.enqueue,
+            &s.fetch,
+            &s.ack,
+            &s.retire_consumer,
+            &s.dead_letter,
+        ];
         for script in all {
             assert_eq!(script.sha.len(), 40, "{}", script.name);
-            assert!(script.source.starts_with("#!lua"), "{} needs a shebang", script.name);
+            assert!(
+                script.source.starts_with("#!lua"),
+                "{} needs a shebang",
+                script.name
+            );
             for section in ["KEYS[", "ARGV[", "Returns"] {
-                assert!(script.source.contains(section), "{} header lacks {section}", script.name);
+                assert!(
+                    script.source.contains(section),
+                    "{} header lacks {section}",
+                    script.name
+                );
             }
         }
         for (i, a) in all.iter().enumerate() {

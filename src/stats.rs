@@ -81,10 +81,12 @@ impl Queue {
         pipe.cmd("HGETALL").arg(keys.stats());
         pipe.cmd("XLEN").arg(keys.dead());
         let mut replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
-        let dead_letters = redis::from_redis_value(replies.pop().unwrap_or(Value::Nil)).unwrap_or(0);
+        let dead_letters =
+            redis::from_redis_value(replies.pop().unwrap_or(Value::Nil)).unwrap_or(0);
         let counters: HashMap<String, u64> =
             redis::from_redis_value(replies.pop().unwrap_or(Value::Nil)).unwrap_or_default();
-        let counter = |name: &str, p: Priority| counters.get(&format!("{name}:{p}")).copied().unwrap_or(0);
+        let counter =
+            |name: &str, p: Priority| counters.get(&format!("{name}:{p}")).copied().unwrap_or(0);
 
         let mut priorities = Vec::with_capacity(4);
         for (priority, chunk) in Priority::ALL.into_iter().zip(replies.chunks(3)) {
@@ -120,7 +122,10 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn server_info(&self, section: &str) -> Result<HashMap<String, String>, Error> {
-        let text: String = redis::cmd("INFO").arg(section).query_async(&mut self.conn()).await?;
+        let text: String = redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut self.conn())
+            .await?;
         Ok(text
             .lines()
             .filter_map(|line| line.split_once(':'))
@@ -142,7 +147,9 @@ fn pending_count(reply: &Value) -> u64 {
 
 /// Our group's `lag` from `XINFO GROUPS`; `None` when Redis cannot tell.
 fn group_lag(reply: &Value) -> Option<u64> {
-    let Value::Array(groups) = reply else { return None };
+    let Value::Array(groups) = reply else {
+        return None;
+    };
     groups.iter().find_map(|group| {
         let fields: HashMap<String, Value> = match group {
             Value::Map(pairs) => pairs

@@ -7,7 +7,10 @@ mod support;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use streamq::{EnqueueOptions, Error, Job, JobError, Queue, RedisConfig, TlsFiles, Version, Worker, WorkerConfig};
+use streamq::{
+    EnqueueOptions, Error, Job, JobError, Queue, RedisConfig, TlsFiles, Version, Worker,
+    WorkerConfig,
+};
 use support::{TestRedis, eventually};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +21,8 @@ async fn round_trip(queue: &Queue) {
     }
     let stop = CancellationToken::new();
     let worker = Worker::new(queue, WorkerConfig::new()).unwrap();
-    let handle = tokio::spawn(worker.run(|_: Job<u32>| async { Ok::<_, JobError>(()) }, stop.clone()));
+    let handle =
+        tokio::spawn(worker.run(|_: Job<u32>| async { Ok::<_, JobError>(()) }, stop.clone()));
     eventually("three jobs completed", Duration::from_secs(10), || {
         let queue = queue.clone();
         async move { queue.stats().await.unwrap().completed() == 3 }
@@ -36,7 +40,10 @@ async fn the_server_version_is_detected() {
     assert!(server.version >= Version::new(7, 0, 0), "{server:?}");
     let info = redis.info("server").await;
     let reported = info.get("redis_version").unwrap();
-    assert!(reported.starts_with(&format!("{}.{}", server.version.major, server.version.minor)));
+    assert!(reported.starts_with(&format!(
+        "{}.{}",
+        server.version.major, server.version.minor
+    )));
 }
 
 #[tokio::test]
@@ -44,12 +51,14 @@ async fn tls_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
         .unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
     let files = TlsFiles {
         cert: dir.path().join("server.crt"),
         key: dir.path().join("server.key"),
@@ -63,7 +72,9 @@ async fn tls_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
     let url = redis.server.url();
     assert!(url.starts_with("rediss://"), "{url}");
 
-    let config = RedisConfig::from_url(&url).unwrap().tls_root_cert_pem(ca.pem());
+    let config = RedisConfig::from_url(&url)
+        .unwrap()
+        .tls_root_cert_pem(ca.pem());
     let queue = Queue::builder("tls").connect(&config).await.unwrap();
     round_trip(&queue).await;
 
@@ -80,8 +91,22 @@ async fn an_acl_user_limited_to_the_queue_prefix_can_run_it_and_nothing_else() {
     let redis = TestRedis::start();
     let mut admin = redis.raw().await;
     let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", "alerts", "on", ">secret", "resetkeys", "~streamq:{alerts}:*"])
-        .arg(&["resetchannels", "-@all", "+@stream", "+@hash", "+@scripting", "+@connection"])
+        .arg(&[
+            "SETUSER",
+            "alerts",
+            "on",
+            ">secret",
+            "resetkeys",
+            "~streamq:{alerts}:*",
+        ])
+        .arg(&[
+            "resetchannels",
+            "-@all",
+            "+@stream",
+            "+@hash",
+            "+@scripting",
+            "+@connection",
+        ])
         .arg(&["+type", "+info", "+del"])
         .query_async(&mut admin)
         .await
@@ -91,13 +116,23 @@ async fn an_acl_user_limited_to_the_queue_prefix_can_run_it_and_nothing_else() {
     let queue = Queue::builder("alerts").connect(&config).await.unwrap();
     round_trip(&queue).await;
 
-    let err = Queue::builder("payments").connect(&config).await.unwrap_err();
+    let err = Queue::builder("payments")
+        .connect(&config)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NoPermission(_)), "{err}");
     assert!(!err.is_retryable());
 
     // A script that touches a key outside the pattern is refused too.
     let _: () = admin.set("streamq:{alerts}:marker", 1).await.unwrap();
-    let wrong = RedisConfig::from_url(&format!("redis://alerts:nope@127.0.0.1:{}", redis.server.port())).unwrap();
+    let wrong = RedisConfig::from_url(&format!(
+        "redis://alerts:nope@127.0.0.1:{}",
+        redis.server.port()
+    ))
+    .unwrap();
     let err = Queue::builder("alerts").connect(&wrong).await.unwrap_err();
-    assert!(matches!(err, Error::Redis(ref e) if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code().is_some()), "{err}");
+    assert!(
+        matches!(err, Error::Redis(ref e) if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code().is_some()),
+        "{err}"
+    );
 }

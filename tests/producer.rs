@@ -44,7 +44,10 @@ async fn an_oversized_payload_is_refused_before_redis_and_nothing_is_added() {
         .open(Queue::builder("small").max_payload_bytes(1024))
         .await;
     let big = vec![1u8; 4096];
-    let err = queue.enqueue(&big, &EnqueueOptions::new()).await.unwrap_err();
+    let err = queue
+        .enqueue(&big, &EnqueueOptions::new())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::PayloadTooLarge { limit: 1024, size } if size > 4096),
         "{err}"
@@ -65,18 +68,41 @@ async fn bad_queue_names_are_typed_errors_before_any_connection() {
         let err = Queue::builder(bad).connect(&nowhere).await.unwrap_err();
         assert!(matches!(err, Error::InvalidName { .. }), "{bad:?}: {err}");
     }
-    let err = Queue::builder("ok").prefix("p}").connect(&nowhere).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidName { what: "key prefix", .. }), "{err}");
+    let err = Queue::builder("ok")
+        .prefix("p}")
+        .connect(&nowhere)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidName {
+                what: "key prefix",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_queue_key_of_the_wrong_type_is_a_typed_error() {
     let redis = TestRedis::start();
     let mut raw = redis.raw().await;
-    let _: () = raw.set("streamq:{typed}:high", "not a stream").await.unwrap();
-    let err = Queue::builder("typed").connect(&redis.config()).await.unwrap_err();
+    let _: () = raw
+        .set("streamq:{typed}:high", "not a stream")
+        .await
+        .unwrap();
+    let err = Queue::builder("typed")
+        .connect(&redis.config())
+        .await
+        .unwrap_err();
     match err {
-        Error::WrongKeyType { key, found, expected } => {
+        Error::WrongKeyType {
+            key,
+            found,
+            expected,
+        } => {
             assert_eq!(key, "streamq:{typed}:high");
             assert_eq!(found, "string");
             assert_eq!(expected, "stream");
@@ -109,7 +135,16 @@ async fn a_full_queue_refuses_the_whole_batch() {
         batch.push(&i, &EnqueueOptions::new()).unwrap();
     }
     let err = batch.send().await.unwrap_err();
-    assert!(matches!(err, Error::QueueFull { backlog: 8, limit: 10 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::QueueFull {
+                backlog: 8,
+                limit: 10
+            }
+        ),
+        "{err}"
+    );
     assert!(err.is_retryable());
     assert_eq!(queue.stats().await.unwrap().enqueued(), 8);
 }

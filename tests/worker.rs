@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streamq::{EnqueueOptions, Job, JobError, JobId, Priority, Queue, Worker, WorkerConfig, WorkerReport};
+use streamq::{
+    EnqueueOptions, Job, JobError, JobId, Priority, Queue, Worker, WorkerConfig, WorkerReport,
+};
 use support::{TestRedis, eventually};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +28,10 @@ impl Seen {
     }
     fn duplicates(&self) -> Vec<(JobId, u32)> {
         let seen = self.0.lock().unwrap();
-        seen.iter().filter(|(_, n)| **n > 1).map(|(id, n)| (id.clone(), *n)).collect()
+        seen.iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (id.clone(), *n))
+            .collect()
     }
     fn ids(&self) -> Vec<JobId> {
         self.0.lock().unwrap().keys().cloned().collect()
@@ -55,10 +60,17 @@ async fn jobs_run_most_urgent_first() {
     let redis = TestRedis::start();
     let queue = redis.queue("order").await;
     let mut batch = queue.batch();
-    let order = [Priority::Low, Priority::Medium, Priority::Critical, Priority::High];
+    let order = [
+        Priority::Low,
+        Priority::Medium,
+        Priority::Critical,
+        Priority::High,
+    ];
     for round in 0..25u32 {
         for p in order {
-            batch.push(&(p.as_str(), round), &EnqueueOptions::new().priority(p)).unwrap();
+            batch
+                .push(&(p.as_str(), round), &EnqueueOptions::new().priority(p))
+                .unwrap();
         }
     }
     batch.send().await.unwrap();
@@ -88,9 +100,16 @@ async fn jobs_run_most_urgent_first() {
     let priorities: Vec<Priority> = ran.iter().map(|(p, _)| *p).collect();
     let mut sorted = priorities.clone();
     sorted.sort();
-    assert_eq!(priorities, sorted, "a lower priority ran before a higher one");
+    assert_eq!(
+        priorities, sorted,
+        "a lower priority ran before a higher one"
+    );
     for p in Priority::ALL {
-        let rounds: Vec<u32> = ran.iter().filter(|(q, _)| *q == p).map(|(_, r)| *r).collect();
+        let rounds: Vec<u32> = ran
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, r)| *r)
+            .collect();
         assert_eq!(rounds, (0..25).collect::<Vec<_>>(), "{p} jobs out of order");
     }
 }
@@ -101,7 +120,9 @@ async fn a_late_critical_job_overtakes_waiting_low_ones() {
     let queue = redis.queue("overtake").await;
     let mut batch = queue.batch();
     for i in 0..20u32 {
-        batch.push(&i, &EnqueueOptions::new().priority(Priority::Low)).unwrap();
+        batch
+            .push(&i, &EnqueueOptions::new().priority(Priority::Low))
+            .unwrap();
     }
     batch.send().await.unwrap();
     let ran = Arc::new(Mutex::new(Vec::new()));
@@ -196,7 +217,9 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
             let mut batch = producer_queue.batch();
             for i in 0..50u32 {
                 let p = Priority::ALL[(i % 4) as usize];
-                batch.push(&(round * 50 + i), &EnqueueOptions::new().priority(p)).unwrap();
+                batch
+                    .push(&(round * 50 + i), &EnqueueOptions::new().priority(p))
+                    .unwrap();
             }
             let ids = batch.send().await.unwrap();
             producer_log.lock().unwrap().extend(ids);
@@ -215,7 +238,11 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
             }
         }
     };
-    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new().concurrency(16), handler(seen.clone()));
+    let (stop, worker) = spawn_worker(
+        &queue,
+        WorkerConfig::new().concurrency(16),
+        handler(seen.clone()),
+    );
     eventually("the worker is busy", Duration::from_secs(10), || {
         let n = seen.len();
         async move { n > 300 }
@@ -223,12 +250,24 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
     .await;
     stop.cancel();
     let first = worker.await.unwrap();
-    assert_eq!(first.completed as usize, seen.len(), "every job run was acknowledged");
+    assert_eq!(
+        first.completed as usize,
+        seen.len(),
+        "every job run was acknowledged"
+    );
     let stats = queue.stats().await.unwrap();
-    assert_eq!(stats.in_flight(), 0, "shutdown left claimed jobs unfinished");
+    assert_eq!(
+        stats.in_flight(),
+        0,
+        "shutdown left claimed jobs unfinished"
+    );
 
     producer.await.unwrap();
-    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new().concurrency(16), handler(seen.clone()));
+    let (stop, worker) = spawn_worker(
+        &queue,
+        WorkerConfig::new().concurrency(16),
+        handler(seen.clone()),
+    );
     eventually("the rest drained", Duration::from_secs(30), || {
         let n = seen.len();
         async move { n == 2000 }
@@ -237,14 +276,21 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
     stop.cancel();
     worker.await.unwrap();
 
-    assert!(seen.duplicates().is_empty(), "ran twice: {:?}", seen.duplicates());
+    assert!(
+        seen.duplicates().is_empty(),
+        "ran twice: {:?}",
+        seen.duplicates()
+    );
     let mut ran = seen.ids();
     let mut sent = enqueued.lock().unwrap().clone();
     ran.sort();
     sent.sort();
     assert_eq!(ran, sent);
     let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.completed(), stats.waiting(), stats.in_flight()), (2000, 0, 0));
+    assert_eq!(
+        (stats.completed(), stats.waiting(), stats.in_flight()),
+        (2000, 0, 0)
+    );
     for p in &stats.priorities {
         assert_eq!(p.length, 0, "{} stream not emptied", p.priority);
     }
@@ -295,10 +341,20 @@ async fn a_hundred_thousand_jobs_run_exactly_once() {
     assert_eq!(completed, 100_000);
     let counts: Vec<u8> = seen.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     let wrong: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] != 1).collect();
-    assert!(wrong.is_empty(), "{} jobs not run exactly once, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{} jobs not run exactly once, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
     let stats = queue.stats().await.unwrap();
     for p in &stats.priorities {
-        assert_eq!((p.enqueued, p.completed, p.length), (25_000, 25_000, 0), "{}", p.priority);
+        assert_eq!(
+            (p.enqueued, p.completed, p.length),
+            (25_000, 25_000, 0),
+            "{}",
+            p.priority
+        );
     }
 }
 
@@ -308,13 +364,17 @@ async fn script_flush_under_load_surfaces_no_error_and_loses_nothing() {
     let queue = redis.queue("flush").await;
     let seen = Seen::default();
     let recorder = seen.clone();
-    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new().concurrency(8), move |job: Job<u32>| {
-        let seen = recorder.clone();
-        async move {
-            seen.record(job.id());
-            Ok(())
-        }
-    });
+    let (stop, worker) = spawn_worker(
+        &queue,
+        WorkerConfig::new().concurrency(8),
+        move |job: Job<u32>| {
+            let seen = recorder.clone();
+            async move {
+                seen.record(job.id());
+                Ok(())
+            }
+        },
+    );
     let flusher_done = CancellationToken::new();
     let flusher = {
         let done = flusher_done.clone();
@@ -322,7 +382,11 @@ async fn script_flush_under_load_surfaces_no_error_and_loses_nothing() {
         tokio::spawn(async move {
             let mut flushes = 0u32;
             while !done.is_cancelled() {
-                let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+                let _: () = redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
                 flushes += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -336,7 +400,12 @@ async fn script_flush_under_load_surfaces_no_error_and_loses_nothing() {
         let mut batch = queue.batch();
         let size = if round % 10 == 0 { 2500 } else { 20 };
         for i in 0..size {
-            batch.push(&i, &EnqueueOptions::new().priority(Priority::ALL[(i % 4) as usize])).unwrap();
+            batch
+                .push(
+                    &i,
+                    &EnqueueOptions::new().priority(Priority::ALL[(i % 4) as usize]),
+                )
+                .unwrap();
         }
         sent.extend(batch.send().await.unwrap());
     }
@@ -361,10 +430,16 @@ async fn script_flush_under_load_surfaces_no_error_and_loses_nothing() {
 async fn a_failing_or_undecodable_job_is_dead_lettered_with_its_error() {
     let redis = TestRedis::start();
     let queue = redis.queue("fail").await;
-    queue.enqueue(&"boom", &EnqueueOptions::new().max_attempts(1)).await.unwrap();
+    queue
+        .enqueue(&"boom", &EnqueueOptions::new().max_attempts(1))
+        .await
+        .unwrap();
     queue.enqueue(&42u32, &EnqueueOptions::new()).await.unwrap();
     let (stop, worker) = spawn_worker(&queue, WorkerConfig::new(), |job: Job<String>| async move {
-        Err(JobError::permanent(format!("cannot handle {}", job.payload())))
+        Err(JobError::permanent(format!(
+            "cannot handle {}",
+            job.payload()
+        )))
     });
     eventually("both dead-lettered", Duration::from_secs(10), || {
         let queue = queue.clone();
@@ -387,8 +462,14 @@ async fn a_failing_or_undecodable_job_is_dead_lettered_with_its_error() {
         .iter()
         .map(|e| e.get::<String>("error").unwrap())
         .collect();
-    assert!(errors.contains(&"cannot handle boom".to_owned()), "{errors:?}");
-    assert!(errors.iter().any(|e| e.starts_with("undecodable payload")), "{errors:?}");
+    assert!(
+        errors.contains(&"cannot handle boom".to_owned()),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("undecodable payload")),
+        "{errors:?}"
+    );
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.in_flight(), stats.waiting()), (0, 0));
 }

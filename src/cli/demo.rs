@@ -63,12 +63,20 @@ struct Tally {
 
 pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let target = Target::url_or_private(args.redis.as_deref())?;
-    let queue = Queue::builder("streamq-demo").connect(&target.config).await?;
+    let queue = Queue::builder("streamq-demo")
+        .connect(&target.config)
+        .await?;
     let server = queue.server().clone();
     eprintln!(
         "streamq demo: {} alerts of {} B, {} workers x {} concurrency, {} producers; {} {} at {}",
-        args.jobs, args.payload_bytes, args.workers, args.concurrency, args.producers,
-        server.server, server.version, target.description
+        args.jobs,
+        args.payload_bytes,
+        args.workers,
+        args.concurrency,
+        args.producers,
+        server.server,
+        server.version,
+        target.description
     );
     let baseline_memory = used_memory(&queue).await?.0;
 
@@ -81,7 +89,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
     let stop = CancellationToken::new();
     let mut workers = Vec::new();
     for _ in 0..args.workers {
-        let worker = Worker::new(&queue, WorkerConfig::new().concurrency(args.concurrency).prefetch(args.concurrency))?;
+        let worker = Worker::new(
+            &queue,
+            WorkerConfig::new()
+                .concurrency(args.concurrency)
+                .prefetch(args.concurrency),
+        )?;
         let tally = tally.clone();
         let handler = move |job: Job<Alert>| {
             let tally = tally.clone();
@@ -130,7 +143,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
         peak_memory = peak_memory.max(peak).max(memory);
         let rate = (processed - last.1) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), processed);
-        eprint!("\r  processed {processed:>9} / {} ({rate:>8.0} jobs/s), redis memory {:>7.1} MB   ", args.jobs, memory as f64 / 1e6);
+        eprint!(
+            "\r  processed {processed:>9} / {} ({rate:>8.0} jobs/s), redis memory {:>7.1} MB   ",
+            args.jobs,
+            memory as f64 / 1e6
+        );
         let _ = std::io::stderr().flush();
         if processed >= args.jobs || started.elapsed() > Duration::from_secs(300) {
             break;
@@ -154,21 +171,36 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
     let after_drain = used_memory(&queue).await?.0;
 
     let processed = tally.processed.load(Ordering::Relaxed);
-    let once = tally.seen.iter().filter(|s| s.load(Ordering::Relaxed) == 1).count() as u64;
+    let once = tally
+        .seen
+        .iter()
+        .filter(|s| s.load(Ordering::Relaxed) == 1)
+        .count() as u64;
     let secs = elapsed.as_secs_f64();
     let jobs_per_s = processed as f64 / secs;
     let mb_per_s = jobs_per_s * args.payload_bytes as f64 / 1e6;
-    let latency = tally.latency_us.lock().map_err(|_| "latency histogram poisoned")?;
+    let latency = tally
+        .latency_us
+        .lock()
+        .map_err(|_| "latency histogram poisoned")?;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!("streamq demo summary");
     println!("  server            {} {}", server.server, server.version);
-    println!("  jobs              {processed} processed of {} enqueued, {once} exactly once", args.jobs);
+    println!(
+        "  jobs              {processed} processed of {} enqueued, {once} exactly once",
+        args.jobs
+    );
     println!("  elapsed           {secs:.2} s (enqueue and processing overlapped)");
     println!("  throughput        {jobs_per_s:.0} jobs/s, {mb_per_s:.1} MB/s of payload");
-    println!("  equivalent to     {:.0} GB/day (the floor is 600 GB/day)", mb_per_s * 86_400.0 / 1000.0);
+    println!(
+        "  equivalent to     {:.0} GB/day (the floor is 600 GB/day)",
+        mb_per_s * 86_400.0 / 1000.0
+    );
     println!(
         "  enqueue to start  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (producers run flat out, so this includes queueing)",
-        ms(0.5), ms(0.99), latency.max() as f64 / 1000.0
+        ms(0.5),
+        ms(0.99),
+        latency.max() as f64 / 1000.0
     );
     let by_priority: Vec<String> = Priority::ALL
         .iter()
@@ -178,10 +210,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
     println!("  by priority       {}", by_priority.join(", "));
     println!(
         "  redis memory      {:.1} MB before, {:.1} MB peak, {:.1} MB after drain",
-        baseline_memory as f64 / 1e6, peak_memory as f64 / 1e6, after_drain as f64 / 1e6
+        baseline_memory as f64 / 1e6,
+        peak_memory as f64 / 1e6,
+        after_drain as f64 / 1e6
     );
     let completed: u64 = reports.iter().map(|r| r.completed).sum();
-    println!("  workers           {} completed, {} dead-lettered", completed, reports.iter().map(|r| r.dead_lettered).sum::<u64>());
+    println!(
+        "  workers           {} completed, {} dead-lettered",
+        completed,
+        reports.iter().map(|r| r.dead_lettered).sum::<u64>()
+    );
     if processed == args.jobs && once == args.jobs && completed == args.jobs {
         Ok(ExitCode::SUCCESS)
     } else {

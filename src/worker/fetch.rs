@@ -73,12 +73,7 @@ impl Fetcher {
     pub(crate) async fn wait_for_new(&mut self, last_ids: &[String; 4]) -> Result<(), Error> {
         let mut conn = match self.blocking.take() {
             Some(conn) => conn,
-            None => {
-                self.queue
-                    .redis()
-                    .blocking_connection(self.block)
-                    .await?
-            }
+            None => self.queue.redis().blocking_connection(self.block).await?,
         };
         let block_ms = u64::try_from(self.block.as_millis()).unwrap_or(u64::MAX);
         let _: Value = redis::cmd("XREAD")
@@ -135,7 +130,10 @@ fn parse_fetch(reply: Value) -> Result<Fetched, Error> {
         });
     }
     if jobs.len() != count {
-        return Err(unexpected(format!("{count} jobs announced, {} sent", jobs.len())));
+        return Err(unexpected(format!(
+            "{count} jobs announced, {} sent",
+            jobs.len()
+        )));
     }
     Ok(Fetched::Jobs(jobs))
 }
@@ -186,10 +184,18 @@ mod tests {
     #[test]
     fn buffer_hands_out_most_urgent_first() {
         let mut buffer = PriorityBuffer::default();
-        buffer.extend(vec![claimed(Priority::Low, "l1"), claimed(Priority::High, "h1")]);
-        buffer.extend(vec![claimed(Priority::Critical, "c1"), claimed(Priority::High, "h2")]);
+        buffer.extend(vec![
+            claimed(Priority::Low, "l1"),
+            claimed(Priority::High, "h1"),
+        ]);
+        buffer.extend(vec![
+            claimed(Priority::Critical, "c1"),
+            claimed(Priority::High, "h2"),
+        ]);
         assert_eq!(buffer.len(), 4);
-        let order: Vec<String> = std::iter::from_fn(|| buffer.pop()).map(|c| c.entry_id).collect();
+        let order: Vec<String> = std::iter::from_fn(|| buffer.pop())
+            .map(|c| c.entry_id)
+            .collect();
         assert_eq!(order, ["c1", "h1", "h2", "l1"]);
         assert!(buffer.is_empty());
     }
@@ -210,7 +216,10 @@ mod tests {
         };
         assert_eq!(jobs[0].priority, Priority::Critical);
         assert_eq!(jobs[0].envelope.as_deref(), Some(&b"env"[..]));
-        assert_eq!((jobs[1].priority, jobs[1].envelope.is_none()), (Priority::Low, true));
+        assert_eq!(
+            (jobs[1].priority, jobs[1].envelope.is_none()),
+            (Priority::Low, true)
+        );
 
         let idle = Value::Array(
             [0, 1, 2, 3, 4]

@@ -90,8 +90,14 @@ impl Finisher {
                         attempts,
                         error,
                     } => {
-                        self.dead_letter(finished.priority, &finished.entry_id, &job_id, attempts, &error)
-                            .await;
+                        self.dead_letter(
+                            finished.priority,
+                            &finished.entry_id,
+                            &job_id,
+                            attempts,
+                            &error,
+                        )
+                        .await;
                     }
                 }
             }
@@ -117,7 +123,11 @@ impl Finisher {
         let reply = retrying("ack", || {
             let call = &call;
             let mut conn = self.conn.clone();
-            async move { call.invoke::<Vec<Value>, _>(&mut conn).await.map_err(Error::from) }
+            async move {
+                call.invoke::<Vec<Value>, _>(&mut conn)
+                    .await
+                    .map_err(Error::from)
+            }
         })
         .await;
         let Some(reply) = reply else { return };
@@ -146,9 +156,10 @@ impl Finisher {
         error: &str,
     ) {
         let keys = self.queue.keys();
-        let mut call = scripts()
-            .dead_letter
-            .call(&[keys.stats(), keys.stream(priority), keys.dead()]);
+        let mut call =
+            scripts()
+                .dead_letter
+                .call(&[keys.stats(), keys.stream(priority), keys.dead()]);
         call.arg(GROUP)
             .arg(&self.consumer)
             .arg(entry_id)
@@ -175,11 +186,20 @@ impl Finisher {
         match moved {
             Some(true) => {
                 Counters::add(&self.counters.dead_lettered, 1);
-                tracing::warn!(queue = self.queue.name(), job = job_id, error, "job dead-lettered");
+                tracing::warn!(
+                    queue = self.queue.name(),
+                    job = job_id,
+                    error,
+                    "job dead-lettered"
+                );
             }
             Some(false) => {
                 Counters::add(&self.counters.ownership_lost, 1);
-                tracing::warn!(queue = self.queue.name(), job = job_id, "dead-letter fenced: job reclaimed by another worker");
+                tracing::warn!(
+                    queue = self.queue.name(),
+                    job = job_id,
+                    "dead-letter fenced: job reclaimed by another worker"
+                );
             }
             None => {}
         }

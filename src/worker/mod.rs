@@ -102,9 +102,10 @@ impl WorkerConfig {
         });
         check.nonzero("block", self.block);
         if let Some(name) = &self.consumer {
-            check.require(!name.is_empty() && !name.chars().any(char::is_control), || {
-                format!("consumer name {name:?} must be non-empty text")
-            });
+            check.require(
+                !name.is_empty() && !name.chars().any(char::is_control),
+                || format!("consumer name {name:?} must be non-empty text"),
+            );
         }
         check.finish()
     }
@@ -142,7 +143,10 @@ impl Worker {
     /// [`ConfigError`] listing every invalid setting.
     pub fn new(queue: &Queue, config: WorkerConfig) -> Result<Worker, ConfigError> {
         config.validate()?;
-        let consumer = config.consumer.clone().unwrap_or_else(default_consumer_name);
+        let consumer = config
+            .consumer
+            .clone()
+            .unwrap_or_else(default_consumer_name);
         Ok(Worker {
             queue: queue.clone(),
             config,
@@ -170,7 +174,11 @@ impl Worker {
     ///
     /// Not cancel-safe: dropping the future abandons claimed jobs, which
     /// stay pending until reclaimed. Cancel `shutdown` instead.
-    pub async fn run<T, H>(self, handler: H, shutdown: CancellationToken) -> Result<WorkerReport, Error>
+    pub async fn run<T, H>(
+        self,
+        handler: H,
+        shutdown: CancellationToken,
+    ) -> Result<WorkerReport, Error>
     where
         T: DeserializeOwned + Send + 'static,
         H: Handler<T>,
@@ -179,7 +187,12 @@ impl Worker {
         let handler = Arc::new(handler);
         let counters = Arc::new(Counters::default());
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
-        let finisher = Finisher::new(&self.queue, &self.consumer, counters.clone(), self.config.ack_batch);
+        let finisher = Finisher::new(
+            &self.queue,
+            &self.consumer,
+            counters.clone(),
+            self.config.ack_batch,
+        );
         let finisher = tokio::spawn(finisher.run(finished_rx));
 
         let mut fetcher = Fetcher::new(&self.queue, &self.consumer, self.config.block);
@@ -188,7 +201,12 @@ impl Worker {
         let capacity = self.config.concurrency + self.config.prefetch;
         let mut backoff = Backoff::default();
         let start_job = |claimed: Claimed, running: &mut JoinSet<()>| {
-            running.spawn(run_job(claimed, handler.clone(), finished_tx.clone(), counters.clone()));
+            running.spawn(run_job(
+                claimed,
+                handler.clone(),
+                finished_tx.clone(),
+                counters.clone(),
+            ));
         };
 
         while !shutdown.is_cancelled() {
@@ -290,18 +308,25 @@ async fn run_job<T, H>(
     let outcome = match decode::<T>(&claimed) {
         Err(poison) => poison,
         Ok(job) => {
-            let (job_id, attempt, max_attempts, timeout) =
-                (job.id.to_string(), job.attempt, job.max_attempts, job.timeout);
+            let (job_id, attempt, max_attempts, timeout) = (
+                job.id.to_string(),
+                job.attempt,
+                job.max_attempts,
+                job.timeout,
+            );
             let run = AssertUnwindSafe(handler.handle(job)).catch_unwind();
             let result = match timeout {
-                Some(limit) => tokio::time::timeout(limit, run)
-                    .await
-                    .unwrap_or_else(|_| Ok(Err(JobError::retry(format!("timed out after {limit:?}"))))),
+                Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                    Ok(Err(JobError::retry(format!("timed out after {limit:?}"))))
+                }),
                 None => run.await,
             };
             let result = result.unwrap_or_else(|panic| {
                 Counters::add(&counters.panicked, 1);
-                Err(JobError::retry(format!("handler panicked: {}", panic_message(&panic))))
+                Err(JobError::retry(format!(
+                    "handler panicked: {}",
+                    panic_message(&panic)
+                )))
             });
             match result {
                 Ok(()) => Outcome::Completed,
@@ -322,7 +347,9 @@ async fn run_job<T, H>(
         outcome,
     };
     if finished.send(finished_job).await.is_err() {
-        tracing::error!("finisher stopped before a job's outcome was recorded; it will be reclaimed");
+        tracing::error!(
+            "finisher stopped before a job's outcome was recorded; it will be reclaimed"
+        );
     }
 }
 
@@ -335,9 +362,14 @@ fn decode<T: DeserializeOwned>(claimed: &Claimed) -> Result<Job<T>, Outcome> {
         error,
     };
     let Some(bytes) = &claimed.envelope else {
-        return Err(poison("", 1, "undecodable job: stream entry has no envelope".to_owned()));
+        return Err(poison(
+            "",
+            1,
+            "undecodable job: stream entry has no envelope".to_owned(),
+        ));
     };
-    let envelope = Envelope::decode(bytes).map_err(|e| poison("", 1, format!("undecodable job: {e}")))?;
+    let envelope =
+        Envelope::decode(bytes).map_err(|e| poison("", 1, format!("undecodable job: {e}")))?;
     let attempt = envelope.attempt + 1;
     let payload = envelope
         .payload::<T>()
@@ -374,7 +406,11 @@ fn default_consumer_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
     let suffix = uuid::Uuid::now_v7().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &suffix[suffix.len() - 8..])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &suffix[suffix.len() - 8..]
+    )
 }
 
 /// Capped exponential backoff for the fetch loop: no hot loop while Redis is

@@ -63,7 +63,11 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- redis-server log ({}) ----\n{}", self.server.url(), self.server.log());
+            eprintln!(
+                "---- redis-server log ({}) ----\n{}",
+                self.server.url(),
+                self.server.log()
+            );
         }
     }
 }
