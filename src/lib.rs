@@ -72,3 +72,8 @@ pub use producer::{Batch, EnqueueOptions};
 pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, Queue, QueueBuilder};
 pub use stats::{PriorityStats, QueueStats};
 pub use worker::{Handler, Job, JobError, Worker, WorkerConfig, WorkerReport};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
