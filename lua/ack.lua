@@ -8,7 +8,7 @@
   update, and counters go through pcall, so a full Redis (which refuses HINCRBY)
   still completes jobs. allow-oom: completing jobs is what frees memory.
 
-  KEYS[1]    stats hash          HINCRBY "completed:<priority>"
+  KEYS[1]    stats hash          HINCRBY "completed:<priority>", "ownership_lost"
   KEYS[2..5] streams             critical, high, medium, low
   ARGV[1]    group
   ARGV[2]    consumer            the owner the entries must still have
@@ -49,5 +49,8 @@ for p = 1, 4 do
   if #owned[p] > 0 then
     redis.pcall('HINCRBY', stats, 'completed:' .. names[p], #owned[p])
   end
+end
+if #reply > 1 then
+  redis.pcall('HINCRBY', stats, 'ownership_lost', #reply - 1)
 end
 return reply

@@ -7,7 +7,7 @@
   write, the job stays pending with its owner, and the worker tries again
   later. A dead-letter move is never dropped.
 
-  KEYS[1]    stats hash          HINCRBY "dead:<priority>"
+  KEYS[1]    stats hash          HINCRBY "dead:<priority>", "ownership_lost"
   KEYS[2]    stream              the job's priority stream
   KEYS[3]    dead-letter stream
   ARGV[1]    group
@@ -32,6 +32,7 @@ local job_id, attempts, max_dead = ARGV[7], ARGV[8], tonumber(ARGV[9])
 
 local pending = redis.call('XPENDING', stream, group, id, id, 1)
 if not (pending[1] and pending[1][2] == consumer) then
+  redis.pcall('HINCRBY', stats, 'ownership_lost', 1)
   return { 2 }
 end
 

@@ -8,6 +8,8 @@
 //! | `<prefix>:{<queue>}:critical` | stream | jobs of that priority (also `high`, `medium`, `low`) |
 //! | `<prefix>:{<queue>}:stats`    | hash   | counters kept by the scripts           |
 //! | `<prefix>:{<queue>}:dead`     | stream | dead letters: failed jobs and their errors |
+//! | `<prefix>:{<queue>}:delayed`  | zset   | jobs due later (retries, scheduled), scored by due ms |
+//! | `<prefix>:{<queue>}:dedup:<key>` | string | the id of the job that took an idempotency key (with a TTL) |
 
 use crate::{Error, Priority};
 
@@ -23,6 +25,8 @@ pub(crate) struct QueueKeys {
     streams: [String; 4],
     stats: String,
     dead: String,
+    delayed: String,
+    base: String,
 }
 
 impl QueueKeys {
@@ -35,6 +39,8 @@ impl QueueKeys {
             streams: Priority::ALL.map(|p| format!("{base}:{}", p.as_str())),
             stats: format!("{base}:stats"),
             dead: format!("{base}:dead"),
+            delayed: format!("{base}:delayed"),
+            base,
         })
     }
 
@@ -51,6 +57,28 @@ impl QueueKeys {
     /// The dead-letter stream.
     pub(crate) fn dead(&self) -> &str {
         &self.dead
+    }
+
+    /// The sorted set of jobs due later.
+    pub(crate) fn delayed(&self) -> &str {
+        &self.delayed
+    }
+
+    /// The key recording which job took an idempotency key.
+    pub(crate) fn dedup(&self, idempotency_key: &str) -> String {
+        format!("{}:dedup:{idempotency_key}", self.base)
+    }
+
+    /// The four streams then the delayed set: the keys of `promote`.
+    pub(crate) fn streams_and_delayed(&self) -> [&str; 5] {
+        let [c, h, m, l] = &self.streams;
+        [c, h, m, l, &self.delayed]
+    }
+
+    /// The stats hash then the four streams: the keys of `ack` and friends.
+    pub(crate) fn stats_and_streams(&self) -> [&str; 5] {
+        let [c, h, m, l] = &self.streams;
+        [&self.stats, c, h, m, l]
     }
 
     /// The counters hash.
@@ -97,6 +125,8 @@ mod tests {
         assert_eq!(keys.stream(Priority::Low), "streamq:{alerts}:low");
         assert_eq!(keys.stats(), "streamq:{alerts}:stats");
         assert_eq!(keys.dead(), "streamq:{alerts}:dead");
+        assert_eq!(keys.delayed(), "streamq:{alerts}:delayed");
+        assert_eq!(keys.dedup("evt-1"), "streamq:{alerts}:dedup:evt-1");
         for key in keys
             .streams()
             .iter()

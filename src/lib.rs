@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 mod connection;
+mod dead_letters;
 mod envelope;
 mod error;
 mod keys;
@@ -63,15 +64,18 @@ mod stats;
 mod worker;
 
 pub use connection::{MIN_REDIS, MIN_VALKEY, RedisConfig, ServerInfo, Version};
+pub use dead_letters::{DeadLetter, DeadLetterPage};
 pub use envelope::JobId;
 pub use error::{ConfigError, Error};
 pub use keys::MAX_NAME_LEN;
 pub use local_redis::{LocalRedis, LocalRedisBuilder, SERVER_ENV, TlsFiles};
 pub use priority::Priority;
-pub use producer::{Batch, EnqueueOptions};
+pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
 pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, Queue, QueueBuilder};
 pub use stats::{PriorityStats, QueueStats};
-pub use worker::{Handler, Job, JobError, Worker, WorkerConfig, WorkerReport};
+pub use worker::{
+    DeadLettered, Handler, Job, JobError, RetryBackoff, Worker, WorkerConfig, WorkerReport,
+};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -1,10 +1,11 @@
-//! Enqueueing: one job, or a batch of thousands in one round trip.
+//! Enqueueing: one job, or a batch of thousands in one round trip; now, after
+//! a delay, or at a time; at most once per idempotency key.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::envelope::{Envelope, JobId};
+use crate::envelope::{Envelope, JobId, now_ms};
 use crate::scripts::{self, ScriptCall, scripts};
 use crate::{Error, Priority, Queue};
 
@@ -15,10 +16,21 @@ pub struct EnqueueOptions {
     name: String,
     max_attempts: Option<u32>,
     timeout: Option<Duration>,
+    run_at: Option<RunAt>,
+    idempotency: Option<(String, Duration)>,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum RunAt {
+    After(Duration),
+    At(SystemTime),
+}
+
+/// The longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 512;
+
 impl EnqueueOptions {
-    /// Medium priority, no name, the queue's max attempts, no timeout.
+    /// Medium priority, no name, the queue's max attempts, no timeout, run now.
     pub fn new() -> EnqueueOptions {
         EnqueueOptions::default()
     }
@@ -36,17 +48,60 @@ impl EnqueueOptions {
         self
     }
 
-    /// How many times the job may run. Default: the queue's setting.
+    /// How many times the job may run in all. Default: the queue's setting.
     pub fn max_attempts(mut self, attempts: u32) -> EnqueueOptions {
         self.max_attempts = Some(attempts.max(1));
         self
     }
 
-    /// How long one run of the job may take. Default: no limit.
+    /// How long one run of the job may take; a run over it counts as a
+    /// failed attempt. Default: no limit.
     pub fn timeout(mut self, timeout: Duration) -> EnqueueOptions {
         self.timeout = Some(timeout);
         self
     }
+
+    /// Run no sooner than `delay` from now. Default: run now.
+    pub fn delay(mut self, delay: Duration) -> EnqueueOptions {
+        self.run_at = Some(RunAt::After(delay));
+        self
+    }
+
+    /// Run at or after `time`. Default: run now.
+    pub fn run_at(mut self, time: SystemTime) -> EnqueueOptions {
+        self.run_at = Some(RunAt::At(time));
+        self
+    }
+
+    /// Enqueue at most one job per `key` within `ttl`: a later enqueue with
+    /// the same key adds nothing and returns the first job's id. Default:
+    /// no key.
+    pub fn idempotency_key(mut self, key: impl Into<String>, ttl: Duration) -> EnqueueOptions {
+        self.idempotency = Some((key.into(), ttl));
+        self
+    }
+
+    fn due_ms(&self) -> u64 {
+        match self.run_at {
+            None => 0,
+            Some(RunAt::After(delay)) => now_ms().saturating_add(millis(delay)),
+            Some(RunAt::At(time)) => time.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One encoded job waiting in a [`Batch`].
+#[derive(Debug)]
+struct Pending {
+    id: JobId,
+    priority: Priority,
+    due_ms: u64,
+    idempotency: Option<(String, u64)>,
+    envelope: Vec<u8>,
 }
 
 /// Jobs encoded and checked, waiting to be sent together with
@@ -55,8 +110,7 @@ impl EnqueueOptions {
 #[derive(Debug)]
 pub struct Batch {
     queue: Queue,
-    ids: Vec<JobId>,
-    jobs: Vec<(Priority, Vec<u8>)>,
+    jobs: Vec<Pending>,
     bytes: usize,
 }
 
@@ -66,31 +120,48 @@ const CHUNK_JOBS: usize = 1000;
 const CHUNK_BYTES: usize = 4 << 20;
 
 impl Batch {
-    /// Encodes and adds a job, returning the id it will have.
+    /// Encodes and adds a job, returning the id it will have (unless its
+    /// idempotency key is taken: [`Batch::send`] returns the final ids).
     ///
     /// # Errors
     ///
-    /// [`Error::PayloadTooLarge`] or [`Error::Encode`]; the batch is unchanged.
+    /// [`Error::PayloadTooLarge`], [`Error::Encode`], or
+    /// [`Error::InvalidName`] for an empty or overlong idempotency key; the
+    /// batch is unchanged.
     pub fn push<T: Serialize + ?Sized>(
         &mut self,
         payload: &T,
         options: &EnqueueOptions,
     ) -> Result<JobId, Error> {
         let settings = self.queue.settings();
+        let idempotency = match &options.idempotency {
+            None => None,
+            Some((key, _)) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+                return Err(Error::InvalidName {
+                    what: "idempotency key",
+                    name: key.chars().take(64).collect(),
+                    reason: format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+                });
+            }
+            Some((key, ttl)) => Some((key.clone(), millis(*ttl).max(1))),
+        };
         let id = JobId::generate();
-        let bytes = Envelope::encode_new(
+        let envelope = Envelope::encode_new(
             &id,
             &options.name,
             payload,
             options.max_attempts.unwrap_or(settings.max_attempts),
-            options
-                .timeout
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            options.timeout.map(millis),
             settings.max_payload_bytes,
         )?;
-        self.bytes += bytes.len();
-        self.jobs.push((options.priority, bytes));
-        self.ids.push(id.clone());
+        self.bytes += envelope.len();
+        self.jobs.push(Pending {
+            id: id.clone(),
+            priority: options.priority,
+            due_ms: options.due_ms(),
+            idempotency,
+            envelope,
+        });
         Ok(id)
     }
 
@@ -104,7 +175,9 @@ impl Batch {
         self.jobs.is_empty()
     }
 
-    /// Sends every job in one round trip and returns their ids, in push order.
+    /// Sends every job in one round trip and returns their ids, in push
+    /// order. A job whose idempotency key was already taken is not added; its
+    /// place holds the id of the job that took the key.
     ///
     /// Jobs go out in script calls of up to 1,000 jobs or 4 MiB, pipelined;
     /// each call is atomic.
@@ -115,7 +188,8 @@ impl Batch {
     /// or the connection error. When only some calls were applied,
     /// [`Error::PartialBatch`] lists the ids that were enqueued.
     /// On a timeout or dropped connection the outcome is unknown; sending
-    /// again is safe but may duplicate ([`Error::is_retryable`]).
+    /// again is safe but may duplicate ([`Error::is_retryable`]); an
+    /// idempotency key prevents that duplicate.
     ///
     /// # Cancel safety
     ///
@@ -125,27 +199,24 @@ impl Batch {
             return Ok(Vec::new());
         }
         let mut conn = self.queue.conn();
-        let calls = self.calls();
-        if calls.len() == 1 {
-            let reply: redis::Value = calls[0].invoke(&mut conn).await?;
-            scripts::check_status(calls[0].script(), reply, self.queue.settings())?;
-            return Ok(self.ids);
-        }
         let per_call = self.jobs_per_call();
-        let mut enqueued = Vec::with_capacity(self.ids.len());
-        let mut first_error = None;
-        let mut ids = self.ids.into_iter();
+        let calls: Vec<ScriptCall> = self.jobs.chunks(per_call).map(|c| self.call(c)).collect();
         let settings = self.queue.settings();
+        if let [call] = calls.as_slice() {
+            let reply = call.invoke(&mut conn).await?;
+            return job_ids(scripts::check_status(call.script(), reply, settings)?);
+        }
+        let mut enqueued = Vec::with_capacity(self.jobs.len());
+        let mut first_error = None;
         let results = scripts::invoke_pipelined(&mut conn, &calls).await?;
-        for (chunk, result) in self.jobs.chunks(per_call).zip(results) {
-            let chunk_ids = ids.by_ref().take(chunk.len());
+        for result in results {
             let checked = result
                 .map_err(Error::from)
-                .and_then(|r| scripts::check_status(&scripts().enqueue, r, settings));
+                .and_then(|r| scripts::check_status(&scripts().enqueue, r, settings))
+                .and_then(job_ids);
             match checked {
-                Ok(_) => enqueued.extend(chunk_ids),
+                Ok(ids) => enqueued.extend(ids),
                 Err(e) => {
-                    chunk_ids.for_each(drop);
                     first_error.get_or_insert(e);
                 }
             }
@@ -168,28 +239,57 @@ impl Batch {
         }
     }
 
-    fn calls(&self) -> Vec<ScriptCall> {
+    fn call(&self, chunk: &[Pending]) -> ScriptCall {
         let keys = self.queue.keys();
-        let all_keys = [
-            keys.stats(),
-            keys.stream(Priority::Critical),
-            keys.stream(Priority::High),
-            keys.stream(Priority::Medium),
-            keys.stream(Priority::Low),
-        ];
-        let max_backlog = self.queue.settings().max_backlog.unwrap_or(0);
-        self.jobs
-            .chunks(self.jobs_per_call())
-            .map(|chunk| {
-                let mut call = scripts().enqueue.call(&all_keys);
-                call.arg(max_backlog);
-                for (priority, bytes) in chunk {
-                    call.arg(priority.lua_index()).arg(bytes.as_slice());
+        let mut all_keys: Vec<String> = keys
+            .stats_and_streams()
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        all_keys.push(keys.delayed().to_owned());
+        let mut key_index = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            let Some((key, _)) = &job.idempotency else {
+                key_index.push(0);
+                continue;
+            };
+            let key = keys.dedup(key);
+            // KEYS is 1-based in Lua; a key repeated within the chunk is passed once.
+            key_index.push(match all_keys.iter().position(|k| *k == key) {
+                Some(at) => at + 1,
+                None => {
+                    all_keys.push(key);
+                    all_keys.len()
                 }
-                call
-            })
-            .collect()
+            });
+        }
+        let mut call = scripts().enqueue.call(&all_keys);
+        call.arg(self.queue.settings().max_backlog.unwrap_or(0))
+            .arg(now_ms());
+        for (job, key_index) in chunk.iter().zip(key_index) {
+            call.arg(job.priority.lua_index())
+                .arg(job.due_ms)
+                .arg(key_index)
+                .arg(job.idempotency.as_ref().map_or(0, |(_, ttl)| *ttl))
+                .arg(job.id.as_str())
+                .arg(job.envelope.as_slice());
+        }
+        call
     }
+}
+
+fn job_ids(values: Vec<redis::Value>) -> Result<Vec<JobId>, Error> {
+    values
+        .into_iter()
+        .map(|v| {
+            redis::from_redis_value::<String>(v)
+                .map(JobId::from)
+                .map_err(|e| Error::UnexpectedReply {
+                    script: "enqueue",
+                    detail: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 impl Queue {
@@ -197,14 +297,14 @@ impl Queue {
     pub fn batch(&self) -> Batch {
         Batch {
             queue: self.clone(),
-            ids: Vec::new(),
             jobs: Vec::new(),
             bytes: 0,
         }
     }
 
-    /// Enqueues one job and returns its id. When it returns `Ok`, the job is
-    /// in Redis and will be completed, retried or dead-lettered.
+    /// Enqueues one job and returns its id (for a duplicate idempotency key,
+    /// the first job's id). When it returns `Ok`, the job is in Redis and
+    /// will be completed, retried or dead-lettered.
     ///
     /// # Errors
     ///
@@ -219,8 +319,11 @@ impl Queue {
         options: &EnqueueOptions,
     ) -> Result<JobId, Error> {
         let mut batch = self.batch();
-        let id = batch.push(payload, options)?;
-        batch.send().await?;
-        Ok(id)
+        batch.push(payload, options)?;
+        let mut ids = batch.send().await?;
+        ids.pop().ok_or_else(|| Error::UnexpectedReply {
+            script: "enqueue",
+            detail: "no job id returned".to_owned(),
+        })
     }
 }

@@ -104,6 +104,11 @@ pub(crate) struct Scripts {
     pub(crate) ack: Script,
     pub(crate) retire_consumer: Script,
     pub(crate) dead_letter: Script,
+    pub(crate) retry: Script,
+    pub(crate) promote: Script,
+    pub(crate) reclaim: Script,
+    pub(crate) heartbeat: Script,
+    pub(crate) requeue_dead: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -111,6 +116,11 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     fetch: Script::new("fetch", include_str!("../lua/fetch.lua")),
     ack: Script::new("ack", include_str!("../lua/ack.lua")),
     dead_letter: Script::new("dead_letter", include_str!("../lua/dead_letter.lua")),
+    retry: Script::new("retry", include_str!("../lua/retry.lua")),
+    promote: Script::new("promote", include_str!("../lua/promote.lua")),
+    reclaim: Script::new("reclaim", include_str!("../lua/reclaim.lua")),
+    heartbeat: Script::new("heartbeat", include_str!("../lua/heartbeat.lua")),
+    requeue_dead: Script::new("requeue_dead", include_str!("../lua/requeue_dead.lua")),
     retire_consumer: Script::new(
         "retire_consumer",
         include_str!("../lua/retire_consumer.lua"),
@@ -226,6 +236,11 @@ mod tests {
             &s.ack,
             &s.retire_consumer,
             &s.dead_letter,
+            &s.retry,
+            &s.promote,
+            &s.reclaim,
+            &s.heartbeat,
+            &s.requeue_dead,
         ];
         for script in all {
             assert_eq!(script.sha.len(), 40, "{}", script.name);

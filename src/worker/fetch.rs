@@ -28,6 +28,16 @@ pub(crate) struct Claimed {
     pub(crate) entry_id: String,
     /// `None` when the entry has no envelope field: not written by streamq.
     pub(crate) envelope: Option<Vec<u8>>,
+    /// Times the entry has been delivered, this one included.
+    pub(crate) deliveries: u32,
+}
+
+/// What one reclaim pass over a stream took over.
+#[derive(Debug, Default)]
+pub(crate) struct Reclaimed {
+    pub(crate) jobs: Vec<Claimed>,
+    /// Entries Redis had deleted while they were pending: lost jobs.
+    pub(crate) lost: Vec<String>,
 }
 
 /// What one fetch found.
@@ -43,17 +53,19 @@ pub(crate) struct Fetcher {
     consumer: String,
     conn: ConnectionManager,
     blocking: Option<MultiplexedConnection>,
-    block: Duration,
+    max_block: Duration,
+    reclaim_cursors: [String; 4],
 }
 
 impl Fetcher {
-    pub(crate) fn new(queue: &Queue, consumer: &str, block: Duration) -> Fetcher {
+    pub(crate) fn new(queue: &Queue, consumer: &str, max_block: Duration) -> Fetcher {
         Fetcher {
             queue: queue.clone(),
             consumer: consumer.to_owned(),
             conn: queue.conn(),
             blocking: None,
-            block,
+            max_block,
+            reclaim_cursors: Default::default(),
         }
     }
 
@@ -65,17 +77,55 @@ impl Fetcher {
         parse_fetch(reply)
     }
 
-    /// Waits until a stream has an entry newer than `last_ids`, or the block
-    /// time passes. Claims nothing.
+    /// Takes over up to `count` jobs of `priority` idle for at least `lease`,
+    /// continuing the scan where the last pass stopped.
+    pub(crate) async fn reclaim(
+        &mut self,
+        priority: Priority,
+        lease: Duration,
+        count: usize,
+    ) -> Result<Reclaimed, Error> {
+        let keys = self.queue.keys();
+        let cursor = &mut self.reclaim_cursors[priority.index()];
+        if cursor.is_empty() {
+            *cursor = "0-0".to_owned();
+        }
+        let mut call = scripts()
+            .reclaim
+            .call(&[keys.stats(), keys.stream(priority)]);
+        call.arg(GROUP)
+            .arg(&self.consumer)
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(cursor.as_str())
+            .arg(count)
+            .arg(priority.as_str());
+        let reply: Value = call.invoke(&mut self.conn).await?;
+        let (next, reclaimed) = parse_reclaim(reply, priority)?;
+        *cursor = next;
+        Ok(reclaimed)
+    }
+
+    /// Waits until a stream has an entry newer than `last_ids`, or `block`
+    /// (at most the configured block) passes. Claims nothing.
     ///
     /// Cancel safety: cancel-safe; the blocking connection is dropped with
     /// the read, so a late reply cannot reach a later call.
-    pub(crate) async fn wait_for_new(&mut self, last_ids: &[String; 4]) -> Result<(), Error> {
+    pub(crate) async fn wait_for_new(
+        &mut self,
+        last_ids: &[String; 4],
+        block: Duration,
+    ) -> Result<(), Error> {
         let mut conn = match self.blocking.take() {
             Some(conn) => conn,
-            None => self.queue.redis().blocking_connection(self.block).await?,
+            None => {
+                self.queue
+                    .redis()
+                    .blocking_connection(self.max_block)
+                    .await?
+            }
         };
-        let block_ms = u64::try_from(self.block.as_millis()).unwrap_or(u64::MAX);
+        let block = block.clamp(Duration::from_millis(1), self.max_block);
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
         let _: Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(1)
@@ -127,6 +177,7 @@ fn parse_fetch(reply: Value) -> Result<Fetched, Error> {
             priority,
             entry_id,
             envelope,
+            deliveries: 1,
         });
     }
     if jobs.len() != count {
@@ -136,6 +187,52 @@ fn parse_fetch(reply: Value) -> Result<Fetched, Error> {
         )));
     }
     Ok(Fetched::Jobs(jobs))
+}
+
+fn parse_reclaim(reply: Value, priority: Priority) -> Result<(String, Reclaimed), Error> {
+    let unexpected = |detail: String| Error::UnexpectedReply {
+        script: "reclaim",
+        detail,
+    };
+    let Value::Array(items) = reply else {
+        return Err(unexpected(format!("{reply:?}")));
+    };
+    let mut items = items.into_iter();
+    let cursor: String = items
+        .next()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(|e| unexpected(e.to_string()))?
+        .unwrap_or_else(|| "0-0".to_owned());
+    let count: usize = items
+        .next()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(|e| unexpected(e.to_string()))?
+        .unwrap_or(0);
+    let mut reclaimed = Reclaimed::default();
+    for _ in 0..count {
+        let (Some(id), Some(envelope), Some(deliveries)) =
+            (items.next(), items.next(), items.next())
+        else {
+            return Err(unexpected(format!("{count} jobs announced, fewer sent")));
+        };
+        reclaimed.jobs.push(Claimed {
+            priority,
+            entry_id: redis::from_redis_value(id).map_err(|e| unexpected(e.to_string()))?,
+            envelope: match envelope {
+                Value::BulkString(bytes) => Some(bytes),
+                _ => None,
+            },
+            deliveries: redis::from_redis_value(deliveries).unwrap_or(1),
+        });
+    }
+    for id in items {
+        reclaimed
+            .lost
+            .push(redis::from_redis_value(id).map_err(|e| unexpected(e.to_string()))?);
+    }
+    Ok((cursor, reclaimed))
 }
 
 /// Claimed jobs waiting for a free handler slot, handed out most urgent
@@ -178,6 +275,7 @@ mod tests {
             priority,
             entry_id: id.to_owned(),
             envelope: None,
+            deliveries: 1,
         }
     }
 
@@ -231,5 +329,24 @@ mod tests {
         );
         assert!(matches!(parse_fetch(idle), Ok(Fetched::Idle(ids)) if ids[3] == "4-0"));
         assert!(parse_fetch(Value::Array(vec![Value::Int(1)])).is_err());
+    }
+
+    #[test]
+    fn reclaim_replies_parse_jobs_and_lost_ids() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            bulk("7-0"),
+            Value::Int(1),
+            bulk("5-0"),
+            bulk("env"),
+            Value::Int(3),
+            bulk("6-0"),
+        ]);
+        let (cursor, reclaimed) = parse_reclaim(reply, Priority::High).expect("parses");
+        assert_eq!(cursor, "7-0");
+        assert_eq!(reclaimed.jobs.len(), 1);
+        assert_eq!(reclaimed.jobs[0].deliveries, 3);
+        assert_eq!(reclaimed.jobs[0].priority, Priority::High);
+        assert_eq!(reclaimed.lost, ["6-0"]);
     }
 }

@@ -1,6 +1,7 @@
 //! Finishing jobs: one task receives every outcome, acknowledges completed
-//! jobs in batches (one `ack` script call per batch) and moves failed ones to
-//! the dead letters.
+//! jobs in batches (one `ack` script call per batch), schedules retries and
+//! moves failed jobs to the dead letters, one script call each. Every call is
+//! fenced: only the entry's current owner can finish it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,16 +11,23 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use super::config::{DeadLettered, WorkerConfig};
+use super::lease::Holdings;
 use crate::envelope::now_ms;
 use crate::keys::GROUP;
-use crate::scripts::{self, scripts};
-use crate::{Error, Priority, Queue};
+use crate::scripts::{self, ScriptCall, scripts};
+use crate::{Error, JobId, Priority, Queue};
 
 /// How one run of a job ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Completed,
-    /// Failed for good: dead-letter it with this error.
+    /// Failed, with attempts left: run again at `due_ms` with this envelope.
+    Retry {
+        envelope: Vec<u8>,
+        due_ms: u64,
+    },
+    /// Failed for good (or poison): dead-letter it with this error.
     Dead {
         job_id: String,
         attempts: u32,
@@ -38,9 +46,12 @@ pub(crate) struct Finished {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) completed: AtomicU64,
+    pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) ownership_lost: AtomicU64,
     pub(crate) panicked: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) lost: AtomicU64,
 }
 
 impl Counters {
@@ -58,7 +69,8 @@ pub(crate) struct Finisher {
     consumer: String,
     conn: ConnectionManager,
     counters: Arc<Counters>,
-    max_batch: usize,
+    holdings: Holdings,
+    config: WorkerConfig,
 }
 
 impl Finisher {
@@ -66,71 +78,68 @@ impl Finisher {
         queue: &Queue,
         consumer: &str,
         counters: Arc<Counters>,
-        max_batch: usize,
+        holdings: Holdings,
+        config: &WorkerConfig,
     ) -> Finisher {
         Finisher {
             queue: queue.clone(),
             consumer: consumer.to_owned(),
             conn: queue.conn(),
             counters,
-            max_batch,
+            holdings,
+            config: config.clone(),
         }
     }
 
     /// Runs until every sender is dropped and everything received is finished.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Finished>) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        while rx.recv_many(&mut batch, self.max_batch).await > 0 {
+        let max_batch = self.config.ack_batch;
+        let mut batch = Vec::with_capacity(max_batch);
+        while rx.recv_many(&mut batch, max_batch).await > 0 {
             let mut acks = Vec::with_capacity(batch.len());
             for finished in batch.drain(..) {
-                match finished.outcome {
-                    Outcome::Completed => acks.push((finished.priority, finished.entry_id)),
+                let Finished {
+                    priority,
+                    entry_id,
+                    outcome,
+                } = finished;
+                match outcome {
+                    Outcome::Completed => {
+                        acks.push((priority, entry_id));
+                        continue;
+                    }
+                    Outcome::Retry { envelope, due_ms } => {
+                        self.retry(priority, &entry_id, &envelope, due_ms).await;
+                    }
                     Outcome::Dead {
                         job_id,
                         attempts,
                         error,
                     } => {
-                        self.dead_letter(
-                            finished.priority,
-                            &finished.entry_id,
-                            &job_id,
-                            attempts,
-                            &error,
-                        )
-                        .await;
+                        self.dead_letter(priority, &entry_id, job_id, attempts, error)
+                            .await;
                     }
                 }
+                self.holdings.release(&entry_id);
             }
             if !acks.is_empty() {
                 self.ack(&acks).await;
+                for (_, id) in &acks {
+                    self.holdings.release(id);
+                }
             }
         }
     }
 
     async fn ack(&mut self, acks: &[(Priority, String)]) {
-        let keys = self.queue.keys();
-        let mut call = scripts().ack.call(&[
-            keys.stats(),
-            keys.stream(Priority::Critical),
-            keys.stream(Priority::High),
-            keys.stream(Priority::Medium),
-            keys.stream(Priority::Low),
-        ]);
+        let mut call = scripts().ack.call(&self.queue.keys().stats_and_streams());
         call.arg(GROUP).arg(&self.consumer);
         for (priority, id) in acks {
             call.arg(priority.lua_index()).arg(id);
         }
-        let reply = retrying("ack", || {
-            let call = &call;
-            let mut conn = self.conn.clone();
-            async move {
-                call.invoke::<Vec<Value>, _>(&mut conn)
-                    .await
-                    .map_err(Error::from)
-            }
-        })
-        .await;
-        let Some(reply) = reply else { return };
+        let Some(reply) = self.send::<Vec<Value>>("ack", &call).await else {
+            return;
+        };
         let acked: u64 = reply
             .first()
             .and_then(|v| redis::from_redis_value_ref(v).ok())
@@ -147,13 +156,29 @@ impl Finisher {
         }
     }
 
+    async fn retry(&mut self, priority: Priority, entry_id: &str, envelope: &[u8], due_ms: u64) {
+        let keys = self.queue.keys();
+        let mut call = scripts()
+            .retry
+            .call(&[keys.stats(), keys.stream(priority), keys.delayed()]);
+        call.arg(GROUP)
+            .arg(&self.consumer)
+            .arg(entry_id)
+            .arg(priority.lua_index())
+            .arg(due_ms)
+            .arg(envelope);
+        if self.fenced_call("retry", &call).await == Some(true) {
+            Counters::add(&self.counters.retried, 1);
+        }
+    }
+
     async fn dead_letter(
         &mut self,
         priority: Priority,
         entry_id: &str,
-        job_id: &str,
+        job_id: String,
         attempts: u32,
-        error: &str,
+        error: String,
     ) {
         let keys = self.queue.keys();
         let mut call =
@@ -164,69 +189,76 @@ impl Finisher {
             .arg(&self.consumer)
             .arg(entry_id)
             .arg(priority.as_str())
-            .arg(error)
+            .arg(&error)
             .arg(now_ms())
-            .arg(job_id)
+            .arg(&job_id)
             .arg(attempts)
             .arg(self.queue.settings().max_dead_letters.unwrap_or(0));
-        let settings = self.queue.settings().clone();
-        let moved = retrying("dead_letter", || {
-            let call = &call;
-            let settings = &settings;
-            let mut conn = self.conn.clone();
-            async move {
-                let reply: Value = call.invoke(&mut conn).await?;
-                match scripts::check_status(call.script(), reply, settings) {
-                    Err(Error::OwnershipLost) => Ok(false),
-                    other => other.map(|_| true),
-                }
-            }
-        })
-        .await;
-        match moved {
-            Some(true) => {
-                Counters::add(&self.counters.dead_lettered, 1);
-                tracing::warn!(
-                    queue = self.queue.name(),
-                    job = job_id,
-                    error,
-                    "job dead-lettered"
-                );
-            }
-            Some(false) => {
+        if self.fenced_call("dead_letter", &call).await != Some(true) {
+            return;
+        }
+        Counters::add(&self.counters.dead_lettered, 1);
+        tracing::warn!(
+            queue = self.queue.name(),
+            job = job_id,
+            error,
+            "job dead-lettered"
+        );
+        if let Some(hook) = &self.config.on_dead_letter {
+            hook(&DeadLettered {
+                job_id: JobId::from(job_id),
+                priority,
+                attempts,
+                error,
+            });
+        }
+    }
+
+    /// Sends a fenced single-job call: `Some(true)` when applied,
+    /// `Some(false)` when the job is no longer ours, `None` when given up.
+    async fn fenced_call(&mut self, what: &'static str, call: &ScriptCall) -> Option<bool> {
+        let reply = self.send::<Value>(what, call).await?;
+        match scripts::check_status(call.script(), reply, self.queue.settings()) {
+            Ok(_) => Some(true),
+            Err(Error::OwnershipLost) => {
                 Counters::add(&self.counters.ownership_lost, 1);
                 tracing::warn!(
                     queue = self.queue.name(),
-                    job = job_id,
-                    "dead-letter fenced: job reclaimed by another worker"
+                    what,
+                    "job was reclaimed by another worker; its new owner finishes it"
                 );
-            }
-            None => {}
-        }
-    }
-}
-
-/// Runs `op` until it succeeds, with capped exponential backoff, for up to
-/// [`GIVE_UP_AFTER`]. Returns `None` (after logging) when it gave up: the
-/// job then stays pending and is reclaimed later, so it is delayed, not lost.
-async fn retrying<T, F, Fut>(what: &str, mut op: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(20);
-    loop {
-        match op().await {
-            Ok(value) => return Some(value),
-            Err(err) if started.elapsed() < GIVE_UP_AFTER => {
-                tracing::warn!(%err, what, retry_in = ?delay, "finishing jobs failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                Some(false)
             }
             Err(err) => {
-                tracing::error!(%err, what, "gave up finishing jobs; they stay pending and will be reclaimed");
-                return None;
+                tracing::error!(queue = self.queue.name(), %err, what, "unexpected reply");
+                None
+            }
+        }
+    }
+
+    /// Sends `call` until it succeeds, with capped exponential backoff, for
+    /// up to [`GIVE_UP_AFTER`]. Returns `None` (after logging) when it gave
+    /// up: the job then stays pending and is reclaimed later, so it is
+    /// delayed or repeated, never lost. Out-of-memory refusals land here too.
+    async fn send<T: redis::FromRedisValue>(&mut self, what: &str, call: &ScriptCall) -> Option<T> {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match call
+                .invoke::<T, _>(&mut self.conn)
+                .await
+                .map_err(Error::from)
+            {
+                Ok(value) => return Some(value),
+                Err(err) if started.elapsed() < GIVE_UP_AFTER => {
+                    tracing::warn!(%err, what, retry_in = ?delay, "finishing a job failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => {
+                    tracing::error!(%err, what, "gave up finishing a job; it stays pending and will be reclaimed");
+                    return None;
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ pub struct Job<T> {
     pub(crate) priority: Priority,
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
+    pub(crate) deliveries: u32,
     pub(crate) enqueued_ms: u64,
     pub(crate) timeout: Option<Duration>,
     pub(crate) payload: T,
@@ -31,6 +32,7 @@ impl<T> Job<T> {
             priority: Priority::default(),
             attempt: 1,
             max_attempts: 3,
+            deliveries: 1,
             enqueued_ms: crate::envelope::now_ms(),
             timeout: None,
             payload,
@@ -73,6 +75,13 @@ impl<T> Job<T> {
     /// Which attempt this is: 1 on the first run.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// How many times this stream entry has been delivered, this time
+    /// included: above 1 when a worker holding it died or hung and it was
+    /// reclaimed. (Retries are new entries; see [`Job::attempt`].)
+    pub fn deliveries(&self) -> u32 {
+        self.deliveries
     }
 
     /// How many attempts the job may have in all.

@@ -1,14 +1,19 @@
 //! [`Worker`]: runs a handler over a queue's jobs, most urgent first.
 //!
-//! - `fetch`: claims jobs in strict priority order; blocks on its own
-//!   connection when idle.
-//! - `finish`: acknowledges completed jobs in batches and dead-letters failed
-//!   ones, in one script call each.
+//! - `config`: [`WorkerConfig`] and [`RetryBackoff`].
+//! - `fetch`: claims jobs in strict priority order, reclaims expired leases,
+//!   and blocks on its own connection when idle.
+//! - `lease`: what the worker holds, and the heartbeat that keeps it.
+//! - `promote`: moves due retries and scheduled jobs into their streams.
+//! - `finish`: acknowledges, retries and dead-letters, fenced by owner.
 //! - `job`: what a handler receives and returns.
 
+mod config;
 mod fetch;
 mod finish;
 mod job;
+mod lease;
+mod promote;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,97 +24,20 @@ use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::Envelope;
-use crate::error::{ConfigCheck, ConfigError};
+use crate::envelope::{Envelope, now_ms};
+use crate::error::ConfigError;
 use crate::keys::GROUP;
 use crate::scripts::scripts;
-use crate::{Error, Queue};
+use crate::{Error, Priority, Queue};
 use fetch::{Claimed, Fetched, Fetcher, PriorityBuffer};
 use finish::{Counters, Finished, Finisher, Outcome};
+use lease::Holdings;
 
+pub use config::{DeadLettered, RetryBackoff, WorkerConfig};
 pub use job::{Handler, Job, JobError};
-
-/// How a worker runs. Every setter's doc ends with its default.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    concurrency: usize,
-    prefetch: usize,
-    block: Duration,
-    ack_batch: usize,
-    consumer: Option<String>,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            concurrency: 16,
-            prefetch: 16,
-            block: Duration::from_secs(5),
-            ack_batch: 256,
-            consumer: None,
-        }
-    }
-}
-
-impl WorkerConfig {
-    /// The default configuration.
-    pub fn new() -> WorkerConfig {
-        WorkerConfig::default()
-    }
-
-    /// How many jobs run at once. Default: 16.
-    pub fn concurrency(mut self, jobs: usize) -> WorkerConfig {
-        self.concurrency = jobs;
-        self
-    }
-
-    /// How many claimed jobs may wait for a free slot beyond those running.
-    /// More keeps slots busy across fetch round trips; fewer lets a newly
-    /// arrived urgent job overtake sooner. Default: 16.
-    pub fn prefetch(mut self, jobs: usize) -> WorkerConfig {
-        self.prefetch = jobs;
-        self
-    }
-
-    /// How long one idle wait for new jobs blocks before checking again.
-    /// Default: 5 s.
-    pub fn block(mut self, block: Duration) -> WorkerConfig {
-        self.block = block;
-        self
-    }
-
-    /// The most completed jobs acknowledged in one script call. Default: 256.
-    pub fn ack_batch(mut self, jobs: usize) -> WorkerConfig {
-        self.ack_batch = jobs;
-        self
-    }
-
-    /// The consumer name in the group. Must be unique among live workers.
-    /// Default: host name, process id and a random suffix.
-    pub fn consumer_name(mut self, name: impl Into<String>) -> WorkerConfig {
-        self.consumer = Some(name.into());
-        self
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let mut check = ConfigCheck::default();
-        check.positive("concurrency", self.concurrency);
-        check.positive("ack batch", self.ack_batch);
-        check.require(self.ack_batch <= 1000, || {
-            format!("ack batch is {}, the most is 1000", self.ack_batch)
-        });
-        check.nonzero("block", self.block);
-        if let Some(name) = &self.consumer {
-            check.require(
-                !name.is_empty() && !name.chars().any(char::is_control),
-                || format!("consumer name {name:?} must be non-empty text"),
-            );
-        }
-        check.finish()
-    }
-}
 
 /// What a worker did before it returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -117,13 +45,19 @@ impl WorkerConfig {
 pub struct WorkerReport {
     /// Jobs completed and acknowledged.
     pub completed: u64,
+    /// Failed attempts scheduled to run again.
+    pub retried: u64,
     /// Jobs moved to the dead letters.
     pub dead_lettered: u64,
     /// Jobs this worker ran but could not finish because another worker had
     /// reclaimed them (they are that worker's now).
     pub ownership_lost: u64,
-    /// Handler runs that panicked.
+    /// Handler runs that panicked (each counted as a failed attempt).
     pub panicked: u64,
+    /// Jobs taken over from workers whose lease ran out.
+    pub reclaimed: u64,
+    /// Pending jobs Redis reported deleted (trimmed by someone): lost.
+    pub lost: u64,
 }
 
 /// Runs a handler over one queue. Start as many workers as you like, in one
@@ -133,6 +67,15 @@ pub struct Worker {
     queue: Queue,
     config: WorkerConfig,
     consumer: String,
+}
+
+/// What every job task needs.
+struct JobContext<H> {
+    handler: H,
+    finished: mpsc::Sender<Finished>,
+    counters: Arc<Counters>,
+    backoff: RetryBackoff,
+    max_payload_bytes: usize,
 }
 
 impl Worker {
@@ -160,11 +103,13 @@ impl Worker {
     }
 
     /// Processes jobs until `shutdown` is cancelled, then stops fetching,
-    /// runs the jobs it has already claimed, acknowledges everything and
-    /// leaves the consumer group if it owns nothing there.
+    /// runs the jobs it has already claimed, finishes everything and leaves
+    /// the consumer group if it owns nothing there.
     ///
-    /// Redis errors while fetching are logged and retried with capped backoff;
-    /// the worker keeps running.
+    /// Along the way it promotes due retries and scheduled jobs, reclaims
+    /// jobs whose worker died, and renews the leases of what it holds. Redis
+    /// errors are logged and retried with capped backoff; the worker keeps
+    /// running through restarts and dropped connections.
     ///
     /// # Errors
     ///
@@ -173,7 +118,8 @@ impl Worker {
     /// # Cancel safety
     ///
     /// Not cancel-safe: dropping the future abandons claimed jobs, which
-    /// stay pending until reclaimed. Cancel `shutdown` instead.
+    /// stay pending until another worker reclaims them after the lease.
+    /// Cancel `shutdown` instead.
     pub async fn run<T, H>(
         self,
         handler: H,
@@ -184,56 +130,122 @@ impl Worker {
         H: Handler<T>,
     {
         self.queue.ensure_groups().await?;
-        let handler = Arc::new(handler);
         let counters = Arc::new(Counters::default());
+        let holdings = Holdings::default();
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
         let finisher = Finisher::new(
             &self.queue,
             &self.consumer,
             counters.clone(),
-            self.config.ack_batch,
+            holdings.clone(),
+            &self.config,
         );
         let finisher = tokio::spawn(finisher.run(finished_rx));
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = self.config.heartbeat.then(|| {
+            tokio::spawn(lease::heartbeat(
+                self.queue.clone(),
+                self.consumer.clone(),
+                holdings.clone(),
+                self.config.lease,
+                heartbeat_stop.clone(),
+            ))
+        });
+        let context = Arc::new(JobContext {
+            handler,
+            finished: finished_tx,
+            counters: counters.clone(),
+            backoff: self.config.backoff,
+            max_payload_bytes: self.queue.settings().max_payload_bytes,
+        });
 
-        let mut fetcher = Fetcher::new(&self.queue, &self.consumer, self.config.block);
-        let mut buffer = PriorityBuffer::default();
-        let mut running = JoinSet::new();
+        let mut lane = Lane {
+            fetcher: Fetcher::new(&self.queue, &self.consumer, self.config.block),
+            buffer: PriorityBuffer::default(),
+            running: JoinSet::new(),
+            holdings,
+        };
+        self.fetch_loop(&mut lane, &context, &shutdown).await;
+
+        // Shutting down: run what was claimed, then flush every outcome.
+        loop {
+            self.dispatch(&mut lane, &context);
+            if lane.running.join_next().await.is_none() && lane.buffer.is_empty() {
+                break;
+            }
+        }
+        drop(context);
+        if let Err(err) = finisher.await {
+            tracing::error!(%err, "finishing task failed");
+        }
+        heartbeat_stop.cancel();
+        if let Some(heartbeat) = heartbeat {
+            let _ = heartbeat.await;
+        }
+        self.retire().await;
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        Ok(WorkerReport {
+            completed: count(&counters.completed),
+            retried: count(&counters.retried),
+            dead_lettered: count(&counters.dead_lettered),
+            ownership_lost: count(&counters.ownership_lost),
+            panicked: count(&counters.panicked),
+            reclaimed: count(&counters.reclaimed),
+            lost: count(&counters.lost),
+        })
+    }
+
+    async fn fetch_loop<T, H>(
+        &self,
+        lane: &mut Lane,
+        context: &Arc<JobContext<H>>,
+        shutdown: &CancellationToken,
+    ) where
+        T: DeserializeOwned + Send + 'static,
+        H: Handler<T>,
+    {
         let capacity = self.config.concurrency + self.config.prefetch;
         let mut backoff = Backoff::default();
-        let start_job = |claimed: Claimed, running: &mut JoinSet<()>| {
-            running.spawn(run_job(
-                claimed,
-                handler.clone(),
-                finished_tx.clone(),
-                counters.clone(),
-            ));
-        };
-
+        let mut next_promote = Instant::now();
+        let mut next_reclaim = Instant::now();
         while !shutdown.is_cancelled() {
-            while running.try_join_next().is_some() {}
-            while running.len() < self.config.concurrency {
-                match buffer.pop() {
-                    Some(claimed) => start_job(claimed, &mut running),
-                    None => break,
-                }
+            while lane.running.try_join_next().is_some() {}
+            self.dispatch(lane, context);
+            let room = capacity.saturating_sub(lane.running.len() + lane.buffer.len());
+            let now = Instant::now();
+            if now >= next_promote {
+                next_promote = now + self.promote().await;
             }
-            let room = capacity.saturating_sub(running.len() + buffer.len());
+            if now >= next_reclaim && room > 0 {
+                self.reclaim(lane, context, room).await;
+                next_reclaim = now + self.config.reclaim_interval;
+                continue;
+            }
+            let upkeep_at = next_promote.min(next_reclaim);
             if room == 0 {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = running.join_next() => continue,
+                    _ = lane.running.join_next() => {}
+                    _ = tokio::time::sleep_until(upkeep_at) => {}
                 }
+                continue;
             }
             // Never cancelled: a fetch dropped mid-flight may have claimed jobs.
-            let outcome = match fetcher.fetch(room).await {
+            let outcome = match lane.fetcher.fetch(room).await {
                 Ok(Fetched::Jobs(jobs)) => {
-                    buffer.extend(jobs);
+                    for job in &jobs {
+                        lane.holdings.hold(job.priority, &job.entry_id);
+                    }
+                    lane.buffer.extend(jobs);
                     Ok(())
                 }
-                Ok(Fetched::Idle(last_ids)) => tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    woken = fetcher.wait_for_new(&last_ids) => woken,
-                },
+                Ok(Fetched::Idle(last_ids)) => {
+                    let block = upkeep_at.saturating_duration_since(Instant::now());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        woken = lane.fetcher.wait_for_new(&last_ids, block) => woken,
+                    }
+                }
                 Err(err) => Err(err),
             };
             match outcome {
@@ -253,30 +265,96 @@ impl Worker {
                 }
             }
         }
+    }
 
-        // Shutting down: run what was claimed, then flush every outcome.
-        loop {
-            while running.len() < self.config.concurrency {
-                match buffer.pop() {
-                    Some(claimed) => start_job(claimed, &mut running),
-                    None => break,
+    /// Starts buffered jobs, most urgent first, while slots are free.
+    fn dispatch<T, H>(&self, lane: &mut Lane, context: &Arc<JobContext<H>>)
+    where
+        T: DeserializeOwned + Send + 'static,
+        H: Handler<T>,
+    {
+        while lane.running.len() < self.config.concurrency {
+            let Some(claimed) = lane.buffer.pop() else {
+                break;
+            };
+            lane.running.spawn(run_job(claimed, context.clone()));
+        }
+    }
+
+    /// Moves due delayed jobs; returns how long until the next pass.
+    async fn promote(&self) -> Duration {
+        let interval = self.config.promote_interval;
+        for _ in 0..10 {
+            match promote::promote(&self.queue).await {
+                Ok(p) if p.moved == promote::PROMOTE_LIMIT => continue,
+                Ok(p) => return p.next_due_in.map_or(interval, |due| due.min(interval)),
+                Err(err) => {
+                    tracing::warn!(queue = self.queue.name(), %err, "promoting delayed jobs failed");
+                    return interval;
                 }
             }
-            if running.join_next().await.is_none() && buffer.is_empty() {
+        }
+        Duration::ZERO
+    }
+
+    /// Takes over jobs whose lease ran out, up to `room`, most urgent first.
+    /// Those delivered too often without finishing are dead-lettered.
+    async fn reclaim<T, H>(&self, lane: &mut Lane, context: &Arc<JobContext<H>>, room: usize)
+    where
+        T: DeserializeOwned + Send + 'static,
+        H: Handler<T>,
+    {
+        let mut room = room;
+        for priority in Priority::ALL {
+            if room == 0 {
                 break;
             }
+            let reclaimed = match lane
+                .fetcher
+                .reclaim(priority, self.config.lease, room)
+                .await
+            {
+                Ok(reclaimed) => reclaimed,
+                Err(err) => {
+                    tracing::warn!(queue = self.queue.name(), %err, "reclaiming stalled jobs failed");
+                    return;
+                }
+            };
+            if !reclaimed.lost.is_empty() {
+                Counters::add(&context.counters.lost, reclaimed.lost.len() as u64);
+                tracing::error!(
+                    queue = self.queue.name(),
+                    %priority,
+                    lost = reclaimed.lost.len(),
+                    ids = ?reclaimed.lost,
+                    "jobs lost: Redis deleted these entries while they were pending (was the stream trimmed?)"
+                );
+            }
+            room = room.saturating_sub(reclaimed.jobs.len());
+            Counters::add(&context.counters.reclaimed, reclaimed.jobs.len() as u64);
+            for job in reclaimed.jobs {
+                lane.holdings.hold(job.priority, &job.entry_id);
+                if job.deliveries > self.config.max_deliveries {
+                    let outcome = poison_outcome(&job, self.config.max_deliveries);
+                    let finished = Finished {
+                        priority: job.priority,
+                        entry_id: job.entry_id,
+                        outcome,
+                    };
+                    if context.finished.send(finished).await.is_err() {
+                        tracing::error!("finisher stopped; the job stays pending");
+                    }
+                } else {
+                    tracing::info!(
+                        queue = self.queue.name(),
+                        entry = job.entry_id,
+                        deliveries = job.deliveries,
+                        "reclaimed a stalled job"
+                    );
+                    lane.buffer.extend(vec![job]);
+                }
+            }
         }
-        drop(finished_tx);
-        if let Err(err) = finisher.await {
-            tracing::error!(%err, "finishing task failed");
-        }
-        self.retire().await;
-        Ok(WorkerReport {
-            completed: counters.completed.load(Ordering::Relaxed),
-            dead_lettered: counters.dead_lettered.load(Ordering::Relaxed),
-            ownership_lost: counters.ownership_lost.load(Ordering::Relaxed),
-            panicked: counters.panicked.load(Ordering::Relaxed),
-        })
     }
 
     /// Leaves the consumer group where this worker owns nothing.
@@ -295,26 +373,26 @@ impl Worker {
     }
 }
 
+/// The worker's moving parts between fetching and running.
+struct Lane {
+    fetcher: Fetcher,
+    buffer: PriorityBuffer,
+    running: JoinSet<()>,
+    holdings: Holdings,
+}
+
 /// Decodes, runs and reports one claimed job.
-async fn run_job<T, H>(
-    claimed: Claimed,
-    handler: Arc<H>,
-    finished: mpsc::Sender<Finished>,
-    counters: Arc<Counters>,
-) where
+async fn run_job<T, H>(claimed: Claimed, context: Arc<JobContext<H>>)
+where
     T: DeserializeOwned + Send + 'static,
     H: Handler<T>,
 {
-    let outcome = match decode::<T>(&claimed) {
+    let outcome = match decode::<T>(&claimed, context.max_payload_bytes) {
         Err(poison) => poison,
         Ok(job) => {
-            let (job_id, attempt, max_attempts, timeout) = (
-                job.id.to_string(),
-                job.attempt,
-                job.max_attempts,
-                job.timeout,
-            );
-            let run = AssertUnwindSafe(handler.handle(job)).catch_unwind();
+            let (attempt, max_attempts, timeout) = (job.attempt, job.max_attempts, job.timeout);
+            let job_id = job.id.to_string();
+            let run = AssertUnwindSafe(context.handler.handle(job)).catch_unwind();
             let result = match timeout {
                 Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
                     Ok(Err(JobError::retry(format!("timed out after {limit:?}"))))
@@ -322,7 +400,7 @@ async fn run_job<T, H>(
                 None => run.await,
             };
             let result = result.unwrap_or_else(|panic| {
-                Counters::add(&counters.panicked, 1);
+                Counters::add(&context.counters.panicked, 1);
                 Err(JobError::retry(format!(
                     "handler panicked: {}",
                     panic_message(&panic)
@@ -330,32 +408,70 @@ async fn run_job<T, H>(
             });
             match result {
                 Ok(()) => Outcome::Completed,
-                Err(err) => {
-                    let _ = max_attempts;
-                    Outcome::Dead {
-                        job_id,
-                        attempts: attempt,
-                        error: err.message().to_owned(),
-                    }
-                }
+                Err(err) if err.is_permanent() => Outcome::Dead {
+                    job_id,
+                    attempts: attempt,
+                    error: err.message().to_owned(),
+                },
+                Err(err) if attempt >= max_attempts => Outcome::Dead {
+                    job_id,
+                    attempts: attempt,
+                    error: format!("failed {attempt} of {max_attempts} attempts, last: {err}"),
+                },
+                Err(err) => retry_outcome(&claimed, &context.backoff, attempt, job_id, &err),
             }
         }
     };
-    let finished_job = Finished {
+    let finished = Finished {
         priority: claimed.priority,
         entry_id: claimed.entry_id,
         outcome,
     };
-    if finished.send(finished_job).await.is_err() {
+    if context.finished.send(finished).await.is_err() {
         tracing::error!(
             "finisher stopped before a job's outcome was recorded; it will be reclaimed"
         );
     }
 }
 
+/// The next attempt of a job that failed attempt `attempt`.
+fn retry_outcome(
+    claimed: &Claimed,
+    backoff: &RetryBackoff,
+    attempt: u32,
+    job_id: String,
+    err: &JobError,
+) -> Outcome {
+    let next = claimed
+        .envelope
+        .as_deref()
+        .ok_or_else(|| Error::Decode("no envelope".to_owned()))
+        .and_then(Envelope::decode)
+        .and_then(|mut envelope| {
+            envelope.attempt = attempt;
+            envelope.encode(usize::MAX)
+        });
+    match next {
+        Ok(envelope) => {
+            let delay = backoff.delay(attempt, fastrand::f64());
+            tracing::info!(job = job_id, attempt, retry_in = ?delay, error = %err, "job failed; will retry");
+            Outcome::Retry {
+                envelope,
+                due_ms: now_ms()
+                    .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+            }
+        }
+        Err(e) => Outcome::Dead {
+            job_id,
+            attempts: attempt,
+            error: format!("{err}; cannot schedule a retry: {e}"),
+        },
+    }
+}
+
 /// Turns a claimed entry into a [`Job`], or into a dead-letter outcome when
 /// it cannot be decoded (poison: no retry can fix it).
-fn decode<T: DeserializeOwned>(claimed: &Claimed) -> Result<Job<T>, Outcome> {
+fn decode<T: DeserializeOwned>(claimed: &Claimed, max_bytes: usize) -> Result<Job<T>, Outcome> {
     let poison = |job_id: &str, attempts: u32, error: String| Outcome::Dead {
         job_id: job_id.to_owned(),
         attempts,
@@ -368,6 +484,18 @@ fn decode<T: DeserializeOwned>(claimed: &Claimed) -> Result<Job<T>, Outcome> {
             "undecodable job: stream entry has no envelope".to_owned(),
         ));
     };
+    // An envelope adds a few dozen bytes to the payload limit; anything far
+    // larger did not come from a streamq producer with this limit.
+    if bytes.len() > max_bytes.saturating_add(4096) {
+        return Err(poison(
+            "",
+            1,
+            format!(
+                "undecodable job: {} bytes, over the limit of {max_bytes}",
+                bytes.len()
+            ),
+        ));
+    }
     let envelope =
         Envelope::decode(bytes).map_err(|e| poison("", 1, format!("undecodable job: {e}")))?;
     let attempt = envelope.attempt + 1;
@@ -380,10 +508,28 @@ fn decode<T: DeserializeOwned>(claimed: &Claimed) -> Result<Job<T>, Outcome> {
         priority: claimed.priority,
         attempt,
         max_attempts: envelope.max_attempts,
+        deliveries: claimed.deliveries,
         enqueued_ms: envelope.enqueued_ms,
         timeout: envelope.timeout_ms.map(Duration::from_millis),
         payload,
     })
+}
+
+/// The dead-letter outcome for a job delivered too often without finishing.
+fn poison_outcome(job: &Claimed, max_deliveries: u32) -> Outcome {
+    let envelope = job.envelope.as_deref().map(Envelope::decode);
+    let (job_id, attempts) = match envelope {
+        Some(Ok(e)) => (e.id.into_owned(), e.attempt + 1),
+        _ => (String::new(), 1),
+    };
+    Outcome::Dead {
+        job_id,
+        attempts,
+        error: format!(
+            "delivered {} times without finishing (max {max_deliveries}): each worker holding it died or hung",
+            job.deliveries - 1
+        ),
+    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

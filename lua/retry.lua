@@ -1,0 +1,39 @@
+#!lua
+--[[
+  retry: schedule another attempt of a failed job, atomically: fenced, the new
+  envelope into the delayed set, XACK and XDEL of the old entry, counters.
+
+  No flags: when Redis is out of memory the whole call is refused before any
+  write; the job stays pending with its owner and the worker tries again.
+
+  KEYS[1]    stats hash          HINCRBY "retried:<p>", "failed:<p>", "ownership_lost"
+  KEYS[2]    stream              the job's priority stream
+  KEYS[3]    delayed zset
+  ARGV[1]    group
+  ARGV[2]    consumer            the owner the entry must still have
+  ARGV[3]    entry id
+  ARGV[4]    priority index      1..4, where the next attempt will run
+  ARGV[5]    due                 Unix ms of the next attempt
+  ARGV[6]    envelope            re-encoded with the attempt count raised
+
+  Returns    {0}                 scheduled
+             {2}                 not scheduled: the consumer no longer owns the
+                                 entry (reclaimed by another worker)
+]]
+local stats, stream, delayed = KEYS[1], KEYS[2], KEYS[3]
+local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
+local p, due, envelope = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local names = { 'critical', 'high', 'medium', 'low' }
+
+local pending = redis.call('XPENDING', stream, group, id, id, 1)
+if not (pending[1] and pending[1][2] == consumer) then
+  redis.pcall('HINCRBY', stats, 'ownership_lost', 1)
+  return { 2 }
+end
+
+redis.call('ZADD', delayed, due, p .. envelope)
+redis.call('XACK', stream, group, id)
+redis.call('XDEL', stream, id)
+redis.call('HINCRBY', stats, 'retried:' .. names[p], 1)
+redis.call('HINCRBY', stats, 'failed:' .. names[p], 1)
+return { 0 }
