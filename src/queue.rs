@@ -207,12 +207,19 @@ impl Queue {
             pipe.cmd("TYPE").arg(key);
         }
         pipe.cmd("TYPE").arg(keys.stats());
+        pipe.cmd("TYPE").arg(keys.delayed());
+        pipe.cmd("TYPE").arg(keys.dead());
         let types: Vec<String> = pipe.query_async(&mut conn).await?;
         let expected = keys
             .streams()
             .iter()
             .map(|k| (k.as_str(), "stream"))
-            .chain([(keys.stats(), "hash")]);
+            .chain([
+                (keys.stats(), "hash"),
+                (keys.delayed(), "zset"),
+                (keys.dead(), "stream"),
+            ]);
+        let mut streams_found = Vec::new();
         for ((key, expected), found) in expected.zip(types) {
             if found != "none" && found != expected {
                 return Err(Error::WrongKeyType {
@@ -221,8 +228,14 @@ impl Queue {
                     expected,
                 });
             }
+            streams_found.push(found == "stream");
         }
-        for key in keys.streams() {
+        for (key, exists) in keys.streams().iter().zip(streams_found) {
+            // Creating is a write Redis refuses when full, even for a group
+            // that exists; a worker must still start then, to drain.
+            if exists && has_group(&mut conn, key).await? {
+                continue;
+            }
             let created: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(key)
@@ -238,4 +251,18 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+/// Whether the stream `key` has streamq's consumer group.
+async fn has_group(conn: &mut ConnectionManager, key: &str) -> Result<bool, Error> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(conn)
+        .await?;
+    Ok(groups.iter().any(|g| {
+        g.get("name")
+            .and_then(|n| redis::from_redis_value_ref::<String>(n).ok())
+            .is_some_and(|n| n == GROUP)
+    }))
 }

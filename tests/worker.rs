@@ -4,56 +4,13 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streamq::{
-    EnqueueOptions, Job, JobError, JobId, Priority, Queue, Worker, WorkerConfig, WorkerReport,
-};
-use support::{TestRedis, eventually};
+use streamq::{EnqueueOptions, Job, JobError, Priority, WorkerConfig};
+use support::{Seen, TestRedis, eventually, spawn_worker};
 use tokio_util::sync::CancellationToken;
-
-/// Records every job id a handler saw, with how many times.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<HashMap<JobId, u32>>>);
-
-impl Seen {
-    fn record(&self, id: &JobId) {
-        *self.0.lock().unwrap().entry(id.clone()).or_default() += 1;
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn duplicates(&self) -> Vec<(JobId, u32)> {
-        let seen = self.0.lock().unwrap();
-        seen.iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(id, n)| (id.clone(), *n))
-            .collect()
-    }
-    fn ids(&self) -> Vec<JobId> {
-        self.0.lock().unwrap().keys().cloned().collect()
-    }
-}
-
-fn spawn_worker<T, F, Fut>(
-    queue: &Queue,
-    config: WorkerConfig,
-    handler: F,
-) -> (CancellationToken, tokio::task::JoinHandle<WorkerReport>)
-where
-    T: serde::de::DeserializeOwned + Send + 'static,
-    F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), JobError>> + Send,
-{
-    let token = CancellationToken::new();
-    let worker = Worker::new(queue, config).unwrap();
-    let stop = token.clone();
-    let handle = tokio::spawn(async move { worker.run(handler, stop).await.unwrap() });
-    (token, handle)
-}
 
 #[tokio::test]
 async fn jobs_run_most_urgent_first() {

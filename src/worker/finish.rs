@@ -10,6 +10,7 @@ use std::time::Duration;
 use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::config::{DeadLettered, WorkerConfig};
 use super::lease::Holdings;
@@ -60,9 +61,46 @@ impl Counters {
     }
 }
 
-/// How long finishing keeps retrying a Redis error before it gives up and
-/// leaves the job pending (to be reclaimed and run again).
+/// How long acks keep retrying a Redis error before giving up and leaving
+/// the jobs pending (to be reclaimed and run again).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a stopping worker keeps trying deferred moves.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A retry or dead-letter move Redis refused, waiting to be tried again.
+struct Deferred {
+    finished: Finished,
+    tries: u32,
+    due: Instant,
+}
+
+impl Deferred {
+    fn new(finished: Finished) -> Deferred {
+        Deferred {
+            finished,
+            tries: 0,
+            due: Instant::now(),
+        }
+    }
+
+    /// Schedules the next try: 50 ms doubling to 5 s.
+    fn backoff(&mut self) -> Duration {
+        let delay = Duration::from_millis(50)
+            .saturating_mul(1 << self.tries.min(7))
+            .min(Duration::from_secs(5));
+        self.tries += 1;
+        self.due = Instant::now() + delay;
+        delay
+    }
+}
+
+async fn sleep_until_some(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
 
 pub(crate) struct Finisher {
     queue: Queue,
@@ -92,41 +130,96 @@ impl Finisher {
     }
 
     /// Runs until every sender is dropped and everything received is finished.
+    ///
+    /// Acks never wait behind a retry or dead-letter move that Redis refused
+    /// (when full, say): such a move is deferred and tried again with
+    /// backoff, its job still held and leased by this worker.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Finished>) {
         let max_batch = self.config.ack_batch;
         let mut batch = Vec::with_capacity(max_batch);
-        while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let mut deferred = Vec::new();
+        loop {
+            let next_due = deferred.iter().map(|d: &Deferred| d.due).min();
+            tokio::select! {
+                received = rx.recv_many(&mut batch, max_batch) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                _ = sleep_until_some(next_due) => {}
+            }
             let mut acks = Vec::with_capacity(batch.len());
             for finished in batch.drain(..) {
-                let Finished {
-                    priority,
-                    entry_id,
-                    outcome,
-                } = finished;
-                match outcome {
-                    Outcome::Completed => {
-                        acks.push((priority, entry_id));
-                        continue;
-                    }
-                    Outcome::Retry { envelope, due_ms } => {
-                        self.retry(priority, &entry_id, &envelope, due_ms).await;
-                    }
-                    Outcome::Dead {
-                        job_id,
-                        attempts,
-                        error,
-                    } => {
-                        self.dead_letter(priority, &entry_id, job_id, attempts, error)
+                match finished.outcome {
+                    Outcome::Completed => acks.push((finished.priority, finished.entry_id)),
+                    _ => {
+                        self.apply_or_defer(Deferred::new(finished), &mut deferred)
                             .await;
                     }
                 }
-                self.holdings.release(&entry_id);
             }
             if !acks.is_empty() {
                 self.ack(&acks).await;
                 for (_, id) in &acks {
                     self.holdings.release(id);
                 }
+            }
+            self.retry_due(&mut deferred, Instant::now()).await;
+        }
+        // Shutting down: a last chance for deferred moves, then they stay
+        // pending (unheld) for another worker to reclaim.
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while !deferred.is_empty() && Instant::now() < deadline {
+            let due = deferred.iter().map(|d| d.due).min().unwrap_or(deadline);
+            tokio::time::sleep_until(due.min(deadline)).await;
+            self.retry_due(&mut deferred, Instant::now()).await;
+        }
+        for d in deferred {
+            tracing::error!(
+                queue = self.queue.name(),
+                entry = d.finished.entry_id,
+                "could not finish a failed job before shutdown; it stays pending and will be reclaimed"
+            );
+            self.holdings.release(&d.finished.entry_id);
+        }
+    }
+
+    async fn retry_due(&mut self, deferred: &mut Vec<Deferred>, now: Instant) {
+        let (due, later): (Vec<Deferred>, Vec<Deferred>) =
+            deferred.drain(..).partition(|d| d.due <= now);
+        *deferred = later;
+        for d in due {
+            self.apply_or_defer(d, deferred).await;
+        }
+    }
+
+    /// Tries a retry or dead-letter move once; defers it on a Redis error.
+    async fn apply_or_defer(&mut self, mut item: Deferred, deferred: &mut Vec<Deferred>) {
+        let Finished {
+            priority,
+            entry_id,
+            outcome,
+        } = &item.finished;
+        let result = match outcome {
+            Outcome::Completed => return,
+            Outcome::Retry { envelope, due_ms } => {
+                self.retry(*priority, entry_id, envelope, *due_ms).await
+            }
+            Outcome::Dead {
+                job_id,
+                attempts,
+                error,
+            } => {
+                self.dead_letter(*priority, entry_id, job_id, *attempts, error)
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => self.holdings.release(&item.finished.entry_id),
+            Err(err) => {
+                let delay = item.backoff();
+                tracing::warn!(queue = self.queue.name(), entry = item.finished.entry_id, %err, retry_in = ?delay, "could not move a failed job yet; it stays pending and held");
+                deferred.push(item);
             }
         }
     }
@@ -156,7 +249,13 @@ impl Finisher {
         }
     }
 
-    async fn retry(&mut self, priority: Priority, entry_id: &str, envelope: &[u8], due_ms: u64) {
+    async fn retry(
+        &mut self,
+        priority: Priority,
+        entry_id: &str,
+        envelope: &[u8],
+        due_ms: u64,
+    ) -> Result<(), Error> {
         let keys = self.queue.keys();
         let mut call = scripts()
             .retry
@@ -167,19 +266,20 @@ impl Finisher {
             .arg(priority.lua_index())
             .arg(due_ms)
             .arg(envelope);
-        if self.fenced_call("retry", &call).await == Some(true) {
+        if self.fenced_call("retry", &call).await? {
             Counters::add(&self.counters.retried, 1);
         }
+        Ok(())
     }
 
     async fn dead_letter(
         &mut self,
         priority: Priority,
         entry_id: &str,
-        job_id: String,
+        job_id: &str,
         attempts: u32,
-        error: String,
-    ) {
+        error: &str,
+    ) -> Result<(), Error> {
         let keys = self.queue.keys();
         let mut call =
             scripts()
@@ -189,13 +289,13 @@ impl Finisher {
             .arg(&self.consumer)
             .arg(entry_id)
             .arg(priority.as_str())
-            .arg(&error)
+            .arg(error)
             .arg(now_ms())
-            .arg(&job_id)
+            .arg(job_id)
             .arg(attempts)
             .arg(self.queue.settings().max_dead_letters.unwrap_or(0));
-        if self.fenced_call("dead_letter", &call).await != Some(true) {
-            return;
+        if !self.fenced_call("dead_letter", &call).await? {
+            return Ok(());
         }
         Counters::add(&self.counters.dead_lettered, 1);
         tracing::warn!(
@@ -206,20 +306,21 @@ impl Finisher {
         );
         if let Some(hook) = &self.config.on_dead_letter {
             hook(&DeadLettered {
-                job_id: JobId::from(job_id),
+                job_id: JobId::from(job_id.to_owned()),
                 priority,
                 attempts,
-                error,
+                error: error.to_owned(),
             });
         }
+        Ok(())
     }
 
-    /// Sends a fenced single-job call: `Some(true)` when applied,
-    /// `Some(false)` when the job is no longer ours, `None` when given up.
-    async fn fenced_call(&mut self, what: &'static str, call: &ScriptCall) -> Option<bool> {
-        let reply = self.send::<Value>(what, call).await?;
+    /// Sends a fenced single-job call once: `true` when applied, `false`
+    /// when the job is no longer ours (counted and logged).
+    async fn fenced_call(&mut self, what: &'static str, call: &ScriptCall) -> Result<bool, Error> {
+        let reply: Value = call.invoke(&mut self.conn).await?;
         match scripts::check_status(call.script(), reply, self.queue.settings()) {
-            Ok(_) => Some(true),
+            Ok(_) => Ok(true),
             Err(Error::OwnershipLost) => {
                 Counters::add(&self.counters.ownership_lost, 1);
                 tracing::warn!(
@@ -227,12 +328,9 @@ impl Finisher {
                     what,
                     "job was reclaimed by another worker; its new owner finishes it"
                 );
-                Some(false)
+                Ok(false)
             }
-            Err(err) => {
-                tracing::error!(queue = self.queue.name(), %err, what, "unexpected reply");
-                None
-            }
+            Err(err) => Err(err),
         }
     }
 

@@ -141,7 +141,10 @@ impl Worker {
             &self.config,
         );
         let finisher = tokio::spawn(finisher.run(finished_rx));
+        // Stops the heartbeat even if this future is dropped mid-run, so the
+        // jobs it abandons can be reclaimed.
         let heartbeat_stop = CancellationToken::new();
+        let heartbeat_guard = heartbeat_stop.clone().drop_guard();
         let heartbeat = self.config.heartbeat.then(|| {
             tokio::spawn(lease::heartbeat(
                 self.queue.clone(),
@@ -178,7 +181,7 @@ impl Worker {
         if let Err(err) = finisher.await {
             tracing::error!(%err, "finishing task failed");
         }
-        heartbeat_stop.cancel();
+        drop(heartbeat_guard);
         if let Some(heartbeat) = heartbeat {
             let _ = heartbeat.await;
         }
@@ -288,6 +291,11 @@ impl Worker {
             match promote::promote(&self.queue).await {
                 Ok(p) if p.moved == promote::PROMOTE_LIMIT => continue,
                 Ok(p) => return p.next_due_in.map_or(interval, |due| due.min(interval)),
+                Err(err @ Error::OutOfMemory(_)) => {
+                    // Expected while Redis is full; due jobs wait in the set.
+                    tracing::debug!(queue = self.queue.name(), %err, "cannot promote delayed jobs yet");
+                    return interval;
+                }
                 Err(err) => {
                     tracing::warn!(queue = self.queue.name(), %err, "promoting delayed jobs failed");
                     return interval;

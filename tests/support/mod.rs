@@ -5,10 +5,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use streamq::{LocalRedis, LocalRedisBuilder, Queue, QueueBuilder, RedisConfig};
+use streamq::{
+    Job, JobError, JobId, LocalRedis, LocalRedisBuilder, Queue, QueueBuilder, RedisConfig, Worker,
+    WorkerConfig, WorkerReport,
+};
+use tokio_util::sync::CancellationToken;
 
 pub struct TestRedis {
     pub server: LocalRedis,
@@ -20,6 +25,14 @@ impl TestRedis {
     }
 
     pub fn with(builder: LocalRedisBuilder) -> TestRedis {
+        // streamq's logs, captured with the test's output and shown on failure.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("streamq=info")),
+            )
+            .with_test_writer()
+            .try_init();
         match builder.start() {
             Ok(server) => TestRedis { server },
             Err(e) => panic!("test redis-server did not start: {e}"),
@@ -60,6 +73,37 @@ impl TestRedis {
     }
 }
 
+impl TestRedis {
+    /// The queue's counters hash, as Redis holds it.
+    pub async fn counters(&self, queue: &str) -> HashMap<String, i64> {
+        redis::cmd("HGETALL")
+            .arg(format!("streamq:{{{queue}}}:stats"))
+            .query_async(&mut self.raw().await)
+            .await
+            .expect("HGETALL")
+    }
+
+    /// Length of one of the queue's keys (stream or zset).
+    pub async fn len(&self, key: &str) -> u64 {
+        let mut raw = self.raw().await;
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let cmd = match kind.as_str() {
+            "zset" => "ZCARD",
+            "none" => return 0,
+            _ => "XLEN",
+        };
+        redis::cmd(cmd)
+            .arg(key)
+            .query_async(&mut raw)
+            .await
+            .unwrap()
+    }
+}
+
 impl Drop for TestRedis {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -84,4 +128,47 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Records every job id a handler saw, with how many times.
+#[derive(Clone, Default)]
+pub struct Seen(Arc<Mutex<HashMap<JobId, u32>>>);
+
+impl Seen {
+    pub fn record(&self, id: &JobId) {
+        *self.0.lock().unwrap().entry(id.clone()).or_default() += 1;
+    }
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    pub fn duplicates(&self) -> Vec<(JobId, u32)> {
+        let seen = self.0.lock().unwrap();
+        seen.iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (id.clone(), *n))
+            .collect()
+    }
+    pub fn count(&self, id: &JobId) -> u32 {
+        self.0.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+    pub fn ids(&self) -> Vec<JobId> {
+        self.0.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+pub fn spawn_worker<T, F, Fut>(
+    queue: &Queue,
+    config: WorkerConfig,
+    handler: F,
+) -> (CancellationToken, tokio::task::JoinHandle<WorkerReport>)
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+    F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), JobError>> + Send,
+{
+    let token = CancellationToken::new();
+    let worker = Worker::new(queue, config).unwrap();
+    let stop = token.clone();
+    let handle = tokio::spawn(async move { worker.run(handler, stop).await.unwrap() });
+    (token, handle)
 }
