@@ -16,6 +16,8 @@ pub struct QueueStats {
     pub priorities: Vec<PriorityStats>,
     /// Entries in the dead-letter stream.
     pub dead_letters: u64,
+    /// Jobs waiting for their time: retries and scheduled jobs.
+    pub delayed: u64,
 }
 
 /// A snapshot of one priority stream.
@@ -54,6 +56,11 @@ impl QueueStats {
         self.priorities.iter().map(|p| p.completed).sum()
     }
 
+    /// Whether nothing is waiting, in flight or delayed.
+    pub fn is_idle(&self) -> bool {
+        self.waiting() == 0 && self.in_flight() == 0 && self.delayed == 0
+    }
+
     /// Jobs enqueued over all priorities.
     pub fn enqueued(&self) -> u64 {
         self.priorities.iter().map(|p| p.enqueued).sum()
@@ -80,7 +87,9 @@ impl Queue {
         }
         pipe.cmd("HGETALL").arg(keys.stats());
         pipe.cmd("XLEN").arg(keys.dead());
+        pipe.cmd("ZCARD").arg(keys.delayed());
         let mut replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let delayed = redis::from_redis_value(replies.pop().unwrap_or(Value::Nil)).unwrap_or(0);
         let dead_letters =
             redis::from_redis_value(replies.pop().unwrap_or(Value::Nil)).unwrap_or(0);
         let counters: HashMap<String, u64> =
@@ -106,6 +115,7 @@ impl Queue {
         Ok(QueueStats {
             priorities,
             dead_letters,
+            delayed,
         })
     }
 }

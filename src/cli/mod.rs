@@ -1,11 +1,14 @@
 //! Command-line parsing and the commands' shared plumbing.
 
+mod consume;
 mod demo;
+mod dlq;
+mod produce;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use streamq::{LocalRedis, RedisConfig};
+use clap::{Args, Parser, Subcommand};
+use streamq::{LocalRedis, Queue, RedisConfig};
 
 /// A priority job queue on Redis Streams.
 #[derive(Debug, Parser)]
@@ -20,11 +23,44 @@ enum Command {
     /// Enqueue simulated alerts while a worker pool processes them, then
     /// print throughput, latency and Redis memory.
     Demo(demo::DemoArgs),
+    /// Enqueue jobs and print one job id per line.
+    Produce(produce::ProduceArgs),
+    /// Run a worker with a simulated handler.
+    Consume(consume::ConsumeArgs),
+    /// Inspect and repair dead letters.
+    Dlq(dlq::DlqArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Produce(args) => produce::run(args).await,
+        Command::Consume(args) => consume::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
+    }
+}
+
+/// Which queue an operational command works on.
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    /// Redis URL (`redis://`, `rediss://`, `unix://`).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// The queue's name.
+    #[arg(long, short)]
+    queue: String,
+    /// The key prefix.
+    #[arg(long, default_value = "streamq")]
+    prefix: String,
+}
+
+impl QueueArgs {
+    pub(crate) async fn open(&self) -> Result<Queue, streamq::Error> {
+        let config = RedisConfig::from_url(&self.redis)?;
+        Queue::builder(&self.queue)
+            .prefix(&self.prefix)
+            .connect(&config)
+            .await
     }
 }
 
