@@ -118,7 +118,10 @@ pub(crate) async fn run(args: ConsumeArgs) -> Result<ExitCode, Box<dyn std::erro
             last = (now, Instant::now());
         }
         if let Some(idle) = args.exit_when_idle {
-            if last.1.elapsed().as_secs_f64() >= idle && queue.stats().await?.is_idle() {
+            // A failed check (Redis restarting, connection killed) is "not yet".
+            if last.1.elapsed().as_secs_f64() >= idle
+                && queue.stats().await.is_ok_and(|s| s.is_idle())
+            {
                 break;
             }
         }
