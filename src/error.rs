@@ -147,7 +147,10 @@ impl From<redis::RedisError> for Error {
     /// Maps the Redis error codes streamq gives meaning to. Codes are matched,
     /// never message texts, which differ between versions.
     fn from(err: redis::RedisError) -> Self {
-        let detail = || err.detail().unwrap_or_default().to_owned();
+        let detail = || match err.detail() {
+            Some(detail) if !detail.is_empty() => detail.to_owned(),
+            _ => err.to_string(),
+        };
         match err.code() {
             Some("OOM") => Error::OutOfMemory(detail()),
             Some("NOPERM") => Error::NoPermission(detail()),

@@ -99,15 +99,22 @@ async fn an_acl_user_limited_to_the_queue_prefix_can_run_it_and_nothing_else() {
             "resetkeys",
             "~streamq:{alerts}:*",
         ])
+        // The minimal ACL documented in docs/design.md.
         .arg(&[
             "resetchannels",
             "-@all",
             "+@stream",
             "+@hash",
+            "+@sortedset",
+        ])
+        .arg(&[
+            "+@string",
             "+@scripting",
             "+@connection",
+            "+type",
+            "+info",
+            "+del",
         ])
-        .arg(&["+type", "+info", "+del"])
         .query_async(&mut admin)
         .await
         .unwrap();
