@@ -34,6 +34,7 @@ pub struct DeadLetter {
     /// When it was dead-lettered, in Unix ms.
     pub failed_ms: u64,
     envelope: Vec<u8>,
+    payload_limit: usize,
 }
 
 impl DeadLetter {
@@ -43,7 +44,7 @@ impl DeadLetter {
     ///
     /// [`Error::Decode`] when the envelope or payload does not decode as `T`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        Envelope::decode(&self.envelope)?.payload()
+        Envelope::decode(&self.envelope)?.payload(self.payload_limit)
     }
 
     /// The job's raw envelope bytes, exactly as they were in its stream.
@@ -51,7 +52,11 @@ impl DeadLetter {
         &self.envelope
     }
 
-    fn from_entry(id: String, mut fields: HashMap<String, Value>) -> DeadLetter {
+    fn from_entry(
+        id: String,
+        mut fields: HashMap<String, Value>,
+        payload_limit: usize,
+    ) -> DeadLetter {
         let mut text = |name: &str| -> String {
             fields
                 .remove(name)
@@ -80,6 +85,7 @@ impl DeadLetter {
             enqueued_ms,
             failed_ms,
             envelope,
+            payload_limit,
         }
     }
 
@@ -240,6 +246,7 @@ impl Queue {
         end: &str,
         count: usize,
     ) -> Result<Vec<DeadLetter>, Error> {
+        let limit = self.settings().max_payload_bytes;
         let reply: Vec<(String, HashMap<String, Value>)> = redis::cmd("XRANGE")
             .arg(self.keys().dead())
             .arg(start)
@@ -250,7 +257,7 @@ impl Queue {
             .await?;
         Ok(reply
             .into_iter()
-            .map(|(id, fields)| DeadLetter::from_entry(id, fields))
+            .map(|(id, fields)| DeadLetter::from_entry(id, fields, limit))
             .collect())
     }
 }

@@ -14,6 +14,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+/// Bytes an envelope adds around its payload, at most (id, name, numbers).
+pub(crate) const ENVELOPE_OVERHEAD: usize = 1024;
+
+/// Size rules for payloads: the limit, and when to compress.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PayloadLimits {
+    pub(crate) max_bytes: usize,
+    pub(crate) compress_above: Option<usize>,
+}
+
 /// The envelope schema this build writes. Readers accept this version and
 /// older ones; a newer version is a decode error, never a guess.
 pub(crate) const SCHEMA_VERSION: u8 = 1;
@@ -63,6 +73,9 @@ pub(crate) struct Envelope<'a> {
     pub(crate) timeout_ms: Option<u64>,
     #[serde(with = "serde_bytes", borrow)]
     pub(crate) payload: Cow<'a, [u8]>,
+    /// Whether `payload` is LZ4-compressed (with its size prepended).
+    #[serde(default)]
+    pub(crate) compressed: bool,
 }
 
 impl<'a> Envelope<'a> {
@@ -74,8 +87,9 @@ impl<'a> Envelope<'a> {
         payload: &T,
         max_attempts: u32,
         timeout_ms: Option<u64>,
-        limit: usize,
+        limits: PayloadLimits,
     ) -> Result<Vec<u8>, Error> {
+        let limit = limits.max_bytes;
         let payload = encode_payload(payload)?;
         if payload.len() > limit {
             return Err(Error::PayloadTooLarge {
@@ -83,6 +97,17 @@ impl<'a> Envelope<'a> {
                 limit,
             });
         }
+        let (payload, compressed) = match limits.compress_above {
+            Some(threshold) if payload.len() > threshold => {
+                let packed = lz4_flex::compress_prepend_size(&payload);
+                if packed.len() < payload.len() {
+                    (packed, true)
+                } else {
+                    (payload, false)
+                }
+            }
+            _ => (payload, false),
+        };
         Envelope {
             version: SCHEMA_VERSION,
             id: Cow::Borrowed(id.as_str()),
@@ -92,8 +117,9 @@ impl<'a> Envelope<'a> {
             enqueued_ms: now_ms(),
             timeout_ms,
             payload: Cow::Owned(payload),
+            compressed,
         }
-        .encode(limit)
+        .encode(limit.saturating_add(ENVELOPE_OVERHEAD))
     }
 
     /// Encodes this envelope, refusing it when larger than `limit` bytes.
@@ -121,9 +147,23 @@ impl<'a> Envelope<'a> {
         Ok(envelope)
     }
 
-    /// Decodes the user's payload into `T`.
-    pub(crate) fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        rmp_serde::from_slice(&self.payload).map_err(|e| Error::Decode(e.to_string()))
+    /// Decodes the user's payload into `T`, decompressing it first if
+    /// needed; a compressed payload claiming more than `limit` bytes is
+    /// refused before anything is allocated.
+    pub(crate) fn payload<T: DeserializeOwned>(&self, limit: usize) -> Result<T, Error> {
+        if !self.compressed {
+            return rmp_serde::from_slice(&self.payload).map_err(|e| Error::Decode(e.to_string()));
+        }
+        let (size, _) = lz4_flex::block::uncompressed_size(&self.payload)
+            .map_err(|e| Error::Decode(format!("compressed payload: {e}")))?;
+        if size > limit {
+            return Err(Error::Decode(format!(
+                "compressed payload expands to {size} bytes, over the limit of {limit}"
+            )));
+        }
+        let bytes = lz4_flex::decompress_size_prepended(&self.payload)
+            .map_err(|e| Error::Decode(format!("compressed payload: {e}")))?;
+        rmp_serde::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
     }
 }
 
@@ -143,6 +183,41 @@ pub(crate) fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
+    fn limits(max_bytes: usize) -> PayloadLimits {
+        PayloadLimits {
+            max_bytes,
+            compress_above: None,
+        }
+    }
+
+    #[test]
+    fn large_payloads_are_compressed_and_read_back_transparently() {
+        let text = "disk usage above 90% on db-1; ".repeat(200);
+        let limits = PayloadLimits {
+            max_bytes: 1 << 20,
+            compress_above: Some(512),
+        };
+        let bytes =
+            Envelope::encode_new(&JobId::generate(), "", &text, 1, None, limits).expect("encodes");
+        assert!(
+            bytes.len() < text.len() / 4,
+            "{} bytes for {}",
+            bytes.len(),
+            text.len()
+        );
+        let envelope = Envelope::decode(&bytes).expect("decodes");
+        assert!(envelope.compressed);
+        assert_eq!(envelope.payload::<String>(1 << 20).expect("payload"), text);
+        let err = envelope
+            .payload::<String>(1000)
+            .expect_err("over the limit");
+        assert!(err.to_string().contains("over the limit"), "{err}");
+
+        let small = Envelope::encode_new(&JobId::generate(), "", &"short", 1, None, limits)
+            .expect("encodes");
+        assert!(!Envelope::decode(&small).expect("decodes").compressed);
+    }
+
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Alert {
         host: String,
@@ -156,8 +231,8 @@ mod tests {
             level: 3,
         };
         let id = JobId::generate();
-        let bytes =
-            Envelope::encode_new(&id, "page", &alert, 3, Some(60_000), 1 << 20).expect("encodes");
+        let bytes = Envelope::encode_new(&id, "page", &alert, 3, Some(60_000), limits(1 << 20))
+            .expect("encodes");
         let envelope = Envelope::decode(&bytes).expect("decodes");
         assert!(matches!(envelope.id, Cow::Borrowed(_)));
         assert_eq!(envelope.id, id.as_str());
@@ -165,13 +240,13 @@ mod tests {
         assert_eq!((envelope.attempt, envelope.max_attempts), (0, 3));
         assert_eq!(envelope.timeout_ms, Some(60_000));
         assert!(envelope.enqueued_ms > 1_600_000_000_000);
-        assert_eq!(envelope.payload::<Alert>().expect("payload"), alert);
+        assert_eq!(envelope.payload::<Alert>(1 << 20).expect("payload"), alert);
     }
 
     #[test]
     fn oversized_payloads_are_refused() {
         let big = vec![7u8; 2048];
-        let err = Envelope::encode_new(&JobId::generate(), "", &big, 1, None, 1024)
+        let err = Envelope::encode_new(&JobId::generate(), "", &big, 1, None, limits(1024))
             .expect_err("too large");
         assert!(
             matches!(err, Error::PayloadTooLarge { limit: 1024, .. }),
@@ -185,8 +260,8 @@ mod tests {
             Envelope::decode(b"\xc1garbage"),
             Err(Error::Decode(_))
         ));
-        let bytes =
-            Envelope::encode_new(&JobId::generate(), "", &1u8, 1, None, 1024).expect("encodes");
+        let bytes = Envelope::encode_new(&JobId::generate(), "", &1u8, 1, None, limits(1024))
+            .expect("encodes");
         let mut future = Envelope::decode(&bytes).expect("decodes");
         future.version = SCHEMA_VERSION + 1;
         let bytes = rmp_serde::to_vec(&future).expect("encodes");
@@ -196,9 +271,12 @@ mod tests {
 
     #[test]
     fn payload_of_the_wrong_shape_is_a_decode_error() {
-        let bytes =
-            Envelope::encode_new(&JobId::generate(), "", &"text", 1, None, 1024).expect("encodes");
+        let bytes = Envelope::encode_new(&JobId::generate(), "", &"text", 1, None, limits(1024))
+            .expect("encodes");
         let envelope = Envelope::decode(&bytes).expect("decodes");
-        assert!(matches!(envelope.payload::<Alert>(), Err(Error::Decode(_))));
+        assert!(matches!(
+            envelope.payload::<Alert>(1024),
+            Err(Error::Decode(_))
+        ));
     }
 }

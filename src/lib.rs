@@ -50,6 +50,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod connection;
 mod dead_letters;
 mod envelope;

@@ -152,7 +152,7 @@ impl Batch {
             payload,
             options.max_attempts.unwrap_or(settings.max_attempts),
             options.timeout.map(millis),
-            settings.max_payload_bytes,
+            settings.payload_limits(),
         )?;
         self.bytes += envelope.len();
         self.jobs.push(Pending {

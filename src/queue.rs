@@ -49,6 +49,16 @@ pub(crate) struct QueueSettings {
     pub(crate) max_backlog: Option<u64>,
     pub(crate) max_attempts: u32,
     pub(crate) max_dead_letters: Option<u64>,
+    pub(crate) compress_above: Option<usize>,
+}
+
+impl QueueSettings {
+    pub(crate) fn payload_limits(&self) -> crate::envelope::PayloadLimits {
+        crate::envelope::PayloadLimits {
+            max_bytes: self.max_payload_bytes,
+            compress_above: self.compress_above,
+        }
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -97,6 +107,14 @@ impl QueueBuilder {
     /// job says otherwise. Default: 3.
     pub fn max_attempts(mut self, attempts: u32) -> QueueBuilder {
         self.settings.max_attempts = attempts;
+        self
+    }
+
+    /// Compress payloads larger than this many bytes (LZ4), when that makes
+    /// them smaller. Readers decompress transparently, whatever their own
+    /// setting. Default: no compression.
+    pub fn compress_above(mut self, bytes: usize) -> QueueBuilder {
+        self.settings.compress_above = Some(bytes);
         self
     }
 
@@ -160,6 +178,7 @@ impl Queue {
                 max_backlog: None,
                 max_attempts: 3,
                 max_dead_letters: None,
+                compress_above: None,
             },
         }
     }

@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands' shared plumbing.
 
+mod bench;
 mod consume;
 mod demo;
 mod dlq;
@@ -29,6 +30,8 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Inspect and repair dead letters.
     Dlq(dlq::DlqArgs),
+    /// Measure how much one Redis sustains: producers and workers at once.
+    Bench(bench::BenchArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -37,6 +40,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

@@ -508,7 +508,7 @@ fn decode<T: DeserializeOwned>(claimed: &Claimed, max_bytes: usize) -> Result<Jo
         Envelope::decode(bytes).map_err(|e| poison("", 1, format!("undecodable job: {e}")))?;
     let attempt = envelope.attempt + 1;
     let payload = envelope
-        .payload::<T>()
+        .payload::<T>(max_bytes)
         .map_err(|e| poison(&envelope.id, attempt, format!("undecodable payload: {e}")))?;
     Ok(Job {
         id: envelope.id.into_owned().into(),

@@ -1,0 +1,109 @@
+//! The scripts on their own, against a private redis-server: the ack batch
+//! (fenced XACK + XDEL + counters) and a reclaim scan over a large pending
+//! list, called exactly as the worker calls them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use redis::aio::MultiplexedConnection;
+use support::TestRedis;
+
+const STREAM: &str = "streamq:{bench}:high";
+const STATS: &str = "streamq:{bench}:stats";
+const ACK: &str = include_str!("../lua/ack.lua");
+const RECLAIM: &str = include_str!("../lua/reclaim.lua");
+
+/// Adds `n` 1 KiB entries and claims them all for consumer `c1`.
+async fn claimed(conn: &mut MultiplexedConnection, n: usize) -> Vec<String> {
+    let body = vec![b'x'; 1024];
+    let mut pipe = redis::pipe();
+    for _ in 0..n {
+        pipe.cmd("XADD").arg(STREAM).arg("*").arg("e").arg(&body);
+    }
+    let ids: Vec<String> = pipe.query_async(conn).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "streamq", "c1", "COUNT"])
+        .arg(n)
+        .arg(&["STREAMS", STREAM, ">"])
+        .query_async(conn)
+        .await
+        .unwrap();
+    ids
+}
+
+fn scripts(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let redis = TestRedis::start();
+    let mut conn = runtime.block_on(redis.raw());
+    runtime.block_on(async {
+        let _: () = redis::cmd("XGROUP")
+            .arg(&["CREATE", STREAM, "streamq", "0", "MKSTREAM"])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    });
+    let ack = redis::Script::new(ACK);
+    let mut group = c.benchmark_group("scripts");
+    for batch in [1usize, 100, 256] {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("ack_batch_{batch}"), |b| {
+            b.to_async(&runtime).iter_batched(
+                || runtime.block_on(claimed(&mut conn.clone(), batch)),
+                |ids| {
+                    let mut conn = conn.clone();
+                    let ack = &ack;
+                    async move {
+                        let mut call = ack.prepare_invoke();
+                        call.key(STATS);
+                        for key in ["critical", "high", "medium", "low"] {
+                            call.key(format!("streamq:{{bench}}:{key}"));
+                        }
+                        call.arg("streamq").arg("c1");
+                        for id in &ids {
+                            call.arg(2).arg(id);
+                        }
+                        let reply: Vec<redis::Value> = call.invoke_async(&mut conn).await.unwrap();
+                        assert_eq!(reply.len(), 1, "fenced: {reply:?}");
+                    }
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+
+    // A pending list of 100,000 entries, none idle long enough: the scan
+    // every worker runs each reclaim interval on a busy queue.
+    runtime.block_on(async {
+        for _ in 0..100 {
+            claimed(&mut conn, 1000).await;
+        }
+    });
+    let reclaim = redis::Script::new(RECLAIM);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("reclaim_scan_100k_pending_none_idle", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut conn = conn.clone();
+            let reclaim = &reclaim;
+            async move {
+                let reply: Vec<redis::Value> = reclaim
+                    .key(STATS)
+                    .key(STREAM)
+                    .arg(&["streamq", "c2", "600000", "0-0", "100", "high"])
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(matches!(reply.get(1), Some(redis::Value::Int(0))));
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = scripts
+}
+criterion_main!(benches);
