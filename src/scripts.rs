@@ -2,10 +2,11 @@
 //!
 //! Each script is embedded at build time and its SHA1 computed once. Calls go
 //! out as `EVALSHA`; when Redis answers `NOSCRIPT` (its script cache is empty
-//! after a restart, a failover or `SCRIPT FLUSH`) the script is loaded and the
-//! call replayed. A `NOSCRIPT` reply means the script did not run, so the
-//! replay cannot apply anything twice. Pipelines get the same treatment, per
-//! command: redis-rs only does it for single calls.
+//! after a restart, a failover or `SCRIPT FLUSH`) the call is replayed as
+//! `EVAL` with the source, which also caches the script again. A `NOSCRIPT`
+//! reply means the script did not run, so the replay cannot apply anything
+//! twice. Pipelines get the same treatment, per command: redis-rs only does
+//! it for single calls.
 
 use std::sync::LazyLock;
 
@@ -83,17 +84,6 @@ impl Script {
         }
         ScriptCall { script: self, cmd }
     }
-
-    async fn load<C: ConnectionLike>(&self, conn: &mut C) -> RedisResult<()> {
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(self.source)
-            .query_async(conn)
-            .await?;
-        debug_assert_eq!(sha, self.sha);
-        tracing::debug!(script = self.name, "loaded script after NOSCRIPT");
-        Ok(())
-    }
 }
 
 /// Every script streamq runs. One field per file in `lua/`.
@@ -151,7 +141,10 @@ impl ScriptCall {
         self.script
     }
 
-    /// Sends the call, loading the script and replaying once on `NOSCRIPT`.
+    /// Sends the call by SHA1; on `NOSCRIPT` replays it once as `EVAL` with
+    /// the script's source, which cannot answer `NOSCRIPT` and caches the
+    /// script again for the next `EVALSHA`. (Loading then retrying by SHA1
+    /// can lose the race against another `SCRIPT FLUSH`.)
     ///
     /// Cancel safety: if dropped before the reply arrives, the script may or
     /// may not have run.
@@ -160,63 +153,55 @@ impl ScriptCall {
         T: FromRedisValue,
         C: ConnectionLike,
     {
-        let mut tries = 0;
-        loop {
-            match self.cmd.query_async(conn).await {
-                Err(err) if is_noscript(&err) && tries < MAX_RELOADS => {
-                    tries += 1;
-                    self.script.load(conn).await?;
-                }
-                other => return other,
+        match self.cmd.query_async(conn).await {
+            Err(err) if is_noscript(&err) => {
+                tracing::debug!(script = self.script.name, "NOSCRIPT: replaying with EVAL");
+                self.with_source().query_async(conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// The same call as `EVAL <source> ...` instead of `EVALSHA <sha> ...`.
+    fn with_source(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(self.script.source);
+        for arg in self.cmd.args_iter().skip(2) {
+            if let redis::Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
             }
         }
+        cmd
     }
 }
 
-/// How many times one call reloads its script before giving up. More than
-/// one: another client may flush the cache between our load and our replay.
-const MAX_RELOADS: usize = 5;
-
 /// Sends many calls as one pipeline (one round trip) and returns one result
-/// per call, in order. Calls answered `NOSCRIPT` are replayed after their
-/// scripts are loaded; the others ran exactly once.
+/// per call, in order. Calls answered `NOSCRIPT` are replayed, in one more
+/// pipeline, as `EVAL` with their source; the others ran exactly once.
 pub(crate) async fn invoke_pipelined<C: ConnectionLike>(
     conn: &mut C,
     calls: &[ScriptCall],
-) -> RedisResult<Vec<RedisResult<Value>>> {
-    let mut results = send_pipeline(conn, calls.iter()).await?;
-    for _ in 0..MAX_RELOADS {
-        let missing: Vec<usize> = (0..calls.len())
-            .filter(|&i| matches!(&results[i], Err(e) if is_noscript(e)))
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        let mut loaded: Vec<&'static str> = Vec::new();
-        for &i in &missing {
-            let script = calls[i].script;
-            if !loaded.contains(&script.name) {
-                script.load(conn).await?;
-                loaded.push(script.name);
-            }
-        }
-        let replayed = send_pipeline(conn, missing.iter().map(|&i| &calls[i])).await?;
-        for (i, result) in missing.into_iter().zip(replayed) {
-            results[i] = result;
-        }
-    }
-    Ok(results)
-}
-
-async fn send_pipeline<'a, C: ConnectionLike>(
-    conn: &mut C,
-    calls: impl Iterator<Item = &'a ScriptCall>,
 ) -> RedisResult<Vec<RedisResult<Value>>> {
     let mut pipe = redis::pipe();
     for call in calls {
         pipe.add_command(call.cmd.clone());
     }
-    pipe.ignore_errors().query_async(conn).await
+    let mut results: Vec<RedisResult<Value>> = pipe.ignore_errors().query_async(conn).await?;
+    let missing: Vec<usize> = (0..calls.len())
+        .filter(|&i| matches!(&results[i], Err(e) if is_noscript(e)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(results);
+    }
+    let mut replay = redis::pipe();
+    for &i in &missing {
+        replay.add_command(calls[i].with_source());
+    }
+    let replayed: Vec<RedisResult<Value>> = replay.ignore_errors().query_async(conn).await?;
+    for (i, result) in missing.into_iter().zip(replayed) {
+        results[i] = result;
+    }
+    Ok(results)
 }
 
 fn is_noscript(err: &RedisError) -> bool {
