@@ -21,8 +21,9 @@
                                  job id,
                                  envelope bytes (opaque, never decoded here)
 
-  Returns    {0, job id...}      per job, in input order: its own id, or for a
-                                 duplicate the id of the job holding the key
+  Returns    {0, i, id, ...}     added; for each duplicate (its idempotency key
+                                 was taken), its 1-based position in the call
+                                 and the id of the job holding the key
              {1, backlog}        refused: the backlog would exceed ARGV[1];
                                  nothing was written
 ]]
@@ -54,6 +55,7 @@ for i = 3, #ARGV, 6 do
     holder = redis.call('GET', KEYS[key_index])
   end
   if holder then
+    reply[#reply + 1] = (i - 3) / 6 + 1
     reply[#reply + 1] = holder
     duplicates = duplicates + 1
   else
@@ -67,7 +69,6 @@ for i = 3, #ARGV, 6 do
       redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
     end
     added[p] = added[p] + 1
-    reply[#reply + 1] = job_id
   end
 end
 for p = 1, 4 do

@@ -202,18 +202,21 @@ impl Batch {
         let per_call = self.jobs_per_call();
         let calls: Vec<ScriptCall> = self.jobs.chunks(per_call).map(|c| self.call(c)).collect();
         let settings = self.queue.settings();
+        let mut chunks = self.jobs.chunks(per_call);
         if let [call] = calls.as_slice() {
             let reply = call.invoke(&mut conn).await?;
-            return job_ids(scripts::check_status(call.script(), reply, settings)?);
+            let duplicates = scripts::check_status(call.script(), reply, settings)?;
+            return job_ids(&self.jobs, duplicates);
         }
         let mut enqueued = Vec::with_capacity(self.jobs.len());
         let mut first_error = None;
         let results = scripts::invoke_pipelined(&mut conn, &calls).await?;
         for result in results {
+            let chunk = chunks.next().unwrap_or_default();
             let checked = result
                 .map_err(Error::from)
                 .and_then(|r| scripts::check_status(&scripts().enqueue, r, settings))
-                .and_then(job_ids);
+                .and_then(|duplicates| job_ids(chunk, duplicates));
             match checked {
                 Ok(ids) => enqueued.extend(ids),
                 Err(e) => {
@@ -278,18 +281,27 @@ impl Batch {
     }
 }
 
-fn job_ids(values: Vec<redis::Value>) -> Result<Vec<JobId>, Error> {
-    values
-        .into_iter()
-        .map(|v| {
-            redis::from_redis_value::<String>(v)
-                .map(JobId::from)
-                .map_err(|e| Error::UnexpectedReply {
-                    script: "enqueue",
-                    detail: e.to_string(),
-                })
-        })
-        .collect()
+/// The final ids of a chunk: each job's own, except duplicates, which the
+/// script reports as (1-based position, id of the job holding the key).
+fn job_ids(chunk: &[Pending], duplicates: Vec<redis::Value>) -> Result<Vec<JobId>, Error> {
+    let mut ids: Vec<JobId> = chunk.iter().map(|job| job.id.clone()).collect();
+    let unexpected = |detail: String| Error::UnexpectedReply {
+        script: "enqueue",
+        detail,
+    };
+    let mut values = duplicates.into_iter();
+    while let (Some(position), Some(holder)) = (values.next(), values.next()) {
+        let position: usize =
+            redis::from_redis_value(position).map_err(|e| unexpected(e.to_string()))?;
+        let holder: String =
+            redis::from_redis_value(holder).map_err(|e| unexpected(e.to_string()))?;
+        let slot = position
+            .checked_sub(1)
+            .and_then(|i| ids.get_mut(i))
+            .ok_or_else(|| unexpected(format!("duplicate at position {position}")))?;
+        *slot = JobId::from(holder);
+    }
+    Ok(ids)
 }
 
 impl Queue {
