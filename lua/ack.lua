@@ -4,7 +4,10 @@
 
   An entry is acknowledged only while the calling consumer still owns it: XACK
   itself does not check, so a worker whose job was reclaimed by another would
-  otherwise ack it away from its new owner. XACK and XDEL come before any counter
+  otherwise ack it away from its new owner. Ownership is read with one ranged
+  XPENDING per stream (this consumer's entries between the batch's lowest and
+  highest id), not one call per entry; an id missing from it is checked on
+  its own before it is refused. XACK and XDEL come before any counter
   update, and counters go through pcall, so a full Redis (which refuses HINCRBY)
   still completes jobs. allow-oom: completing jobs is what frees memory.
 
@@ -12,7 +15,9 @@
   KEYS[2..5] streams             critical, high, medium, low
   ARGV[1]    group
   ARGV[2]    consumer            the owner the entries must still have
-  ARGV[3..]  pairs               priority index (1..4), entry id
+  ARGV[3..]  pairs               priority index (1..4), entry id; sorted by
+                                 priority, then id, for the ranged read (any
+                                 order is correct, just slower)
 
   Returns    {acked, fenced id...}
                                  how many were acknowledged, then the ids that
@@ -21,19 +26,41 @@
 ]]
 local stats = KEYS[1]
 local group = ARGV[1]
+
 local consumer = ARGV[2]
 local names = { 'critical', 'high', 'medium', 'low' }
 
+-- Group the batch by stream, then fence each stream's ids with one ranged
+-- XPENDING for this consumer (cheaper than one XPENDING per id).
+local asked = { {}, {}, {}, {} }
+for i = 3, #ARGV, 2 do
+  table.insert(asked[tonumber(ARGV[i])], ARGV[i + 1])
+end
+
 local owned = { {}, {}, {}, {} }
 local reply = { 0 }
-for i = 3, #ARGV, 2 do
-  local p = tonumber(ARGV[i])
-  local id = ARGV[i + 1]
-  local pending = redis.call('XPENDING', KEYS[1 + p], group, id, id, 1)
-  if pending[1] and pending[1][2] == consumer then
-    table.insert(owned[p], id)
-  else
-    reply[#reply + 1] = id
+for p = 1, 4 do
+  local ids = asked[p]
+  if #ids > 0 then
+    local range = redis.call('XPENDING', KEYS[1 + p], group, ids[1], ids[#ids],
+                             #ids * 4 + 1000, consumer)
+    local mine = {}
+    for _, entry in ipairs(range) do
+      mine[entry[1]] = true
+    end
+    for _, id in ipairs(ids) do
+      if not mine[id] then
+        -- Not in the range read (unsorted input, or more of our entries in
+        -- the range than read): ask for this one alone.
+        local pending = redis.call('XPENDING', KEYS[1 + p], group, id, id, 1)
+        mine[id] = pending[1] ~= nil and pending[1][2] == consumer
+      end
+      if mine[id] then
+        table.insert(owned[p], id)
+      else
+        reply[#reply + 1] = id
+      end
+    end
   end
 end
 

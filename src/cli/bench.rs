@@ -66,6 +66,10 @@ pub(crate) struct BenchArgs {
     /// Print one JSON line with the results instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Measure the raw baseline instead: plain pipelined XADD, XREADGROUP,
+    /// XACK + XDEL, with no scripts (see `streamq bench --help`).
+    #[arg(long, conflicts_with_all = ["rate", "duration", "backlog", "compress_above"])]
+    raw: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,13 +114,25 @@ impl Mix {
     }
 }
 
-/// One benchmark job.
-#[derive(Debug, Serialize, Deserialize)]
+/// One benchmark job, as the handler decodes it.
+#[derive(Debug, Deserialize)]
 struct BenchJob {
     /// When the job was meant to be sent, Unix microseconds.
     intended_us: u64,
+    #[allow(dead_code)]
     body: Body,
 }
+
+/// The same job as the producer encodes it, borrowing a pre-built body so
+/// that building payloads is not charged to the queue's CPU.
+#[derive(Debug, Serialize)]
+struct OutgoingJob<'a> {
+    intended_us: u64,
+    body: &'a Body,
+}
+
+/// Distinct payloads built before the clock starts, used round-robin.
+const BODY_POOL: u64 = 256;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Body {
@@ -198,6 +214,9 @@ struct Report {
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let target = Target::url_or_private(args.redis.as_deref())?;
+    if args.raw {
+        return raw(&args, &target).await;
+    }
     let mut builder = Queue::builder(&args.queue);
     if let Some(threshold) = args.compress_above {
         builder = builder.compress_above(threshold);
@@ -243,6 +262,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         last_done_us: AtomicU64::new(0),
         latency_us: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?),
     });
+    let bodies: Arc<Vec<Body>> = Arc::new(
+        (0..BODY_POOL)
+            .map(|seq| body(args.payload, args.payload_bytes, seq))
+            .collect(),
+    );
     let cpu_start = cpu_time::ProcessTime::now();
     let started = Instant::now();
     let started_us = now_us();
@@ -280,8 +304,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
             rate: args.rate,
             batch: args.batch.max(1),
             mix: args.priorities,
-            kind: args.payload,
-            payload_bytes: args.payload_bytes,
+            bodies: bodies.clone(),
             started,
             started_us,
         };
@@ -402,6 +425,38 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     )
 }
 
+async fn raw(args: &BenchArgs, target: &Target) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let jobs = args.jobs.unwrap_or(200_000);
+    let report = super::raw_baseline::run(
+        &target.url,
+        jobs,
+        args.payload_bytes,
+        args.producers,
+        args.workers,
+        args.batch,
+    )
+    .await?;
+    let json = serde_json::json!({
+        "mode": "raw",
+        "jobs": report.jobs,
+        "payload_bytes": args.payload_bytes,
+        "e2e_jobs_per_s": round(report.e2e_jobs_per_s),
+        "client_cpu_s_per_1k_jobs": report.client_cpu_s_per_1k_jobs,
+    });
+    if args.json {
+        println!("{json}");
+    } else {
+        println!(
+            "raw baseline: {} jobs of {} B, {:.0} jobs/s end to end, {:.1} us client cpu per job",
+            report.jobs,
+            args.payload_bytes,
+            report.e2e_jobs_per_s,
+            report.client_cpu_s_per_1k_jobs * 1000.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_summary(r: &Report) {
     println!("streamq bench summary ({})", r.redis_version);
     println!("  jobs                {} x {} B", r.jobs, r.payload_bytes);
@@ -443,8 +498,7 @@ struct Producer {
     rate: Option<f64>,
     batch: usize,
     mix: Mix,
-    kind: PayloadKind,
-    payload_bytes: usize,
+    bodies: Arc<Vec<Body>>,
     started: Instant,
     started_us: u64,
 }
@@ -481,9 +535,9 @@ impl Producer {
                     }
                     None => now_us(),
                 };
-                let job = BenchJob {
+                let job = OutgoingJob {
                     intended_us,
-                    body: body(self.kind, self.payload_bytes, seq),
+                    body: &self.bodies[(seq % BODY_POOL) as usize],
                 };
                 let options = EnqueueOptions::new().priority(self.mix.pick(rng.u32(..)));
                 batch.push(&job, &options)?;

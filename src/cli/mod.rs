@@ -5,6 +5,7 @@ mod consume;
 mod demo;
 mod dlq;
 mod produce;
+mod raw_baseline;
 
 use std::process::ExitCode;
 
@@ -72,6 +73,7 @@ impl QueueArgs {
 /// the run (kept alive as long as this value is).
 pub(crate) struct Target {
     pub(crate) config: RedisConfig,
+    pub(crate) url: String,
     pub(crate) description: String,
     _local: Option<LocalRedis>,
 }
@@ -82,6 +84,7 @@ impl Target {
         match url {
             Some(url) => Ok(Target {
                 config: RedisConfig::from_url(url)?,
+                url: url.to_owned(),
                 description: redact(url),
                 _local: None,
             }),
@@ -89,6 +92,7 @@ impl Target {
                 let local = LocalRedis::start()?;
                 Ok(Target {
                     config: RedisConfig::from_url(&local.url())?,
+                    url: local.url(),
                     description: format!("private redis-server at {}", local.url()),
                     _local: Some(local),
                 })

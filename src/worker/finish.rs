@@ -95,6 +95,13 @@ impl Deferred {
     }
 }
 
+/// A stream id `ms-seq` as numbers, for sorting; unparsable ids sort last.
+fn stream_id_order(id: &str) -> (u64, u64) {
+    id.split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .unwrap_or((u64::MAX, u64::MAX))
+}
+
 async fn sleep_until_some(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
@@ -159,7 +166,7 @@ impl Finisher {
                 }
             }
             if !acks.is_empty() {
-                self.ack(&acks).await;
+                self.ack(&mut acks).await;
                 for (_, id) in &acks {
                     self.holdings.release(id);
                 }
@@ -224,7 +231,9 @@ impl Finisher {
         }
     }
 
-    async fn ack(&mut self, acks: &[(Priority, String)]) {
+    async fn ack(&mut self, acks: &mut [(Priority, String)]) {
+        // Sorted, each stream's ids form one range the script reads at once.
+        acks.sort_unstable_by_key(|(priority, id)| (*priority, stream_id_order(id)));
         let mut call = scripts().ack.call(&self.queue.keys().stats_and_streams());
         call.arg(GROUP).arg(&self.consumer);
         for (priority, id) in acks {
