@@ -26,7 +26,6 @@
 ]]
 local stats = KEYS[1]
 local group = ARGV[1]
-
 local consumer = ARGV[2]
 local names = { 'critical', 'high', 'medium', 'low' }
 

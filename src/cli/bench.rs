@@ -177,6 +177,8 @@ fn body(kind: PayloadKind, bytes: usize, seq: u64) -> Body {
 /// Shared between producers, handlers and the reporter.
 struct Tally {
     enqueued: AtomicU64,
+    /// When the last producer's last batch was acknowledged, Unix us.
+    enqueue_done_us: AtomicU64,
     processed: AtomicU64,
     first_start_us: AtomicU64,
     last_done_us: AtomicU64,
@@ -257,6 +259,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let memory_before = used_memory(&queue).await?;
     let tally = Arc::new(Tally {
         enqueued: AtomicU64::new(0),
+        enqueue_done_us: AtomicU64::new(0),
         processed: AtomicU64::new(0),
         first_start_us: AtomicU64::new(u64::MAX),
         last_done_us: AtomicU64::new(0),
@@ -374,7 +377,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let memory_after = used_memory(&queue).await?;
 
     let jobs = tally.processed.load(Ordering::Relaxed);
-    let enqueue_secs = enqueue_done.unwrap_or(elapsed).as_secs_f64();
+    let enqueue_secs = match tally.enqueue_done_us.load(Ordering::Relaxed) {
+        0 => enqueue_done.unwrap_or(elapsed).as_secs_f64(),
+        done => done.saturating_sub(started_us) as f64 / 1e6,
+    };
     let first = tally.first_start_us.load(Ordering::Relaxed);
     let last_done = tally.last_done_us.load(Ordering::Relaxed);
     let process_secs = last_done.saturating_sub(first) as f64 / 1e6;
@@ -546,6 +552,7 @@ impl Producer {
             let n = batch.len() as u64;
             batch.send().await?;
             self.tally.enqueued.fetch_add(n, Ordering::Relaxed);
+            self.tally.enqueue_done_us.fetch_max(now_us(), Ordering::Relaxed);
         }
     }
 }
