@@ -7,7 +7,10 @@
   write, the job stays pending with its owner, and the worker tries again
   later. A dead-letter move is never dropped.
 
-  KEYS[1]    stats hash          HINCRBY "dead:<priority>", "ownership_lost"
+  KEYS[1]    stats hash          HINCRBY "dead:<p>", "failed:<p>" (when a run
+                                 failed), "ownership_lost:<p>", and per name
+                                 "name:dead:<name>", "name:failed:<name>",
+                                 "name:reclaimed:<name>", "name:ownership_lost:<name>"
   KEYS[2]    stream              the job's priority stream
   KEYS[3]    dead-letter stream
   ARGV[1]    group
@@ -20,6 +23,11 @@
   ARGV[8]    attempts            attempts made
   ARGV[9]    max dead letters    approximate MAXLEN for the dead-letter
                                  stream; 0 = never trimmed
+  ARGV[10]   job name
+  ARGV[11]   failed run          1 when a handler run failed (not for poison
+                                 deliveries or undecodable entries)
+  ARGV[12]   reclaims            deliveries - 1
+  ARGV[13]   per-name metrics    1 = keep per-name counters
 
   Returns    {0, dead entry id}  moved
              {2}                 not moved: the consumer no longer owns the
@@ -29,10 +37,13 @@ local stats, stream, dead = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
 local priority, err, now = ARGV[4], ARGV[5], ARGV[6]
 local job_id, attempts, max_dead = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local name, failed_run, reclaims = ARGV[10], ARGV[11] == '1', tonumber(ARGV[12])
+local by_name = ARGV[13] == '1'
 
 local pending = redis.call('XPENDING', stream, group, id, id, 1)
 if not (pending[1] and pending[1][2] == consumer) then
-  redis.pcall('HINCRBY', stats, 'ownership_lost', 1)
+  redis.pcall('HINCRBY', stats, 'ownership_lost:' .. priority, 1)
+  if by_name then redis.pcall('HINCRBY', stats, 'name:ownership_lost:' .. name, 1) end
   return { 2 }
 end
 
@@ -60,4 +71,10 @@ local dead_id = redis.call('XADD', unpack(args))
 redis.call('XACK', stream, group, id)
 redis.call('XDEL', stream, id)
 redis.call('HINCRBY', stats, 'dead:' .. priority, 1)
+if failed_run then redis.call('HINCRBY', stats, 'failed:' .. priority, 1) end
+if by_name then
+  redis.call('HINCRBY', stats, 'name:dead:' .. name, 1)
+  if failed_run then redis.call('HINCRBY', stats, 'name:failed:' .. name, 1) end
+  if reclaims > 0 then redis.call('HINCRBY', stats, 'name:reclaimed:' .. name, reclaims) end
+end
 return { 0, dead_id }

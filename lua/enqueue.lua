@@ -7,18 +7,21 @@
   first write, so a batch is all-or-nothing and an OOM reply means nothing was
   added.
 
-  KEYS[1]    stats hash          HINCRBY "enqueued:<p>", "scheduled", "deduplicated"
+  KEYS[1]    stats hash          HINCRBY "enqueued:<p>", "name:enqueued:<name>",
+                                 "scheduled", "deduplicated"
   KEYS[2..5] streams             critical, high, medium, low
   KEYS[6]    delayed zset        member = priority digit .. envelope, score = due ms
   KEYS[7..]  idempotency keys    strings holding the id of the job that took them
   ARGV[1]    max backlog         jobs in the streams plus delayed beyond which the
                                  batch is refused; 0 = no bound
   ARGV[2]    now                 Unix ms
-  ARGV[3..]  six per job:        priority index (1 = critical .. 4 = low),
+  ARGV[3]    per-name counters   1 = keep them, 0 = per priority only
+  ARGV[4..]  seven per job:      priority index (1 = critical .. 4 = low),
                                  due (Unix ms; 0 = now),
                                  idempotency key index into KEYS (0 = none),
                                  idempotency ttl (ms),
                                  job id,
+                                 job name,
                                  envelope bytes (opaque, never decoded here)
 
   Returns    {0, i, id, ...}     added; for each duplicate (its idempotency key
@@ -30,9 +33,10 @@
 local stats, delayed = KEYS[1], KEYS[6]
 local max_backlog = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
+local by_name = ARGV[3] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
 
-local jobs = (#ARGV - 2) / 6
+local jobs = (#ARGV - 3) / 7
 if max_backlog > 0 then
   local backlog = redis.call('ZCARD', delayed)
   for p = 1, 4 do
@@ -43,39 +47,39 @@ if max_backlog > 0 then
   end
 end
 
-local added = { 0, 0, 0, 0 }
-local scheduled, duplicates = 0, 0
+local counts = {}
+local function count(field, n)
+  counts[field] = (counts[field] or 0) + n
+end
+
 local reply = { 0 }
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 7 do
   local p, due = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local key_index, ttl = tonumber(ARGV[i + 2]), ARGV[i + 3]
-  local job_id, envelope = ARGV[i + 4], ARGV[i + 5]
+  local job_id, name, envelope = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local holder = false
   if key_index > 0 then
     holder = redis.call('GET', KEYS[key_index])
   end
   if holder then
-    reply[#reply + 1] = (i - 3) / 6 + 1
+    reply[#reply + 1] = (i - 4) / 7 + 1
     reply[#reply + 1] = holder
-    duplicates = duplicates + 1
+    count('deduplicated', 1)
   else
     if key_index > 0 then
       redis.call('SET', KEYS[key_index], job_id, 'PX', ttl)
     end
     if due > now then
       redis.call('ZADD', delayed, due, p .. envelope)
-      scheduled = scheduled + 1
+      count('scheduled', 1)
     else
       redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
     end
-    added[p] = added[p] + 1
+    count('enqueued:' .. names[p], 1)
+    if by_name then count('name:enqueued:' .. name, 1) end
   end
 end
-for p = 1, 4 do
-  if added[p] > 0 then
-    redis.call('HINCRBY', stats, 'enqueued:' .. names[p], added[p])
-  end
+for field, n in pairs(counts) do
+  redis.call('HINCRBY', stats, field, n)
 end
-if scheduled > 0 then redis.call('HINCRBY', stats, 'scheduled', scheduled) end
-if duplicates > 0 then redis.call('HINCRBY', stats, 'deduplicated', duplicates) end
 return reply

@@ -8,6 +8,7 @@
   (and so freeing memory) when Redis is full.
 
   KEYS[1..4] streams             critical, high, medium, low
+  KEYS[5]    pause flag          while it exists, nothing is claimed
   ARGV[1]    group
   ARGV[2]    consumer
   ARGV[3]    count               the most jobs to claim, >= 1
@@ -20,10 +21,15 @@
                                  nothing waiting; the group's last delivered id
                                  per stream, so the caller can block for
                                  anything newer without a race
+             {-1}                the queue is paused
 ]]
 local group = ARGV[1]
 local consumer = ARGV[2]
 local wanted = tonumber(ARGV[3])
+
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return { -1 }
+end
 
 local reply = { 0 }
 local found = 0

@@ -6,7 +6,10 @@
   No flags: when Redis is out of memory the whole call is refused before any
   write; the job stays pending with its owner and the worker tries again.
 
-  KEYS[1]    stats hash          HINCRBY "retried:<p>", "failed:<p>", "ownership_lost"
+  KEYS[1]    stats hash          HINCRBY "retried:<p>", "failed:<p>",
+                                 "ownership_lost:<p>", and per name
+                                 "name:retried:<name>", "name:failed:<name>",
+                                 "name:reclaimed:<name>", "name:ownership_lost:<name>"
   KEYS[2]    stream              the job's priority stream
   KEYS[3]    delayed zset
   ARGV[1]    group
@@ -15,6 +18,9 @@
   ARGV[4]    priority index      1..4, where the next attempt will run
   ARGV[5]    due                 Unix ms of the next attempt
   ARGV[6]    envelope            re-encoded with the attempt count raised
+  ARGV[7]    job name
+  ARGV[8]    reclaims            deliveries - 1 of the failed attempt
+  ARGV[9]    per-name metrics    1 = keep per-name counters
 
   Returns    {0}                 scheduled
              {2}                 not scheduled: the consumer no longer owns the
@@ -23,11 +29,13 @@
 local stats, stream, delayed = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
 local p, due, envelope = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local name, reclaims, by_name = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
 
 local pending = redis.call('XPENDING', stream, group, id, id, 1)
 if not (pending[1] and pending[1][2] == consumer) then
-  redis.pcall('HINCRBY', stats, 'ownership_lost', 1)
+  redis.pcall('HINCRBY', stats, 'ownership_lost:' .. names[p], 1)
+  if by_name then redis.pcall('HINCRBY', stats, 'name:ownership_lost:' .. name, 1) end
   return { 2 }
 end
 
@@ -36,4 +44,9 @@ redis.call('XACK', stream, group, id)
 redis.call('XDEL', stream, id)
 redis.call('HINCRBY', stats, 'retried:' .. names[p], 1)
 redis.call('HINCRBY', stats, 'failed:' .. names[p], 1)
+if by_name then
+  redis.call('HINCRBY', stats, 'name:retried:' .. name, 1)
+  redis.call('HINCRBY', stats, 'name:failed:' .. name, 1)
+  if reclaims > 0 then redis.call('HINCRBY', stats, 'name:reclaimed:' .. name, reclaims) end
+end
 return { 0 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
-use crate::envelope::{Envelope, JobId, PayloadLimits};
+use crate::envelope::{Envelope, JobId, NewJob, PayloadLimits, now_us};
 
 /// Encodes `payload` into a job envelope, as [`crate::Batch::push`] does.
 pub fn encode<T: Serialize + ?Sized>(
@@ -13,11 +13,15 @@ pub fn encode<T: Serialize + ?Sized>(
     compress_above: Option<usize>,
 ) -> Result<Vec<u8>, Error> {
     Envelope::encode_new(
-        &JobId::generate(),
-        "bench",
+        NewJob {
+            id: &JobId::generate(),
+            name: "bench",
+            max_attempts: 3,
+            timeout_ms: None,
+            ready_us: now_us(),
+            trace: None,
+        },
         payload,
-        3,
-        None,
         PayloadLimits {
             max_bytes: 1 << 20,
             compress_above,

@@ -73,7 +73,7 @@ impl DeadLetter {
             .and_then(|v| redis::from_redis_value(v).ok())
             .unwrap_or_default();
         let (name, enqueued_ms) = Envelope::decode(&envelope)
-            .map(|e| (e.name.into_owned(), e.enqueued_ms))
+            .map(|e| (e.name.into_owned(), e.enqueued_us / 1000))
             .unwrap_or_default();
         DeadLetter {
             id,
@@ -95,6 +95,7 @@ impl DeadLetter {
         match Envelope::decode(&self.envelope) {
             Ok(mut envelope) => {
                 envelope.attempt = 0;
+                envelope.ready_us = crate::envelope::now_us();
                 envelope
                     .encode(usize::MAX)
                     .unwrap_or_else(|_| self.envelope.clone())

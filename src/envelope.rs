@@ -68,25 +68,40 @@ pub(crate) struct Envelope<'a> {
     /// Attempts already made before this delivery: 0 on the first run.
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
-    /// When the job was first enqueued, in Unix milliseconds.
-    pub(crate) enqueued_ms: u64,
+    /// When the job was first enqueued, in Unix microseconds.
+    pub(crate) enqueued_us: u64,
+    /// When this attempt could start (enqueue, due time of a delay or
+    /// retry), in Unix microseconds: the start of its wait.
+    pub(crate) ready_us: u64,
     pub(crate) timeout_ms: Option<u64>,
     #[serde(with = "serde_bytes", borrow)]
     pub(crate) payload: Cow<'a, [u8]>,
     /// Whether `payload` is LZ4-compressed (with its size prepended).
     #[serde(default)]
     pub(crate) compressed: bool,
+    /// The producer's W3C `traceparent`, so a consumer span can link to it.
+    #[serde(default, borrow)]
+    pub(crate) trace: Option<Cow<'a, str>>,
+}
+
+/// What a new envelope says besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewJob<'a> {
+    pub(crate) id: &'a JobId,
+    pub(crate) name: &'a str,
+    pub(crate) max_attempts: u32,
+    pub(crate) timeout_ms: Option<u64>,
+    /// When the job may start, Unix microseconds.
+    pub(crate) ready_us: u64,
+    pub(crate) trace: Option<&'a str>,
 }
 
 impl<'a> Envelope<'a> {
     /// Encodes `payload` and wraps it in a new envelope, refusing anything
     /// whose encoded envelope exceeds `limit` bytes.
     pub(crate) fn encode_new<T: Serialize + ?Sized>(
-        id: &JobId,
-        name: &str,
+        job: NewJob<'_>,
         payload: &T,
-        max_attempts: u32,
-        timeout_ms: Option<u64>,
         limits: PayloadLimits,
     ) -> Result<Vec<u8>, Error> {
         let limit = limits.max_bytes;
@@ -110,14 +125,16 @@ impl<'a> Envelope<'a> {
         };
         Envelope {
             version: SCHEMA_VERSION,
-            id: Cow::Borrowed(id.as_str()),
-            name: Cow::Borrowed(name),
+            id: Cow::Borrowed(job.id.as_str()),
+            name: Cow::Borrowed(job.name),
             attempt: 0,
-            max_attempts,
-            enqueued_ms: now_ms(),
-            timeout_ms,
+            max_attempts: job.max_attempts,
+            enqueued_us: now_us(),
+            ready_us: job.ready_us,
+            timeout_ms: job.timeout_ms,
             payload: Cow::Owned(payload),
             compressed,
+            trace: job.trace.map(Cow::Borrowed),
         }
         .encode(limit.saturating_add(ENVELOPE_OVERHEAD))
     }
@@ -173,15 +190,36 @@ fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Vec<u8>, Error> 
 
 /// Milliseconds since the Unix epoch; 0 if the clock is before 1970.
 pub(crate) fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// Microseconds since the Unix epoch; 0 if the clock is before 1970.
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn new_job<'a>(
+        id: &'a JobId,
+        name: &'a str,
+        max_attempts: u32,
+        timeout_ms: Option<u64>,
+    ) -> NewJob<'a> {
+        NewJob {
+            id,
+            name,
+            max_attempts,
+            timeout_ms,
+            ready_us: now_us(),
+            trace: Some("00-trace-span-01"),
+        }
+    }
 
     fn limits(max_bytes: usize) -> PayloadLimits {
         PayloadLimits {
@@ -197,8 +235,8 @@ mod tests {
             max_bytes: 1 << 20,
             compress_above: Some(512),
         };
-        let bytes =
-            Envelope::encode_new(&JobId::generate(), "", &text, 1, None, limits).expect("encodes");
+        let bytes = Envelope::encode_new(new_job(&JobId::generate(), "", 1, None), &text, limits)
+            .expect("encodes");
         assert!(
             bytes.len() < text.len() / 4,
             "{} bytes for {}",
@@ -213,8 +251,9 @@ mod tests {
             .expect_err("over the limit");
         assert!(err.to_string().contains("over the limit"), "{err}");
 
-        let small = Envelope::encode_new(&JobId::generate(), "", &"short", 1, None, limits)
-            .expect("encodes");
+        let small =
+            Envelope::encode_new(new_job(&JobId::generate(), "", 1, None), &"short", limits)
+                .expect("encodes");
         assert!(!Envelope::decode(&small).expect("decodes").compressed);
     }
 
@@ -231,23 +270,29 @@ mod tests {
             level: 3,
         };
         let id = JobId::generate();
-        let bytes = Envelope::encode_new(&id, "page", &alert, 3, Some(60_000), limits(1 << 20))
-            .expect("encodes");
+        let bytes = Envelope::encode_new(
+            new_job(&id, "page", 3, Some(60_000)),
+            &alert,
+            limits(1 << 20),
+        )
+        .expect("encodes");
         let envelope = Envelope::decode(&bytes).expect("decodes");
         assert!(matches!(envelope.id, Cow::Borrowed(_)));
         assert_eq!(envelope.id, id.as_str());
         assert_eq!(envelope.name, "page");
         assert_eq!((envelope.attempt, envelope.max_attempts), (0, 3));
         assert_eq!(envelope.timeout_ms, Some(60_000));
-        assert!(envelope.enqueued_ms > 1_600_000_000_000);
+        assert!(envelope.enqueued_us > 1_600_000_000_000_000);
+        assert_eq!(envelope.trace.as_deref(), Some("00-trace-span-01"));
         assert_eq!(envelope.payload::<Alert>(1 << 20).expect("payload"), alert);
     }
 
     #[test]
     fn oversized_payloads_are_refused() {
         let big = vec![7u8; 2048];
-        let err = Envelope::encode_new(&JobId::generate(), "", &big, 1, None, limits(1024))
-            .expect_err("too large");
+        let err =
+            Envelope::encode_new(new_job(&JobId::generate(), "", 1, None), &big, limits(1024))
+                .expect_err("too large");
         assert!(
             matches!(err, Error::PayloadTooLarge { limit: 1024, .. }),
             "{err}"
@@ -260,8 +305,9 @@ mod tests {
             Envelope::decode(b"\xc1garbage"),
             Err(Error::Decode(_))
         ));
-        let bytes = Envelope::encode_new(&JobId::generate(), "", &1u8, 1, None, limits(1024))
-            .expect("encodes");
+        let bytes =
+            Envelope::encode_new(new_job(&JobId::generate(), "", 1, None), &1u8, limits(1024))
+                .expect("encodes");
         let mut future = Envelope::decode(&bytes).expect("decodes");
         future.version = SCHEMA_VERSION + 1;
         let bytes = rmp_serde::to_vec(&future).expect("encodes");
@@ -271,8 +317,12 @@ mod tests {
 
     #[test]
     fn payload_of_the_wrong_shape_is_a_decode_error() {
-        let bytes = Envelope::encode_new(&JobId::generate(), "", &"text", 1, None, limits(1024))
-            .expect("encodes");
+        let bytes = Envelope::encode_new(
+            new_job(&JobId::generate(), "", 1, None),
+            &"text",
+            limits(1024),
+        )
+        .expect("encodes");
         let envelope = Envelope::decode(&bytes).expect("decodes");
         assert!(matches!(
             envelope.payload::<Alert>(1024),

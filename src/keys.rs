@@ -10,6 +10,8 @@
 //! | `<prefix>:{<queue>}:dead`     | stream | dead letters: failed jobs and their errors |
 //! | `<prefix>:{<queue>}:delayed`  | zset   | jobs due later (retries, scheduled), scored by due ms |
 //! | `<prefix>:{<queue>}:dedup:<key>` | string | the id of the job that took an idempotency key (with a TTL) |
+//! | `<prefix>:{<queue>}:latency`  | hash   | latency histograms per job name, kept by `ack` |
+//! | `<prefix>:{<queue>}:paused`   | string | present while the queue is paused |
 
 use crate::{Error, Priority};
 
@@ -26,6 +28,8 @@ pub(crate) struct QueueKeys {
     stats: String,
     dead: String,
     delayed: String,
+    latency: String,
+    paused: String,
     base: String,
 }
 
@@ -40,6 +44,8 @@ impl QueueKeys {
             stats: format!("{base}:stats"),
             dead: format!("{base}:dead"),
             delayed: format!("{base}:delayed"),
+            latency: format!("{base}:latency"),
+            paused: format!("{base}:paused"),
             base,
         })
     }
@@ -62,6 +68,16 @@ impl QueueKeys {
     /// The sorted set of jobs due later.
     pub(crate) fn delayed(&self) -> &str {
         &self.delayed
+    }
+
+    /// The latency histograms hash.
+    pub(crate) fn latency(&self) -> &str {
+        &self.latency
+    }
+
+    /// The pause flag.
+    pub(crate) fn paused(&self) -> &str {
+        &self.paused
     }
 
     /// The key recording which job took an idempotency key.

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::envelope::{Envelope, JobId, now_ms};
+use crate::envelope::{Envelope, JobId, NewJob, now_ms, now_us};
 use crate::scripts::{self, ScriptCall, scripts};
 use crate::{Error, Priority, Queue};
 
@@ -18,6 +18,7 @@ pub struct EnqueueOptions {
     timeout: Option<Duration>,
     run_at: Option<RunAt>,
     idempotency: Option<(String, Duration)>,
+    traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,11 +82,20 @@ impl EnqueueOptions {
         self
     }
 
-    fn due_ms(&self) -> u64 {
+    /// Carry this W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) to
+    /// the consumer, which records it on its processing span
+    /// ([`crate::Job::traceparent`]). Default: none.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> EnqueueOptions {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// When the job may run, Unix microseconds; `None` for now.
+    fn due_us(&self) -> Option<u64> {
         match self.run_at {
-            None => 0,
-            Some(RunAt::After(delay)) => now_ms().saturating_add(millis(delay)),
-            Some(RunAt::At(time)) => time.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0),
+            None => None,
+            Some(RunAt::After(delay)) => Some(now_us().saturating_add(micros(delay))),
+            Some(RunAt::At(time)) => Some(time.duration_since(UNIX_EPOCH).map(micros).unwrap_or(0)),
         }
     }
 }
@@ -94,10 +104,15 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// One encoded job waiting in a [`Batch`].
 #[derive(Debug)]
 struct Pending {
     id: JobId,
+    name: String,
     priority: Priority,
     due_ms: u64,
     idempotency: Option<(String, u64)>,
@@ -146,19 +161,22 @@ impl Batch {
             Some((key, ttl)) => Some((key.clone(), millis(*ttl).max(1))),
         };
         let id = JobId::generate();
-        let envelope = Envelope::encode_new(
-            &id,
-            &options.name,
-            payload,
-            options.max_attempts.unwrap_or(settings.max_attempts),
-            options.timeout.map(millis),
-            settings.payload_limits(),
-        )?;
+        let due_us = options.due_us();
+        let job = NewJob {
+            id: &id,
+            name: &options.name,
+            max_attempts: options.max_attempts.unwrap_or(settings.max_attempts),
+            timeout_ms: options.timeout.map(millis),
+            ready_us: due_us.unwrap_or_else(now_us),
+            trace: options.traceparent.as_deref(),
+        };
+        let envelope = Envelope::encode_new(job, payload, settings.payload_limits())?;
         self.bytes += envelope.len();
         self.jobs.push(Pending {
             id: id.clone(),
+            name: options.name.clone(),
             priority: options.priority,
-            due_ms: options.due_ms(),
+            due_ms: due_us.map_or(0, |us| us / 1000),
             idempotency,
             envelope,
         });
@@ -267,14 +285,17 @@ impl Batch {
             });
         }
         let mut call = scripts().enqueue.call(&all_keys);
-        call.arg(self.queue.settings().max_backlog.unwrap_or(0))
-            .arg(now_ms());
+        let settings = self.queue.settings();
+        call.arg(settings.max_backlog.unwrap_or(0))
+            .arg(now_ms())
+            .arg(u8::from(settings.metrics));
         for (job, key_index) in chunk.iter().zip(key_index) {
             call.arg(job.priority.lua_index())
                 .arg(job.due_ms)
                 .arg(key_index)
                 .arg(job.idempotency.as_ref().map_or(0, |(_, ttl)| *ttl))
                 .arg(job.id.as_str())
+                .arg(&job.name)
                 .arg(job.envelope.as_slice());
         }
         call

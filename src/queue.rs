@@ -50,6 +50,7 @@ pub(crate) struct QueueSettings {
     pub(crate) max_attempts: u32,
     pub(crate) max_dead_letters: Option<u64>,
     pub(crate) compress_above: Option<usize>,
+    pub(crate) metrics: bool,
 }
 
 impl QueueSettings {
@@ -118,6 +119,14 @@ impl QueueBuilder {
         self
     }
 
+    /// Keep counters and latency histograms per job name, besides the
+    /// per-priority counters that are always kept. Costs a few hash updates
+    /// per script call (see docs/benchmarks.md). Default: on.
+    pub fn metrics(mut self, on: bool) -> QueueBuilder {
+        self.settings.metrics = on;
+        self
+    }
+
     /// Keep about this many dead letters, trimming the oldest. Default: no
     /// bound; dead letters are never trimmed.
     pub fn max_dead_letters(mut self, entries: u64) -> QueueBuilder {
@@ -179,6 +188,7 @@ impl Queue {
                 max_attempts: 3,
                 max_dead_letters: None,
                 compress_above: None,
+                metrics: true,
             },
         }
     }

@@ -112,6 +112,7 @@ async fn an_acl_user_limited_to_the_queue_prefix_can_run_it_and_nothing_else() {
             "+@scripting",
             "+@connection",
             "+type",
+            "+exists",
             "+info",
             "+del",
         ])

@@ -276,7 +276,7 @@ async fn a_paused_workers_late_ack_is_fenced() {
     assert_eq!(seen.get(id.as_str()).map(Vec::len), Some(2));
     let counters = redis.counters("paused").await;
     assert_eq!(counters.get("completed:medium"), Some(&1));
-    assert_eq!(counters.get("ownership_lost"), Some(&1));
+    assert_eq!(counters.get("ownership_lost:medium"), Some(&1));
 }
 
 #[tokio::test]

@@ -552,7 +552,9 @@ impl Producer {
             let n = batch.len() as u64;
             batch.send().await?;
             self.tally.enqueued.fetch_add(n, Ordering::Relaxed);
-            self.tally.enqueue_done_us.fetch_max(now_us(), Ordering::Relaxed);
+            self.tally
+                .enqueue_done_us
+                .fetch_max(now_us(), Ordering::Relaxed);
         }
     }
 }

@@ -31,8 +31,13 @@ pub(crate) async fn run(
 ) -> Result<RawReport, Box<dyn std::error::Error>> {
     let client = Client::open(url)?;
     let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
-    let mut admin = client.get_multiplexed_async_connection_with_config(&config).await?;
-    let _: Value = redis::cmd("DEL").arg(STREAM).query_async(&mut admin).await?;
+    let mut admin = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let _: Value = redis::cmd("DEL")
+        .arg(STREAM)
+        .query_async(&mut admin)
+        .await?;
     let _: () = redis::cmd("XGROUP")
         .arg(&["CREATE", STREAM, GROUP, "0", "MKSTREAM"])
         .query_async(&mut admin)
@@ -43,8 +48,15 @@ pub(crate) async fn run(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..consumers {
-        let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-        tasks.push(tokio::spawn(consume(conn, format!("c{c}"), processed.clone(), jobs)));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        tasks.push(tokio::spawn(consume(
+            conn,
+            format!("c{c}"),
+            processed.clone(),
+            jobs,
+        )));
     }
     let body = vec![b'x'; payload_bytes];
     let per_producer = jobs.div_ceil(producers);
@@ -58,7 +70,12 @@ pub(crate) async fn run(
                 let n = left.min(batch as u64);
                 let mut pipe = redis::pipe();
                 for _ in 0..n {
-                    pipe.cmd("XADD").arg(STREAM).arg("*").arg("e").arg(&body).ignore();
+                    pipe.cmd("XADD")
+                        .arg(STREAM)
+                        .arg("*")
+                        .arg("e")
+                        .arg(&body)
+                        .ignore();
                 }
                 pipe.exec_async(&mut conn).await?;
                 left -= n;
@@ -70,7 +87,10 @@ pub(crate) async fn run(
         task.await??;
     }
     let secs = started.elapsed().as_secs_f64();
-    let _: Value = redis::cmd("DEL").arg(STREAM).query_async(&mut admin).await?;
+    let _: Value = redis::cmd("DEL")
+        .arg(STREAM)
+        .query_async(&mut admin)
+        .await?;
     Ok(RawReport {
         jobs,
         e2e_jobs_per_s: jobs as f64 / secs,
@@ -86,7 +106,9 @@ async fn consume(
 ) -> Result<(), redis::RedisError> {
     while processed.load(Ordering::Relaxed) < goal {
         let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg(&["GROUP", GROUP, &name, "COUNT", "100", "BLOCK", "100", "STREAMS", STREAM, ">"])
+            .arg(&[
+                "GROUP", GROUP, &name, "COUNT", "100", "BLOCK", "100", "STREAMS", STREAM, ">",
+            ])
             .query_async(&mut conn)
             .await?;
         let ids: Vec<&str> = reply

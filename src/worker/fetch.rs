@@ -46,6 +46,8 @@ pub(crate) enum Fetched {
     Jobs(Vec<Claimed>),
     /// Nothing waiting; the group's last delivered id per stream.
     Idle([String; 4]),
+    /// The queue is paused: claim nothing until it is resumed.
+    Paused,
 }
 
 pub(crate) struct Fetcher {
@@ -71,7 +73,9 @@ impl Fetcher {
 
     /// Claims up to `count` jobs, most urgent first.
     pub(crate) async fn fetch(&mut self, count: usize) -> Result<Fetched, Error> {
-        let mut call = scripts().fetch.call(self.queue.keys().streams());
+        let keys = self.queue.keys();
+        let [c, h, m, l] = keys.streams();
+        let mut call = scripts().fetch.call(&[c, h, m, l, keys.paused()]);
         call.arg(GROUP).arg(&self.consumer).arg(count);
         let reply: Value = call.invoke(&mut self.conn).await?;
         parse_fetch(reply)
@@ -151,6 +155,7 @@ fn parse_fetch(reply: Value) -> Result<Fetched, Error> {
     };
     let mut items = items.into_iter();
     let count = match items.next() {
+        Some(Value::Int(-1)) => return Ok(Fetched::Paused),
         Some(Value::Int(n)) => usize::try_from(n).map_err(|_| unexpected(format!("count {n}")))?,
         other => return Err(unexpected(format!("count {other:?}"))),
     };

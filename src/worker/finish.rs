@@ -33,6 +33,9 @@ pub(crate) enum Outcome {
         job_id: String,
         attempts: u32,
         error: String,
+        /// Whether a handler run failed (false for poison deliveries and
+        /// undecodable entries), for the failed-attempts counter.
+        failed_run: bool,
     },
 }
 
@@ -41,6 +44,13 @@ pub(crate) struct Finished {
     pub(crate) priority: Priority,
     pub(crate) entry_id: String,
     pub(crate) outcome: Outcome,
+    /// The job's name ("" when unreadable), for per-name metrics.
+    pub(crate) name: String,
+    /// Microseconds from ready to start, and from start to finish.
+    pub(crate) wait_us: u64,
+    pub(crate) run_us: u64,
+    /// Deliveries of this entry, this one included.
+    pub(crate) deliveries: u32,
 }
 
 /// What a worker did, counted as it happened.
@@ -158,7 +168,7 @@ impl Finisher {
             let mut acks = Vec::with_capacity(batch.len());
             for finished in batch.drain(..) {
                 match finished.outcome {
-                    Outcome::Completed => acks.push((finished.priority, finished.entry_id)),
+                    Outcome::Completed => acks.push(finished),
                     _ => {
                         self.apply_or_defer(Deferred::new(finished), &mut deferred)
                             .await;
@@ -167,8 +177,8 @@ impl Finisher {
             }
             if !acks.is_empty() {
                 self.ack(&mut acks).await;
-                for (_, id) in &acks {
-                    self.holdings.release(id);
+                for finished in &acks {
+                    self.holdings.release(&finished.entry_id);
                 }
             }
             self.retry_due(&mut deferred, Instant::now()).await;
@@ -202,22 +212,18 @@ impl Finisher {
 
     /// Tries a retry or dead-letter move once; defers it on a Redis error.
     async fn apply_or_defer(&mut self, mut item: Deferred, deferred: &mut Vec<Deferred>) {
-        let Finished {
-            priority,
-            entry_id,
-            outcome,
-        } = &item.finished;
-        let result = match outcome {
+        let result = match &item.finished.outcome {
             Outcome::Completed => return,
             Outcome::Retry { envelope, due_ms } => {
-                self.retry(*priority, entry_id, envelope, *due_ms).await
+                self.retry(&item.finished, envelope, *due_ms).await
             }
             Outcome::Dead {
                 job_id,
                 attempts,
                 error,
+                failed_run,
             } => {
-                self.dead_letter(*priority, entry_id, job_id, *attempts, error)
+                self.dead_letter(&item.finished, job_id, *attempts, error, *failed_run)
                     .await
             }
         };
@@ -231,13 +237,22 @@ impl Finisher {
         }
     }
 
-    async fn ack(&mut self, acks: &mut [(Priority, String)]) {
+    async fn ack(&mut self, acks: &mut [Finished]) {
         // Sorted, each stream's ids form one range the script reads at once.
-        acks.sort_unstable_by_key(|(priority, id)| (*priority, stream_id_order(id)));
-        let mut call = scripts().ack.call(&self.queue.keys().stats_and_streams());
-        call.arg(GROUP).arg(&self.consumer);
-        for (priority, id) in acks {
-            call.arg(priority.lua_index()).arg(id);
+        acks.sort_unstable_by_key(|f| (f.priority, stream_id_order(&f.entry_id)));
+        let keys = self.queue.keys();
+        let [stats, c, h, m, l] = keys.stats_and_streams();
+        let mut call = scripts().ack.call(&[stats, c, h, m, l, keys.latency()]);
+        call.arg(GROUP)
+            .arg(&self.consumer)
+            .arg(u8::from(self.queue.settings().metrics));
+        for f in acks.iter() {
+            call.arg(f.priority.lua_index())
+                .arg(&f.entry_id)
+                .arg(&f.name)
+                .arg(f.wait_us)
+                .arg(f.run_us)
+                .arg(f.deliveries.saturating_sub(1));
         }
         let Some(reply) = self.send::<Vec<Value>>("ack", &call).await else {
             return;
@@ -258,23 +273,21 @@ impl Finisher {
         }
     }
 
-    async fn retry(
-        &mut self,
-        priority: Priority,
-        entry_id: &str,
-        envelope: &[u8],
-        due_ms: u64,
-    ) -> Result<(), Error> {
+    async fn retry(&mut self, job: &Finished, envelope: &[u8], due_ms: u64) -> Result<(), Error> {
+        let priority = job.priority;
         let keys = self.queue.keys();
         let mut call = scripts()
             .retry
             .call(&[keys.stats(), keys.stream(priority), keys.delayed()]);
         call.arg(GROUP)
             .arg(&self.consumer)
-            .arg(entry_id)
+            .arg(&job.entry_id)
             .arg(priority.lua_index())
             .arg(due_ms)
-            .arg(envelope);
+            .arg(envelope)
+            .arg(&job.name)
+            .arg(job.deliveries.saturating_sub(1))
+            .arg(u8::from(self.queue.settings().metrics));
         if self.fenced_call("retry", &call).await? {
             Counters::add(&self.counters.retried, 1);
         }
@@ -283,12 +296,13 @@ impl Finisher {
 
     async fn dead_letter(
         &mut self,
-        priority: Priority,
-        entry_id: &str,
+        job: &Finished,
         job_id: &str,
         attempts: u32,
         error: &str,
+        failed_run: bool,
     ) -> Result<(), Error> {
+        let priority = job.priority;
         let keys = self.queue.keys();
         let mut call =
             scripts()
@@ -296,13 +310,17 @@ impl Finisher {
                 .call(&[keys.stats(), keys.stream(priority), keys.dead()]);
         call.arg(GROUP)
             .arg(&self.consumer)
-            .arg(entry_id)
+            .arg(&job.entry_id)
             .arg(priority.as_str())
             .arg(error)
             .arg(now_ms())
             .arg(job_id)
             .arg(attempts)
-            .arg(self.queue.settings().max_dead_letters.unwrap_or(0));
+            .arg(self.queue.settings().max_dead_letters.unwrap_or(0))
+            .arg(&job.name)
+            .arg(u8::from(failed_run))
+            .arg(job.deliveries.saturating_sub(1))
+            .arg(u8::from(self.queue.settings().metrics));
         if !self.fenced_call("dead_letter", &call).await? {
             return Ok(());
         }

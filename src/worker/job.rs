@@ -19,6 +19,7 @@ pub struct Job<T> {
     pub(crate) deliveries: u32,
     pub(crate) enqueued_ms: u64,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) traceparent: Option<String>,
     pub(crate) payload: T,
 }
 
@@ -35,6 +36,7 @@ impl<T> Job<T> {
             deliveries: 1,
             enqueued_ms: crate::envelope::now_ms(),
             timeout: None,
+            traceparent: None,
             payload,
         }
     }
@@ -97,6 +99,13 @@ impl<T> Job<T> {
     /// How long this run may take, if the job set a limit.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// The producer's W3C `traceparent`, if it sent one
+    /// ([`crate::EnqueueOptions::traceparent`]). The worker also records it
+    /// on the job's `streamq.process` span.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// The payload.

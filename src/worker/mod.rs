@@ -20,14 +20,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::borrow::Cow;
+
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::envelope::{Envelope, now_ms};
+use crate::envelope::{Envelope, now_us};
 use crate::error::ConfigError;
 use crate::keys::GROUP;
 use crate::scripts::scripts;
@@ -211,6 +214,7 @@ impl Worker {
         let mut backoff = Backoff::default();
         let mut next_promote = Instant::now();
         let mut next_reclaim = Instant::now();
+        let mut paused = false;
         while !shutdown.is_cancelled() {
             while lane.running.try_join_next().is_some() {}
             self.dispatch(lane, context);
@@ -219,7 +223,9 @@ impl Worker {
             if now >= next_promote {
                 next_promote = now + self.promote().await;
             }
-            if now >= next_reclaim && room > 0 {
+            // While paused, stalled jobs stay where they are: running them
+            // would be fetching too.
+            if now >= next_reclaim && room > 0 && !paused {
                 self.reclaim(lane, context, room).await;
                 next_reclaim = now + self.config.reclaim_interval;
                 continue;
@@ -234,7 +240,22 @@ impl Worker {
                 continue;
             }
             // Never cancelled: a fetch dropped mid-flight may have claimed jobs.
-            let outcome = match lane.fetcher.fetch(room).await {
+            let fetched = lane.fetcher.fetch(room).await;
+            if paused != matches!(fetched, Ok(Fetched::Paused)) {
+                paused = !paused;
+                tracing::info!(
+                    queue = self.queue.name(),
+                    paused,
+                    "queue pause state changed"
+                );
+            }
+            let outcome = match fetched {
+                Ok(Fetched::Paused) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep_until(upkeep_at.min(Instant::now() + self.config.promote_interval)) => Ok(()),
+                    }
+                }
                 Ok(Fetched::Jobs(jobs)) => {
                     for job in &jobs {
                         lane.holdings.hold(job.priority, &job.entry_id);
@@ -344,10 +365,20 @@ impl Worker {
                 lane.holdings.hold(job.priority, &job.entry_id);
                 if job.deliveries > self.config.max_deliveries {
                     let outcome = poison_outcome(&job, self.config.max_deliveries);
+                    let name = job
+                        .envelope
+                        .as_deref()
+                        .and_then(|bytes| Envelope::decode(bytes).ok())
+                        .map(|e| e.name.into_owned())
+                        .unwrap_or_default();
                     let finished = Finished {
                         priority: job.priority,
                         entry_id: job.entry_id,
                         outcome,
+                        name,
+                        wait_us: 0,
+                        run_us: 0,
+                        deliveries: job.deliveries,
                     };
                     if context.finished.send(finished).await.is_err() {
                         tracing::error!("finisher stopped; the job stays pending");
@@ -395,50 +426,91 @@ where
     T: DeserializeOwned + Send + 'static,
     H: Handler<T>,
 {
+    let mut report = Report {
+        name: String::new(),
+        wait_us: 0,
+        run_us: 0,
+    };
     let outcome = match decode::<T>(&claimed, context.max_payload_bytes) {
         Err(poison) => poison,
-        Ok(job) => {
-            let (attempt, max_attempts, timeout) = (job.attempt, job.max_attempts, job.timeout);
-            let job_id = job.id.to_string();
-            let run = AssertUnwindSafe(context.handler.handle(job)).catch_unwind();
-            let result = match timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-                    Ok(Err(JobError::retry(format!("timed out after {limit:?}"))))
-                }),
-                None => run.await,
-            };
-            let result = result.unwrap_or_else(|panic| {
-                Counters::add(&context.counters.panicked, 1);
-                Err(JobError::retry(format!(
-                    "handler panicked: {}",
-                    panic_message(&panic)
-                )))
-            });
-            match result {
-                Ok(()) => Outcome::Completed,
-                Err(err) if err.is_permanent() => Outcome::Dead {
-                    job_id,
-                    attempts: attempt,
-                    error: err.message().to_owned(),
-                },
-                Err(err) if attempt >= max_attempts => Outcome::Dead {
-                    job_id,
-                    attempts: attempt,
-                    error: format!("failed {attempt} of {max_attempts} attempts, last: {err}"),
-                },
-                Err(err) => retry_outcome(&claimed, &context.backoff, attempt, job_id, &err),
-            }
+        Ok((job, ready_us)) => {
+            report.name.clone_from(&job.name);
+            let started = Instant::now();
+            report.wait_us = now_us().saturating_sub(ready_us);
+            let span = tracing::info_span!(
+                "streamq.process",
+                job_id = %job.id,
+                queue = tracing::field::Empty,
+                priority = %job.priority,
+                attempt = job.attempt,
+                traceparent = job.traceparent.as_deref().unwrap_or(""),
+            );
+            let outcome = run_handler(&claimed, &context, job).instrument(span).await;
+            report.run_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            outcome
         }
     };
     let finished = Finished {
         priority: claimed.priority,
         entry_id: claimed.entry_id,
         outcome,
+        name: report.name,
+        wait_us: report.wait_us,
+        run_us: report.run_us,
+        deliveries: claimed.deliveries,
     };
     if context.finished.send(finished).await.is_err() {
         tracing::error!(
             "finisher stopped before a job's outcome was recorded; it will be reclaimed"
         );
+    }
+}
+
+/// A job's name and timings, for per-name metrics.
+struct Report {
+    name: String,
+    wait_us: u64,
+    run_us: u64,
+}
+
+/// Runs the handler (with its timeout, catching panics) and decides the
+/// job's outcome.
+async fn run_handler<T, H>(claimed: &Claimed, context: &JobContext<H>, job: Job<T>) -> Outcome
+where
+    T: DeserializeOwned + Send + 'static,
+    H: Handler<T>,
+{
+    let (attempt, max_attempts, timeout) = (job.attempt, job.max_attempts, job.timeout);
+    let job_id = job.id.to_string();
+    let run = AssertUnwindSafe(context.handler.handle(job)).catch_unwind();
+    let result = match timeout {
+        Some(limit) => tokio::time::timeout(limit, run)
+            .await
+            .unwrap_or_else(|_| Ok(Err(JobError::retry(format!("timed out after {limit:?}"))))),
+        None => run.await,
+    };
+    let result = result.unwrap_or_else(|panic| {
+        Counters::add(&context.counters.panicked, 1);
+        Err(JobError::retry(format!(
+            "handler panicked: {}",
+            panic_message(&panic)
+        )))
+    });
+    match result {
+        Ok(()) => Outcome::Completed,
+        Err(err) if err.is_permanent() => Outcome::Dead {
+            job_id,
+            attempts: attempt,
+            error: err.message().to_owned(),
+            failed_run: true,
+        },
+        Err(err) if attempt >= max_attempts => Outcome::Dead {
+            job_id,
+            attempts: attempt,
+            error: format!("failed {attempt} of {max_attempts} attempts, last: {err}"),
+            failed_run: true,
+        },
+        Err(err) => retry_outcome(claimed, &context.backoff, attempt, job_id, &err),
     }
 }
 
@@ -450,6 +522,8 @@ fn retry_outcome(
     job_id: String,
     err: &JobError,
 ) -> Outcome {
+    let delay = backoff.delay(attempt, fastrand::f64());
+    let due_us = now_us().saturating_add(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX));
     let next = claimed
         .envelope
         .as_deref()
@@ -457,33 +531,37 @@ fn retry_outcome(
         .and_then(Envelope::decode)
         .and_then(|mut envelope| {
             envelope.attempt = attempt;
+            envelope.ready_us = due_us;
             envelope.encode(usize::MAX)
         });
     match next {
         Ok(envelope) => {
-            let delay = backoff.delay(attempt, fastrand::f64());
             tracing::info!(job = job_id, attempt, retry_in = ?delay, error = %err, "job failed; will retry");
             Outcome::Retry {
                 envelope,
-                due_ms: now_ms()
-                    .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                due_ms: due_us / 1000,
             }
         }
         Err(e) => Outcome::Dead {
             job_id,
             attempts: attempt,
             error: format!("{err}; cannot schedule a retry: {e}"),
+            failed_run: true,
         },
     }
 }
 
 /// Turns a claimed entry into a [`Job`], or into a dead-letter outcome when
 /// it cannot be decoded (poison: no retry can fix it).
-fn decode<T: DeserializeOwned>(claimed: &Claimed, max_bytes: usize) -> Result<Job<T>, Outcome> {
+fn decode<T: DeserializeOwned>(
+    claimed: &Claimed,
+    max_bytes: usize,
+) -> Result<(Job<T>, u64), Outcome> {
     let poison = |job_id: &str, attempts: u32, error: String| Outcome::Dead {
         job_id: job_id.to_owned(),
         attempts,
         error,
+        failed_run: true,
     };
     let Some(bytes) = &claimed.envelope else {
         return Err(poison(
@@ -510,17 +588,19 @@ fn decode<T: DeserializeOwned>(claimed: &Claimed, max_bytes: usize) -> Result<Jo
     let payload = envelope
         .payload::<T>(max_bytes)
         .map_err(|e| poison(&envelope.id, attempt, format!("undecodable payload: {e}")))?;
-    Ok(Job {
+    let job = Job {
         id: envelope.id.into_owned().into(),
         name: envelope.name.into_owned(),
         priority: claimed.priority,
         attempt,
         max_attempts: envelope.max_attempts,
         deliveries: claimed.deliveries,
-        enqueued_ms: envelope.enqueued_ms,
+        enqueued_ms: envelope.enqueued_us / 1000,
         timeout: envelope.timeout_ms.map(Duration::from_millis),
+        traceparent: envelope.trace.map(Cow::into_owned),
         payload,
-    })
+    };
+    Ok((job, envelope.ready_us))
 }
 
 /// The dead-letter outcome for a job delivered too often without finishing.
@@ -537,6 +617,7 @@ fn poison_outcome(job: &Claimed, max_deliveries: u32) -> Outcome {
             "delivered {} times without finishing (max {max_deliveries}): each worker holding it died or hung",
             job.deliveries - 1
         ),
+        failed_run: false,
     }
 }
 
