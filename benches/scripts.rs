@@ -6,12 +6,15 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use redis::aio::MultiplexedConnection;
 use support::TestRedis;
 
 const STREAM: &str = "streamq:{bench}:high";
 const STATS: &str = "streamq:{bench}:stats";
+const LATENCY: &str = "streamq:{bench}:latency";
 const ACK: &str = include_str!("../lua/ack.lua");
 const RECLAIM: &str = include_str!("../lua/reclaim.lua");
 
@@ -46,30 +49,36 @@ fn scripts(c: &mut Criterion) {
     });
     let ack = redis::Script::new(ACK);
     let mut group = c.benchmark_group("scripts");
-    for batch in [1usize, 100, 256] {
+    let cases = [(1usize, 1u8), (100, 1), (256, 1), (256, 0)];
+    for (batch, metrics) in cases {
+        let label = if metrics == 1 { "" } else { "_no_metrics" };
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(format!("ack_batch_{batch}"), |b| {
-            b.to_async(&runtime).iter_batched(
-                || runtime.block_on(claimed(&mut conn.clone(), batch)),
-                |ids| {
-                    let mut conn = conn.clone();
-                    let ack = &ack;
-                    async move {
+        group.bench_function(format!("ack_batch_{batch}{label}"), |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let mut conn = conn.clone();
+                let ack = &ack;
+                async move {
+                    let mut measured = Duration::ZERO;
+                    for _ in 0..iters {
+                        let ids = claimed(&mut conn, batch).await;
                         let mut call = ack.prepare_invoke();
                         call.key(STATS);
                         for key in ["critical", "high", "medium", "low"] {
                             call.key(format!("streamq:{{bench}}:{key}"));
                         }
-                        call.arg("streamq").arg("c1");
+                        call.key(LATENCY);
+                        call.arg("streamq").arg("c1").arg(metrics);
                         for id in &ids {
-                            call.arg(2).arg(id);
+                            call.arg(2).arg(id).arg("alert").arg(350).arg(20).arg(0);
                         }
+                        let started = Instant::now();
                         let reply: Vec<redis::Value> = call.invoke_async(&mut conn).await.unwrap();
+                        measured += started.elapsed();
                         assert_eq!(reply.len(), 1, "fenced: {reply:?}");
                     }
-                },
-                BatchSize::SmallInput,
-            );
+                    measured
+                }
+            });
         });
     }
 

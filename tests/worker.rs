@@ -430,3 +430,42 @@ async fn a_failing_or_undecodable_job_is_dead_lettered_with_its_error() {
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.in_flight(), stats.waiting()), (0, 0));
 }
+
+#[tokio::test]
+async fn buffered_jobs_start_as_slots_free_without_waiting_for_new_work() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("buffered").await;
+    // Every idle wait and upkeep tick is a minute long: if buffered jobs had
+    // to wait for one, this test would time out.
+    let slow = Duration::from_secs(60);
+    let config = WorkerConfig::new()
+        .concurrency(1)
+        .prefetch(8)
+        .block(slow)
+        .promote_interval(slow)
+        .reclaim_interval(slow);
+    let seen = Seen::default();
+    let recorder = seen.clone();
+    let (stop, worker) = spawn_worker(&queue, config, move |job: Job<u32>| {
+        let seen = recorder.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            seen.record(job.id());
+            Ok(())
+        }
+    });
+    // Let the worker reach its idle wait, then give it one burst.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut batch = queue.batch();
+    for i in 0..9u32 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    batch.send().await.unwrap();
+    eventually("the whole burst ran", Duration::from_secs(20), || {
+        let n = seen.len();
+        async move { n == 9 }
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(worker.await.unwrap().completed, 9);
+}

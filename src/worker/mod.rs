@@ -263,6 +263,15 @@ impl Worker {
                     lane.buffer.extend(jobs);
                     Ok(())
                 }
+                // Nothing new, but claimed jobs wait for a slot: wait for a
+                // slot, not for Redis.
+                Ok(Fetched::Idle(_)) if !lane.buffer.is_empty() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = lane.running.join_next() => Ok(()),
+                        _ = tokio::time::sleep_until(upkeep_at) => Ok(()),
+                    }
+                }
                 Ok(Fetched::Idle(last_ids)) => {
                     let block = upkeep_at.saturating_duration_since(Instant::now());
                     tokio::select! {
