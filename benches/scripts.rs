@@ -69,7 +69,14 @@ fn scripts(c: &mut Criterion) {
                         call.key(LATENCY);
                         call.arg("streamq").arg("c1").arg(metrics);
                         for id in &ids {
-                            call.arg(2).arg(id).arg("alert").arg(350).arg(20).arg(0);
+                            call.arg(2)
+                                .arg(id)
+                                .arg("alert")
+                                .arg(33)
+                                .arg(17)
+                                .arg(350)
+                                .arg(20)
+                                .arg(0);
                         }
                         let started = Instant::now();
                         let reply: Vec<redis::Value> = call.invoke_async(&mut conn).await.unwrap();

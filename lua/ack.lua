@@ -12,8 +12,10 @@
   and counters go through pcall, so a full Redis (which refuses HINCRBY) still
   completes jobs. allow-oom: completing jobs is what frees memory.
 
-  Latency buckets: bucket b holds durations d (us) with floor(4 * log2(d)) = b,
-  so four buckets per doubling; d below 1 us counts as 1 us.
+  Latency buckets are computed by the caller: bucket b holds durations d (us)
+  with floor(4 * log2(d)) = b, four per doubling. Counts are aggregated per
+  name and bucket in Lua tables, so field names are built once per distinct
+  name and bucket, not once per job.
 
   KEYS[1]    stats hash          HINCRBY "completed:<p>", "ownership_lost:<p>",
                                  "name:completed:<name>", "name:reclaimed:<name>",
@@ -24,11 +26,12 @@
   ARGV[1]    group
   ARGV[2]    consumer            the owner the entries must still have
   ARGV[3]    per-name metrics    1 = keep counters and histograms per name
-  ARGV[4..]  six per job:        priority index (1..4), entry id, job name,
-                                 wait (us, ready to start), run (us, start to
-                                 finish), reclaims (deliveries - 1); sorted by
-                                 priority, then id, for the ranged read (any
-                                 order is correct, just slower)
+  ARGV[4..]  eight per job:      priority index (1..4), entry id, job name,
+                                 wait bucket, run bucket, wait (us, ready to
+                                 start), run (us, start to finish), reclaims
+                                 (deliveries - 1); sorted by priority, then id,
+                                 for the ranged read (any order is correct,
+                                 just slower)
 
   Returns    {acked, fenced id...}
                                  how many were acknowledged, then the ids that
@@ -39,25 +42,23 @@ local stats, latency = KEYS[1], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
 local by_name = ARGV[3] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
-local LOG2 = math.log(2)
+local STRIDE = 8
 
-local counts, timings = {}, {}
-local function count(field, n)
-  counts[field] = (counts[field] or 0) + n
-end
-local function time(kind, name, us)
-  us = math.max(tonumber(us), 1)
-  local bucket = math.floor(4 * math.log(us) / LOG2)
-  local field = kind .. ':' .. bucket .. ':' .. name
-  timings[field] = (timings[field] or 0) + 1
-  local sum = kind .. '_sum:' .. name
-  timings[sum] = (timings[sum] or 0) + us
+local completed, lost = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
+local per_name = {}
+local function for_name(name)
+  local s = per_name[name]
+  if not s then
+    s = { completed = 0, reclaimed = 0, lost = 0, wait = {}, run = {}, wait_sum = 0, run_sum = 0 }
+    per_name[name] = s
+  end
+  return s
 end
 
 -- Group the batch by stream, then fence each stream's ids with one ranged
 -- XPENDING for this consumer.
 local asked = { {}, {}, {}, {} }
-for i = 4, #ARGV, 6 do
+for i = 4, #ARGV, STRIDE do
   table.insert(asked[tonumber(ARGV[i])], i)
 end
 
@@ -74,7 +75,7 @@ for p = 1, 4 do
       mine[entry[1]] = true
     end
     for _, i in ipairs(jobs) do
-      local id, name = ARGV[i + 1], ARGV[i + 2]
+      local id = ARGV[i + 1]
       if not mine[id] then
         -- Not in the range read (unsorted input, or more of our entries in
         -- the range than read): ask for this one alone.
@@ -83,18 +84,24 @@ for p = 1, 4 do
       end
       if mine[id] then
         table.insert(owned[p], id)
-        count('completed:' .. names[p], 1)
+        completed[p] = completed[p] + 1
         if by_name then
-          count('name:completed:' .. name, 1)
-          local reclaims = tonumber(ARGV[i + 5])
-          if reclaims > 0 then count('name:reclaimed:' .. name, reclaims) end
-          time('wait', name, ARGV[i + 3])
-          time('run', name, ARGV[i + 4])
+          local s = for_name(ARGV[i + 2])
+          local wait, run = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+          s.completed = s.completed + 1
+          s.reclaimed = s.reclaimed + tonumber(ARGV[i + 7])
+          s.wait[wait] = (s.wait[wait] or 0) + 1
+          s.run[run] = (s.run[run] or 0) + 1
+          s.wait_sum = s.wait_sum + tonumber(ARGV[i + 5])
+          s.run_sum = s.run_sum + tonumber(ARGV[i + 6])
         end
       else
         reply[#reply + 1] = id
-        count('ownership_lost:' .. names[p], 1)
-        if by_name then count('name:ownership_lost:' .. name, 1) end
+        lost[p] = lost[p] + 1
+        if by_name then
+          local s = for_name(ARGV[i + 2])
+          s.lost = s.lost + 1
+        end
       end
     end
   end
@@ -108,10 +115,26 @@ for p = 1, 4 do
     reply[1] = reply[1] + #ids
   end
 end
-for field, n in pairs(counts) do
-  redis.pcall('HINCRBY', stats, field, n)
+
+-- Counters last, through pcall: a full Redis still completes the jobs.
+local function add(key, field, n)
+  if n > 0 then redis.pcall('HINCRBY', key, field, n) end
 end
-for field, n in pairs(timings) do
-  redis.pcall('HINCRBY', latency, field, n)
+for p = 1, 4 do
+  add(stats, 'completed:' .. names[p], completed[p])
+  add(stats, 'ownership_lost:' .. names[p], lost[p])
+end
+for name, s in pairs(per_name) do
+  add(stats, 'name:completed:' .. name, s.completed)
+  add(stats, 'name:reclaimed:' .. name, s.reclaimed)
+  add(stats, 'name:ownership_lost:' .. name, s.lost)
+  for bucket, n in pairs(s.wait) do
+    add(latency, 'wait:' .. bucket .. ':' .. name, n)
+  end
+  for bucket, n in pairs(s.run) do
+    add(latency, 'run:' .. bucket .. ':' .. name, n)
+  end
+  add(latency, 'wait_sum:' .. name, s.wait_sum)
+  add(latency, 'run_sum:' .. name, s.run_sum)
 end
 return reply

@@ -60,6 +60,10 @@ pub(crate) struct BenchArgs {
     /// Compress payloads larger than this many bytes.
     #[arg(long)]
     compress_above: Option<usize>,
+    /// Keep only the per-priority counters (no per-name counters or
+    /// latency histograms), to measure what metrics cost.
+    #[arg(long)]
+    no_metrics: bool,
     /// The queue to use.
     #[arg(long, default_value = "streamq-bench")]
     queue: String,
@@ -212,6 +216,7 @@ struct Report {
     concurrency: usize,
     batch: usize,
     compress_above: Option<usize>,
+    metrics: bool,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -219,7 +224,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     if args.raw {
         return raw(&args, &target).await;
     }
-    let mut builder = Queue::builder(&args.queue);
+    let mut builder = Queue::builder(&args.queue).metrics(!args.no_metrics);
     if let Some(threshold) = args.compress_above {
         builder = builder.compress_above(threshold);
     }
@@ -414,6 +419,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         concurrency: args.concurrency,
         batch: args.batch,
         compress_above: args.compress_above,
+        metrics: !args.no_metrics,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
