@@ -99,6 +99,7 @@ pub(crate) struct Scripts {
     pub(crate) reclaim: Script,
     pub(crate) heartbeat: Script,
     pub(crate) requeue_dead: Script,
+    pub(crate) recover: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -111,6 +112,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reclaim: Script::new("reclaim", include_str!("../lua/reclaim.lua")),
     heartbeat: Script::new("heartbeat", include_str!("../lua/heartbeat.lua")),
     requeue_dead: Script::new("requeue_dead", include_str!("../lua/requeue_dead.lua")),
+    recover: Script::new("recover", include_str!("../lua/recover.lua")),
     retire_consumer: Script::new(
         "retire_consumer",
         include_str!("../lua/retire_consumer.lua"),
@@ -226,6 +228,7 @@ mod tests {
             &s.reclaim,
             &s.heartbeat,
             &s.requeue_dead,
+            &s.recover,
         ];
         for script in all {
             assert_eq!(script.sha.len(), 40, "{}", script.name);
@@ -242,6 +245,18 @@ mod tests {
                 );
             }
         }
+        let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/lua"))
+            .expect("lua/ exists")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "lua"))
+            })
+            .count();
+        assert_eq!(
+            on_disk,
+            all.len(),
+            "every lua/*.lua file is registered, once"
+        );
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.sha, b.sha);

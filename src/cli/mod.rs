@@ -1,11 +1,13 @@
 //! Command-line parsing and the commands' shared plumbing.
 
+mod admin;
 mod bench;
 mod consume;
 mod demo;
 mod dlq;
 mod produce;
 mod raw_baseline;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,17 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// Measure how much one Redis sustains: producers and workers at once.
     Bench(bench::BenchArgs),
+    /// One queue at a glance: waiting, in flight, consumers, health.
+    /// Exits 2 when the queue is not healthy.
+    Stats(stats::StatsArgs),
+    /// Print the queue's metrics in Prometheus text format.
+    Metrics(admin::MetricsArgs),
+    /// Put jobs stalled longer than --idle-ms back in line now.
+    Recover(admin::RecoverArgs),
+    /// Stop workers fetching from the queue (enqueueing goes on).
+    Pause(QueueArgs),
+    /// Let workers fetch again.
+    Resume(QueueArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -42,6 +55,11 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>
         Command::Consume(args) => consume::run(args).await,
         Command::Dlq(args) => dlq::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Stats(args) => stats::run(args).await,
+        Command::Metrics(args) => admin::metrics(args).await,
+        Command::Recover(args) => admin::recover(args).await,
+        Command::Pause(args) => admin::pause(args, true).await,
+        Command::Resume(args) => admin::pause(args, false).await,
     }
 }
 
