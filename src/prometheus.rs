@@ -40,7 +40,10 @@ impl Queue {
     }
 }
 
-const COUNTERS: [(&str, &str, fn(&Counts) -> u64); 9] = [
+/// A counter family: its name part, its help, and how to read it.
+type Counter = (&'static str, &'static str, fn(&Counts) -> u64);
+
+const COUNTERS: [Counter; 9] = [
     ("enqueued", "Jobs added to the queue.", |c| c.enqueued),
     ("completed", "Jobs completed and acknowledged.", |c| {
         c.completed
