@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::envelope::{Envelope, JobId, NewJob, now_ms, now_us};
 use crate::scripts::{self, ScriptCall, scripts};
@@ -216,6 +217,24 @@ impl Batch {
         if self.jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let span = tracing::info_span!(
+            "streamq.enqueue",
+            queue = self.queue.name(),
+            jobs = self.jobs.len(),
+            job_id = tracing::field::Empty,
+            priority = tracing::field::Empty,
+        );
+        if let [job] = self.jobs.as_slice() {
+            span.record("job_id", job.id.as_str());
+            span.record("priority", job.priority.as_str());
+        }
+        for job in &self.jobs {
+            tracing::trace!(parent: &span, job_id = %job.id, priority = %job.priority, "enqueue");
+        }
+        self.send_inner().instrument(span).await
+    }
+
+    async fn send_inner(self) -> Result<Vec<JobId>, Error> {
         let mut conn = self.queue.conn();
         let per_call = self.jobs_per_call();
         let calls: Vec<ScriptCall> = self.jobs.chunks(per_call).map(|c| self.call(c)).collect();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
+use tracing::Instrument;
 
 use crate::keys::GROUP;
 use crate::scripts::scripts;
@@ -77,8 +78,21 @@ impl Fetcher {
         let [c, h, m, l] = keys.streams();
         let mut call = scripts().fetch.call(&[c, h, m, l, keys.paused()]);
         call.arg(GROUP).arg(&self.consumer).arg(count);
-        let reply: Value = call.invoke(&mut self.conn).await?;
-        parse_fetch(reply)
+        let span = tracing::debug_span!(
+            "streamq.fetch",
+            queue = self.queue.name(),
+            room = count,
+            jobs = tracing::field::Empty
+        );
+        let reply: Value = call.invoke(&mut self.conn).instrument(span.clone()).await?;
+        let fetched = parse_fetch(reply)?;
+        if let Fetched::Jobs(jobs) = &fetched {
+            span.record("jobs", jobs.len());
+            for job in jobs {
+                tracing::trace!(parent: &span, entry = job.entry_id, priority = %job.priority, "claimed");
+            }
+        }
+        Ok(fetched)
     }
 
     /// Takes over up to `count` jobs of `priority` idle for at least `lease`,

@@ -11,6 +11,7 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::config::{DeadLettered, WorkerConfig};
 use super::lease::Holdings;
@@ -262,7 +263,12 @@ impl Finisher {
                 .arg(f.run_us)
                 .arg(f.deliveries.saturating_sub(1));
         }
-        let Some(reply) = self.send::<Vec<Value>>("ack", &call).await else {
+        let span =
+            tracing::debug_span!("streamq.ack", queue = self.queue.name(), jobs = acks.len());
+        for f in acks.iter() {
+            tracing::trace!(parent: &span, entry = f.entry_id, priority = %f.priority, name = f.name, "ack");
+        }
+        let Some(reply) = self.send::<Vec<Value>>("ack", &call).instrument(span).await else {
             return;
         };
         let acked: u64 = reply

@@ -75,6 +75,7 @@ pub struct Worker {
 /// What every job task needs.
 struct JobContext<H> {
     handler: H,
+    queue: String,
     finished: mpsc::Sender<Finished>,
     counters: Arc<Counters>,
     backoff: RetryBackoff,
@@ -159,6 +160,7 @@ impl Worker {
         });
         let context = Arc::new(JobContext {
             handler,
+            queue: self.queue.name().to_owned(),
             finished: finished_tx,
             counters: counters.clone(),
             backoff: self.config.backoff,
@@ -449,7 +451,7 @@ where
             let span = tracing::info_span!(
                 "streamq.process",
                 job_id = %job.id,
-                queue = tracing::field::Empty,
+                queue = context.queue.as_str(),
                 priority = %job.priority,
                 attempt = job.attempt,
                 traceparent = job.traceparent.as_deref().unwrap_or(""),
