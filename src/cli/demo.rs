@@ -57,6 +57,8 @@ const SEVERITIES: [&str; 5] = ["critical", "error", "warning", "info", "info"];
 struct Tally {
     seen: Vec<AtomicU8>,
     processed: AtomicU64,
+    /// When the last job finished, Unix microseconds.
+    last_done_us: AtomicU64,
     per_priority: [AtomicU64; 4],
     latency_us: Mutex<Histogram<u64>>,
 }
@@ -83,6 +85,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
     let tally = Arc::new(Tally {
         seen: (0..args.jobs).map(|_| AtomicU8::new(0)).collect(),
         processed: AtomicU64::new(0),
+        last_done_us: AtomicU64::new(0),
         per_priority: Default::default(),
         latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
     });
@@ -104,6 +107,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
     }
 
     let started = Instant::now();
+    let started_us = now_us();
     let mut producers = Vec::new();
     let padding = "x".repeat(args.payload_bytes.saturating_sub(96));
     for p in 0..args.producers {
@@ -158,7 +162,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
             }
         }
     }
-    let elapsed = started.elapsed();
+    let elapsed = match tally.last_done_us.load(Ordering::Relaxed) {
+        0 => started.elapsed(),
+        done => Duration::from_micros(done.saturating_sub(started_us)),
+    };
     eprintln!();
     for p in producers {
         p.await??;
@@ -241,6 +248,7 @@ fn record(tally: &Tally, job: &Job<Alert>) -> Result<(), JobError> {
         histogram.saturating_record(waited);
     }
     tally.processed.fetch_add(1, Ordering::Relaxed);
+    tally.last_done_us.fetch_max(now_us(), Ordering::Relaxed);
     Ok(())
 }
 
