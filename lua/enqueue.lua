@@ -11,17 +11,21 @@
                                  "scheduled", "deduplicated"
   KEYS[2..5] streams             critical, high, medium, low
   KEYS[6]    delayed zset        member = priority digit .. envelope, score = due ms
-  KEYS[7..]  idempotency keys    strings holding the id of the job that took them
+  KEYS[7..]  idempotency keys    strings holding the id of the job that took them,
+             and job metadata    hashes of tracked jobs (see ARGV)
   ARGV[1]    max backlog         jobs in the streams plus delayed beyond which the
                                  batch is refused; 0 = no bound
   ARGV[2]    now                 Unix ms
   ARGV[3]    per-name counters   1 = keep them, 0 = per priority only
-  ARGV[4..]  seven per job:      priority index (1 = critical .. 4 = low),
+  ARGV[4]    tracking ttl        ms a tracked job's metadata lives without
+                                 an update; 0 = jobs are not tracked
+  ARGV[5..]  eight per job:      priority index (1 = critical .. 4 = low),
                                  due (Unix ms; 0 = now),
                                  idempotency key index into KEYS (0 = none),
                                  idempotency ttl (ms),
                                  job id,
                                  job name,
+                                 metadata key index into KEYS (0 = none),
                                  envelope bytes (opaque, never decoded here)
 
   Returns    {0, i, id, ...}     added; for each duplicate (its idempotency key
@@ -34,9 +38,11 @@ local stats, delayed = KEYS[1], KEYS[6]
 local max_backlog = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local by_name = ARGV[3] == '1'
+local tracking_ttl = tonumber(ARGV[4])
 local names = { 'critical', 'high', 'medium', 'low' }
+local FIRST, STRIDE = 5, 8
 
-local jobs = (#ARGV - 3) / 7
+local jobs = (#ARGV - FIRST + 1) / STRIDE
 if max_backlog > 0 then
   local backlog = redis.call('ZCARD', delayed)
   for p = 1, 4 do
@@ -53,27 +59,37 @@ local function count(field, n)
 end
 
 local reply = { 0 }
-for i = 4, #ARGV, 7 do
+for i = FIRST, #ARGV, STRIDE do
   local p, due = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local key_index, ttl = tonumber(ARGV[i + 2]), ARGV[i + 3]
-  local job_id, name, envelope = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local job_id, name = ARGV[i + 4], ARGV[i + 5]
+  local meta_index, envelope = tonumber(ARGV[i + 6]), ARGV[i + 7]
   local holder = false
   if key_index > 0 then
     holder = redis.call('GET', KEYS[key_index])
   end
   if holder then
-    reply[#reply + 1] = (i - 4) / 7 + 1
+    reply[#reply + 1] = (i - FIRST) / STRIDE + 1
     reply[#reply + 1] = holder
     count('deduplicated', 1)
   else
     if key_index > 0 then
       redis.call('SET', KEYS[key_index], job_id, 'PX', ttl)
     end
+    local state, where, at
     if due > now then
       redis.call('ZADD', delayed, due, p .. envelope)
       count('scheduled', 1)
+      state, where, at = 'delayed', 'due', due
     else
-      redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
+      local entry = redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
+      state, where, at = 'waiting', 'entry', entry
+    end
+    if meta_index > 0 and tracking_ttl > 0 then
+      local meta = KEYS[meta_index]
+      redis.call('HSET', meta, 'name', name, 'p', names[p], 'state', state,
+                 'enq', now, 'att', 0, where, at)
+      redis.call('PEXPIRE', meta, tracking_ttl)
     end
     count('enqueued:' .. names[p], 1)
     if by_name then count('name:enqueued:' .. name, 1) end

@@ -12,6 +12,9 @@
 //! | `<prefix>:{<queue>}:dedup:<key>` | string | the id of the job that took an idempotency key (with a TTL) |
 //! | `<prefix>:{<queue>}:latency`  | hash   | latency histograms per job name, kept by `ack` |
 //! | `<prefix>:{<queue>}:paused`   | string | present while the queue is paused |
+//! | `<prefix>:{<queue>}:job:<id>` | hash   | a tracked job's metadata (with `track_jobs`) |
+//! | `<prefix>:{<queue>}:job:<id>:log` | list | a tracked job's log lines |
+//! | `<prefix>:{<queue>}:completed` | zset  | ids of retained completed jobs, scored by finish ms |
 
 use crate::{Error, Priority};
 
@@ -78,6 +81,21 @@ impl QueueKeys {
     /// The pause flag.
     pub(crate) fn paused(&self) -> &str {
         &self.paused
+    }
+
+    /// A tracked job's metadata hash.
+    pub(crate) fn job(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.base)
+    }
+
+    /// A tracked job's log list.
+    pub(crate) fn job_log(&self, id: &str) -> String {
+        format!("{}:job:{id}:log", self.base)
+    }
+
+    /// The index of retained completed jobs.
+    pub(crate) fn completed(&self) -> String {
+        format!("{}:completed", self.base)
     }
 
     /// The key recording which job took an idempotency key.

@@ -59,6 +59,7 @@ mod error;
 mod inspect;
 mod keys;
 mod local_redis;
+mod lookup;
 mod metrics;
 mod pause;
 mod priority;
@@ -68,6 +69,7 @@ mod queue;
 mod recover;
 mod scripts;
 mod stats;
+mod tracking;
 mod worker;
 
 pub use connection::{MIN_REDIS, MIN_VALKEY, RedisConfig, ServerInfo, Version};
@@ -77,10 +79,11 @@ pub use error::{ConfigError, Error};
 pub use inspect::{ConsumerReport, Health, HealthThresholds, PriorityReport, QueueReport};
 pub use keys::MAX_NAME_LEN;
 pub use local_redis::{LocalRedis, LocalRedisBuilder, SERVER_ENV, TlsFiles};
+pub use lookup::{JobInfo, JobState};
 pub use metrics::{Counts, JobLatency, LatencyHistogram, QueueMetrics, bucket_upper_bound};
 pub use priority::Priority;
 pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
-pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, Queue, QueueBuilder};
+pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, JobTracking, Queue, QueueBuilder};
 pub use recover::Recovered;
 pub use stats::{PriorityStats, QueueStats};
 pub use worker::{

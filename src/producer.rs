@@ -287,34 +287,43 @@ impl Batch {
             .map(|k| (*k).to_owned())
             .collect();
         all_keys.push(keys.delayed().to_owned());
-        let mut key_index = Vec::with_capacity(chunk.len());
-        for job in chunk {
-            let Some((key, _)) = &job.idempotency else {
-                key_index.push(0);
-                continue;
-            };
-            let key = keys.dedup(key);
-            // KEYS is 1-based in Lua; a key repeated within the chunk is passed once.
-            key_index.push(match all_keys.iter().position(|k| *k == key) {
+        // KEYS is 1-based in Lua; a key repeated within the chunk is passed once.
+        let key_of =
+            |key: String, all_keys: &mut Vec<String>| match all_keys.iter().position(|k| *k == key)
+            {
                 Some(at) => at + 1,
                 None => {
                     all_keys.push(key);
                     all_keys.len()
                 }
-            });
+            };
+        let tracking = self.queue.settings().tracking;
+        let mut indexes = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            let dedup = match &job.idempotency {
+                Some((key, _)) => key_of(keys.dedup(key), &mut all_keys),
+                None => 0,
+            };
+            let meta = match tracking {
+                Some(_) => key_of(keys.job(job.id.as_str()), &mut all_keys),
+                None => 0,
+            };
+            indexes.push((dedup, meta));
         }
         let mut call = scripts().enqueue.call(&all_keys);
         let settings = self.queue.settings();
         call.arg(settings.max_backlog.unwrap_or(0))
             .arg(now_ms())
-            .arg(u8::from(settings.metrics));
-        for (job, key_index) in chunk.iter().zip(key_index) {
+            .arg(u8::from(settings.metrics))
+            .arg(tracking.map_or(0, |t| millis(t.keep_live)));
+        for (job, (dedup, meta)) in chunk.iter().zip(indexes) {
             call.arg(job.priority.lua_index())
                 .arg(job.due_ms)
-                .arg(key_index)
+                .arg(dedup)
                 .arg(job.idempotency.as_ref().map_or(0, |(_, ttl)| *ttl))
                 .arg(job.id.as_str())
                 .arg(&job.name)
+                .arg(meta)
                 .arg(job.envelope.as_slice());
         }
         call

@@ -51,6 +51,43 @@ pub(crate) struct QueueSettings {
     pub(crate) max_dead_letters: Option<u64>,
     pub(crate) compress_above: Option<usize>,
     pub(crate) metrics: bool,
+    pub(crate) tracking: Option<JobTracking>,
+}
+
+/// Per-job tracking: metadata, progress and logs readable by job id
+/// ([`Queue::job`]). Every field's doc ends with its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobTracking {
+    /// How long a dead-lettered (or, with retention, completed) job's
+    /// metadata stays readable after it finished. Default: 24 h.
+    pub keep_finished: std::time::Duration,
+    /// Keep this many completed jobs' metadata (the most recent); `0` drops
+    /// a job's metadata as soon as it completes. Default: 0.
+    pub keep_completed: u64,
+    /// The longest a live job's metadata lives without an update, a bound
+    /// for jobs that vanish (trimmed by someone else). Default: 7 days.
+    pub keep_live: std::time::Duration,
+}
+
+impl Default for JobTracking {
+    fn default() -> Self {
+        JobTracking {
+            keep_finished: std::time::Duration::from_secs(24 * 3600),
+            keep_completed: 0,
+            keep_live: std::time::Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl JobTracking {
+    /// Keep metadata of the last `count` completed jobs, each for at most
+    /// `age` (the seeds' `removeOnComplete`, inverted).
+    pub fn keep_completed(mut self, count: u64, age: std::time::Duration) -> JobTracking {
+        self.keep_completed = count;
+        self.keep_finished = age;
+        self
+    }
 }
 
 impl QueueSettings {
@@ -127,6 +164,15 @@ impl QueueBuilder {
         self
     }
 
+    /// Track every job so it can be looked up by id ([`Queue::job`]), with
+    /// progress and log lines from its handler. Costs Redis memory per job
+    /// (see docs/benchmarks.md) and a pipelined write per started and
+    /// finished batch. Default: off.
+    pub fn track_jobs(mut self, tracking: JobTracking) -> QueueBuilder {
+        self.settings.tracking = Some(tracking);
+        self
+    }
+
     /// Keep about this many dead letters, trimming the oldest. Default: no
     /// bound; dead letters are never trimmed.
     pub fn max_dead_letters(mut self, entries: u64) -> QueueBuilder {
@@ -189,6 +235,7 @@ impl Queue {
                 max_dead_letters: None,
                 compress_above: None,
                 metrics: true,
+                tracking: None,
             },
         }
     }

@@ -64,6 +64,9 @@ pub(crate) struct BenchArgs {
     /// latency histograms), to measure what metrics cost.
     #[arg(long)]
     no_metrics: bool,
+    /// Track every job (metadata per job), to measure what it costs.
+    #[arg(long)]
+    track_jobs: bool,
     /// The queue to use.
     #[arg(long, default_value = "streamq-bench")]
     queue: String,
@@ -217,6 +220,7 @@ struct Report {
     batch: usize,
     compress_above: Option<usize>,
     metrics: bool,
+    track_jobs: bool,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -225,6 +229,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         return raw(&args, &target).await;
     }
     let mut builder = Queue::builder(&args.queue).metrics(!args.no_metrics);
+    if args.track_jobs {
+        builder = builder.track_jobs(streamq::JobTracking::default());
+    }
     if let Some(threshold) = args.compress_above {
         builder = builder.compress_above(threshold);
     }
@@ -420,6 +427,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         batch: args.batch,
         compress_above: args.compress_above,
         metrics: !args.no_metrics,
+        track_jobs: args.track_jobs,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

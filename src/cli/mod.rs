@@ -40,6 +40,8 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Print the queue's metrics in Prometheus text format.
     Metrics(admin::MetricsArgs),
+    /// Look a job up by id (the queue must track jobs).
+    Job(admin::JobArgs),
     /// Put jobs stalled longer than --idle-ms back in line now.
     Recover(admin::RecoverArgs),
     /// Stop workers fetching from the queue (enqueueing goes on).
@@ -57,6 +59,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>
         Command::Bench(args) => bench::run(args).await,
         Command::Stats(args) => stats::run(args).await,
         Command::Metrics(args) => admin::metrics(args).await,
+        Command::Job(args) => admin::job(args).await,
         Command::Recover(args) => admin::recover(args).await,
         Command::Pause(args) => admin::pause(args, true).await,
         Command::Resume(args) => admin::pause(args, false).await,
@@ -75,15 +78,20 @@ pub(crate) struct QueueArgs {
     /// The key prefix.
     #[arg(long, default_value = "streamq")]
     prefix: String,
+    /// Track jobs (for `streamq job`); producers and workers of a queue
+    /// should agree.
+    #[arg(long)]
+    track_jobs: bool,
 }
 
 impl QueueArgs {
     pub(crate) async fn open(&self) -> Result<Queue, streamq::Error> {
         let config = RedisConfig::from_url(&self.redis)?;
-        Queue::builder(&self.queue)
-            .prefix(&self.prefix)
-            .connect(&config)
-            .await
+        let mut builder = Queue::builder(&self.queue).prefix(&self.prefix);
+        if self.track_jobs {
+            builder = builder.track_jobs(streamq::JobTracking::default());
+        }
+        builder.connect(&config).await
     }
 }
 

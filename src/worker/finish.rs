@@ -18,6 +18,7 @@ use super::lease::Holdings;
 use crate::envelope::now_ms;
 use crate::keys::GROUP;
 use crate::scripts::{self, ScriptCall, scripts};
+use crate::tracking::{TrackEvent, Tracker};
 use crate::{Error, JobId, Priority, Queue};
 
 /// How one run of a job ended.
@@ -28,6 +29,8 @@ pub(crate) enum Outcome {
     Retry {
         envelope: Vec<u8>,
         due_ms: u64,
+        attempt: u32,
+        error: String,
     },
     /// Failed for good (or poison): dead-letter it with this error.
     Dead {
@@ -44,6 +47,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Finished {
     pub(crate) priority: Priority,
     pub(crate) entry_id: String,
+    /// The job's id ("" when its envelope could not be read).
+    pub(crate) job_id: String,
     pub(crate) outcome: Outcome,
     /// The job's name ("" when unreadable), for per-name metrics.
     pub(crate) name: String,
@@ -106,6 +111,17 @@ impl Deferred {
     }
 }
 
+impl Finisher {
+    /// Records a tracked job's new state (when the queue tracks jobs).
+    fn track(&self, event: impl FnOnce(String) -> TrackEvent, job: &Finished) {
+        if let Some(tracker) = &self.tracker {
+            if !job.job_id.is_empty() {
+                tracker.send(event(job.job_id.clone()));
+            }
+        }
+    }
+}
+
 /// The histogram bucket of a duration: `floor(4 * log2(us))`, four per
 /// doubling (see `crate::metrics`); under 1 us counts as 1 us.
 fn latency_bucket(us: u64) -> i32 {
@@ -133,6 +149,7 @@ pub(crate) struct Finisher {
     counters: Arc<Counters>,
     holdings: Holdings,
     config: WorkerConfig,
+    tracker: Option<Tracker>,
 }
 
 impl Finisher {
@@ -142,6 +159,7 @@ impl Finisher {
         counters: Arc<Counters>,
         holdings: Holdings,
         config: &WorkerConfig,
+        tracker: Option<Tracker>,
     ) -> Finisher {
         Finisher {
             queue: queue.clone(),
@@ -150,6 +168,7 @@ impl Finisher {
             counters,
             holdings,
             config: config.clone(),
+            tracker,
         }
     }
 
@@ -221,8 +240,23 @@ impl Finisher {
     async fn apply_or_defer(&mut self, mut item: Deferred, deferred: &mut Vec<Deferred>) {
         let result = match &item.finished.outcome {
             Outcome::Completed => return,
-            Outcome::Retry { envelope, due_ms } => {
-                self.retry(&item.finished, envelope, *due_ms).await
+            Outcome::Retry {
+                envelope,
+                due_ms,
+                attempt,
+                error,
+            } => {
+                let applied = self.retry(&item.finished, envelope, *due_ms).await;
+                if applied.as_ref().is_ok_and(|&ours| ours) {
+                    let event = |id| TrackEvent::Retrying {
+                        id,
+                        due_ms: *due_ms,
+                        attempt: *attempt,
+                        error: error.clone(),
+                    };
+                    self.track(event, &item.finished);
+                }
+                applied.map(drop)
             }
             Outcome::Dead {
                 job_id,
@@ -230,8 +264,19 @@ impl Finisher {
                 error,
                 failed_run,
             } => {
-                self.dead_letter(&item.finished, job_id, *attempts, error, *failed_run)
-                    .await
+                let applied = self
+                    .dead_letter(&item.finished, job_id, *attempts, error, *failed_run)
+                    .await;
+                if let Ok(Some(dead_id)) = &applied {
+                    let event = |id| TrackEvent::Dead {
+                        id,
+                        error: error.clone(),
+                        attempts: *attempts,
+                        dead_id: dead_id.clone(),
+                    };
+                    self.track(event, &item.finished);
+                }
+                applied.map(drop)
             }
         };
         match result {
@@ -276,6 +321,21 @@ impl Finisher {
             .and_then(|v| redis::from_redis_value_ref(v).ok())
             .unwrap_or(0);
         Counters::add(&self.counters.completed, acked);
+        if let Some(tracker) = &self.tracker {
+            let refused: std::collections::HashSet<String> = reply
+                .iter()
+                .skip(1)
+                .filter_map(|v| redis::from_redis_value_ref(v).ok())
+                .collect();
+            let acked = acks
+                .iter()
+                .filter(|f| !f.job_id.is_empty() && !refused.contains(&f.entry_id));
+            for f in acked {
+                tracker.send(TrackEvent::Completed {
+                    id: f.job_id.clone(),
+                });
+            }
+        }
         let fenced = reply.len().saturating_sub(1);
         if fenced > 0 {
             Counters::add(&self.counters.ownership_lost, fenced as u64);
@@ -287,7 +347,9 @@ impl Finisher {
         }
     }
 
-    async fn retry(&mut self, job: &Finished, envelope: &[u8], due_ms: u64) -> Result<(), Error> {
+    /// Schedules the retry: `Ok(true)` when applied, `Ok(false)` when the
+    /// job was no longer ours.
+    async fn retry(&mut self, job: &Finished, envelope: &[u8], due_ms: u64) -> Result<bool, Error> {
         let priority = job.priority;
         let keys = self.queue.keys();
         let mut call = scripts()
@@ -302,10 +364,11 @@ impl Finisher {
             .arg(&job.name)
             .arg(job.deliveries.saturating_sub(1))
             .arg(u8::from(self.queue.settings().metrics));
-        if self.fenced_call("retry", &call).await? {
+        let applied = self.fenced_call("retry", &call).await?.is_some();
+        if applied {
             Counters::add(&self.counters.retried, 1);
         }
-        Ok(())
+        Ok(applied)
     }
 
     async fn dead_letter(
@@ -315,7 +378,7 @@ impl Finisher {
         attempts: u32,
         error: &str,
         failed_run: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<String>, Error> {
         let priority = job.priority;
         let keys = self.queue.keys();
         let mut call =
@@ -335,9 +398,9 @@ impl Finisher {
             .arg(u8::from(failed_run))
             .arg(job.deliveries.saturating_sub(1))
             .arg(u8::from(self.queue.settings().metrics));
-        if !self.fenced_call("dead_letter", &call).await? {
-            return Ok(());
-        }
+        let Some(dead_id) = self.fenced_call("dead_letter", &call).await? else {
+            return Ok(None);
+        };
         Counters::add(&self.counters.dead_lettered, 1);
         tracing::warn!(
             queue = self.queue.name(),
@@ -353,15 +416,24 @@ impl Finisher {
                 error: error.to_owned(),
             });
         }
-        Ok(())
+        Ok(Some(dead_id))
     }
 
-    /// Sends a fenced single-job call once: `true` when applied, `false`
-    /// when the job is no longer ours (counted and logged).
-    async fn fenced_call(&mut self, what: &'static str, call: &ScriptCall) -> Result<bool, Error> {
+    /// Sends a fenced single-job call once: `Some(first reply value, as
+    /// text)` when applied, `None` when the job is no longer ours (counted
+    /// and logged).
+    async fn fenced_call(
+        &mut self,
+        what: &'static str,
+        call: &ScriptCall,
+    ) -> Result<Option<String>, Error> {
         let reply: Value = call.invoke(&mut self.conn).await?;
         match scripts::check_status(call.script(), reply, self.queue.settings()) {
-            Ok(_) => Ok(true),
+            Ok(rest) => Ok(Some(
+                rest.first()
+                    .and_then(|v| redis::from_redis_value_ref(v).ok())
+                    .unwrap_or_default(),
+            )),
             Err(Error::OwnershipLost) => {
                 Counters::add(&self.counters.ownership_lost, 1);
                 tracing::warn!(
@@ -369,7 +441,7 @@ impl Finisher {
                     what,
                     "job was reclaimed by another worker; its new owner finishes it"
                 );
-                Ok(false)
+                Ok(None)
             }
             Err(err) => Err(err),
         }

@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::tracking::{MAX_LOG_LINE, TrackEvent, Tracker};
 use crate::{JobId, Priority};
 
 /// One delivery of a job to a handler.
@@ -20,6 +21,7 @@ pub struct Job<T> {
     pub(crate) enqueued_ms: u64,
     pub(crate) timeout: Option<Duration>,
     pub(crate) traceparent: Option<String>,
+    pub(crate) tracker: Option<Tracker>,
     pub(crate) payload: T,
 }
 
@@ -37,6 +39,7 @@ impl<T> Job<T> {
             enqueued_ms: crate::envelope::now_ms(),
             timeout: None,
             traceparent: None,
+            tracker: None,
             payload,
         }
     }
@@ -106,6 +109,39 @@ impl<T> Job<T> {
     /// on the job's `streamq.process` span.
     pub fn traceparent(&self) -> Option<&str> {
         self.traceparent.as_deref()
+    }
+
+    /// Reports how far along the job is, 0 to 100 (larger values count as
+    /// 100), readable by anyone through [`crate::Queue::job`]. Recorded only
+    /// when the queue tracks jobs ([`crate::QueueBuilder::track_jobs`]);
+    /// otherwise, and in tests, it does nothing. Never blocks.
+    pub fn progress(&self, percent: u8) {
+        if let Some(tracker) = &self.tracker {
+            tracker.send(TrackEvent::Progress {
+                id: self.id.to_string(),
+                percent: percent.min(100),
+            });
+        }
+    }
+
+    /// Appends a line to the job's log, readable through
+    /// [`crate::Queue::job`]. Lines are cut at 1 KiB; the last 100 are kept.
+    /// Recorded only when the queue tracks jobs. Never blocks.
+    pub fn log(&self, line: impl Into<String>) {
+        if let Some(tracker) = &self.tracker {
+            let mut line = line.into();
+            if line.len() > MAX_LOG_LINE {
+                let mut cut = MAX_LOG_LINE;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+            }
+            tracker.send(TrackEvent::Log {
+                id: self.id.to_string(),
+                line,
+            });
+        }
     }
 
     /// The payload.

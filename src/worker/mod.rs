@@ -34,6 +34,7 @@ use crate::envelope::{Envelope, now_us};
 use crate::error::ConfigError;
 use crate::keys::GROUP;
 use crate::scripts::scripts;
+use crate::tracking::{TrackEvent, Tracker};
 use crate::{Error, Priority, Queue};
 use fetch::{Claimed, Fetched, Fetcher, PriorityBuffer};
 use finish::{Counters, Finished, Finisher, Outcome};
@@ -76,6 +77,8 @@ pub struct Worker {
 struct JobContext<H> {
     handler: H,
     queue: String,
+    consumer: Arc<str>,
+    tracker: Option<Tracker>,
     finished: mpsc::Sender<Finished>,
     counters: Arc<Counters>,
     backoff: RetryBackoff,
@@ -137,12 +140,21 @@ impl Worker {
         let counters = Arc::new(Counters::default());
         let holdings = Holdings::default();
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
+        let tracking = self.queue.settings().tracking;
+        let (tracker, tracker_task) = match tracking {
+            Some(tracking) => {
+                let (tracker, task) = Tracker::spawn(&self.queue, tracking);
+                (Some(tracker), Some(task))
+            }
+            None => (None, None),
+        };
         let finisher = Finisher::new(
             &self.queue,
             &self.consumer,
             counters.clone(),
             holdings.clone(),
             &self.config,
+            tracker.clone(),
         );
         let finisher = tokio::spawn(finisher.run(finished_rx));
         // Stops the heartbeat even if this future is dropped mid-run, so the
@@ -161,6 +173,8 @@ impl Worker {
         let context = Arc::new(JobContext {
             handler,
             queue: self.queue.name().to_owned(),
+            consumer: Arc::from(self.consumer.as_str()),
+            tracker,
             finished: finished_tx,
             counters: counters.clone(),
             backoff: self.config.backoff,
@@ -185,6 +199,10 @@ impl Worker {
         drop(context);
         if let Err(err) = finisher.await {
             tracing::error!(%err, "finishing task failed");
+        }
+        if let Some(task) = tracker_task {
+            // Every sender is gone with the finisher and the jobs: it drains.
+            let _ = task.await;
         }
         drop(heartbeat_guard);
         if let Some(heartbeat) = heartbeat {
@@ -376,15 +394,16 @@ impl Worker {
                 lane.holdings.hold(job.priority, &job.entry_id);
                 if job.deliveries > self.config.max_deliveries {
                     let outcome = poison_outcome(&job, self.config.max_deliveries);
-                    let name = job
+                    let (name, job_id) = job
                         .envelope
                         .as_deref()
                         .and_then(|bytes| Envelope::decode(bytes).ok())
-                        .map(|e| e.name.into_owned())
+                        .map(|e| (e.name.into_owned(), e.id.into_owned()))
                         .unwrap_or_default();
                     let finished = Finished {
                         priority: job.priority,
                         entry_id: job.entry_id,
+                        job_id,
                         outcome,
                         name,
                         wait_us: 0,
@@ -439,13 +458,25 @@ where
 {
     let mut report = Report {
         name: String::new(),
+        job_id: String::new(),
         wait_us: 0,
         run_us: 0,
     };
     let outcome = match decode::<T>(&claimed, context.max_payload_bytes) {
         Err(poison) => poison,
-        Ok((job, ready_us)) => {
+        Ok((mut job, ready_us)) => {
             report.name.clone_from(&job.name);
+            report.job_id = job.id.to_string();
+            if let Some(tracker) = &context.tracker {
+                tracker.send(TrackEvent::Started {
+                    id: report.job_id.clone(),
+                    entry: claimed.entry_id.clone(),
+                    priority: claimed.priority,
+                    attempt: job.attempt,
+                    consumer: context.consumer.clone(),
+                });
+                job.tracker = Some(tracker.clone());
+            }
             let started = Instant::now();
             report.wait_us = now_us().saturating_sub(ready_us);
             let span = tracing::info_span!(
@@ -461,9 +492,15 @@ where
             outcome
         }
     };
+    let job_id = if report.job_id.is_empty() {
+        poison_job_id(&outcome)
+    } else {
+        report.job_id
+    };
     let finished = Finished {
         priority: claimed.priority,
         entry_id: claimed.entry_id,
+        job_id,
         outcome,
         name: report.name,
         wait_us: report.wait_us,
@@ -477,9 +514,10 @@ where
     }
 }
 
-/// A job's name and timings, for per-name metrics.
+/// A job's name, id and timings, for per-name metrics and tracking.
 struct Report {
     name: String,
+    job_id: String,
     wait_us: u64,
     run_us: u64,
 }
@@ -551,6 +589,8 @@ fn retry_outcome(
             Outcome::Retry {
                 envelope,
                 due_ms: due_us / 1000,
+                attempt,
+                error: err.message().to_owned(),
             }
         }
         Err(e) => Outcome::Dead {
@@ -609,6 +649,7 @@ fn decode<T: DeserializeOwned>(
         enqueued_ms: envelope.enqueued_us / 1000,
         timeout: envelope.timeout_ms.map(Duration::from_millis),
         traceparent: envelope.trace.map(Cow::into_owned),
+        tracker: None,
         payload,
     };
     Ok((job, envelope.ready_us))
@@ -629,6 +670,14 @@ fn poison_outcome(job: &Claimed, max_deliveries: u32) -> Outcome {
             job.deliveries - 1
         ),
         failed_run: false,
+    }
+}
+
+/// The job id a poison outcome carries, if its envelope named one.
+fn poison_job_id(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Dead { job_id, .. } => job_id.clone(),
+        _ => String::new(),
     }
 }
 

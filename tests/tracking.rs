@@ -1,0 +1,252 @@
+//! Job lookup by id, with progress and logs, on a queue that tracks jobs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use streamq::{
+    EnqueueOptions, JobError, JobState, JobTracking, Priority, Queue, RetryBackoff, WorkerConfig,
+};
+use support::{TestRedis, eventually, spawn_worker};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn fast() -> WorkerConfig {
+    WorkerConfig::new()
+        .backoff(RetryBackoff::Fixed(Duration::from_millis(300)))
+        .promote_interval(Duration::from_millis(20))
+        .block(Duration::from_millis(200))
+}
+
+async fn tracked(redis: &TestRedis, name: &str, tracking: JobTracking) -> Queue {
+    redis.open(Queue::builder(name).track_jobs(tracking)).await
+}
+
+async fn state_of(queue: &Queue, id: &str) -> Option<JobState> {
+    queue.job(id).await.unwrap().map(|info| info.state)
+}
+
+#[tokio::test]
+async fn a_job_is_found_waiting_then_active_with_progress_and_logs_then_completed() {
+    let redis = TestRedis::start();
+    let keep = JobTracking::default().keep_completed(100, Duration::from_secs(3600));
+    let queue = tracked(&redis, "lookup", keep).await;
+    let id = queue
+        .enqueue(
+            &"work",
+            &EnqueueOptions::new()
+                .priority(Priority::High)
+                .name("report"),
+        )
+        .await
+        .unwrap();
+    let info = queue.job(id.as_str()).await.unwrap().unwrap();
+    assert_eq!(
+        info.state,
+        JobState::Waiting {
+            priority: Priority::High
+        }
+    );
+    assert_eq!((info.name.as_str(), info.attempts), ("report", 0));
+    assert!(info.enqueued_ms.is_some() && info.started_ms.is_none());
+
+    let halfway = Arc::new(Notify::new());
+    let finish = Arc::new(Notify::new());
+    let (at_half, go) = (halfway.clone(), finish.clone());
+    let config = fast().consumer_name("tracker-test");
+    let (stop, worker) = spawn_worker(&queue, config, move |job: streamq::Job<String>| {
+        let (at_half, go) = (at_half.clone(), go.clone());
+        async move {
+            job.log("loading data");
+            job.progress(50);
+            job.log("x".repeat(5000));
+            at_half.notify_one();
+            go.notified().await;
+            job.progress(100);
+            Ok(())
+        }
+    });
+    halfway.notified().await;
+    eventually("progress recorded", WAIT, || {
+        let q = queue.clone();
+        let id = id.clone();
+        async move { q.job(id.as_str()).await.unwrap().unwrap().progress == Some(50) }
+    })
+    .await;
+    let info = queue.job(id.as_str()).await.unwrap().unwrap();
+    match &info.state {
+        JobState::Active {
+            owner, deliveries, ..
+        } => {
+            assert_eq!((owner.as_str(), *deliveries), ("tracker-test", 1));
+        }
+        other => panic!("expected active, got {other:?}"),
+    }
+    assert_eq!(info.attempts, 1);
+    assert!(info.started_ms.is_some());
+    assert_eq!(info.logs.len(), 2);
+    assert_eq!(info.logs[0], "loading data");
+    assert_eq!(info.logs[1].len(), 1024, "long lines are cut at 1 KiB");
+
+    finish.notify_one();
+    eventually("completed", WAIT, || {
+        let q = queue.clone();
+        let id = id.clone();
+        async move { state_of(&q, id.as_str()).await == Some(JobState::Completed) }
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    let info = queue.job(id.as_str()).await.unwrap().unwrap();
+    assert!(info.finished_ms >= info.started_ms);
+    assert_eq!(info.progress, Some(100));
+    assert!(queue.job("no-such-job").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn delayed_retried_and_dead_lettered_jobs_are_found() {
+    let redis = TestRedis::start();
+    let queue = tracked(&redis, "states", JobTracking::default()).await;
+    let later = queue
+        .enqueue(
+            &"later",
+            &EnqueueOptions::new().delay(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    match state_of(&queue, later.as_str()).await {
+        Some(JobState::Delayed { due_ms }) => assert!(due_ms > 0),
+        other => panic!("{other:?}"),
+    }
+    let doomed = queue
+        .enqueue(
+            &"doomed",
+            &EnqueueOptions::new().max_attempts(2).name("bill"),
+        )
+        .await
+        .unwrap();
+    let (stop, worker) = spawn_worker(&queue, fast(), |_: streamq::Job<String>| async {
+        Err(JobError::retry("card declined"))
+    });
+    eventually("retrying", WAIT, || {
+        let q = queue.clone();
+        let id = doomed.clone();
+        async move {
+            matches!(
+                state_of(&q, id.as_str()).await,
+                Some(JobState::Delayed { .. })
+            )
+        }
+    })
+    .await;
+    let info = queue.job(doomed.as_str()).await.unwrap().unwrap();
+    assert_eq!(info.error.as_deref(), Some("card declined"));
+    eventually("dead-lettered", WAIT, || {
+        let q = queue.clone();
+        let id = doomed.clone();
+        async move {
+            matches!(
+                state_of(&q, id.as_str()).await,
+                Some(JobState::DeadLettered { .. })
+            )
+        }
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    let info = queue.job(doomed.as_str()).await.unwrap().unwrap();
+    let JobState::DeadLettered {
+        error,
+        dead_letter_id,
+    } = info.state
+    else {
+        panic!("{:?}", info.state)
+    };
+    assert!(error.contains("card declined"), "{error}");
+    assert_eq!(info.attempts, 2);
+    let letter = queue
+        .dead_letter(&dead_letter_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(letter.job_id, doomed);
+}
+
+#[tokio::test]
+async fn without_retention_completed_jobs_are_forgotten_and_with_it_bounded_by_count() {
+    let redis = TestRedis::start();
+    let forget = tracked(&redis, "forget", JobTracking::default()).await;
+    let keep = tracked(
+        &redis,
+        "keep",
+        JobTracking::default().keep_completed(3, Duration::from_secs(3600)),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for queue in [&forget, &keep] {
+        let mut batch = queue.batch();
+        for i in 0..8u32 {
+            batch.push(&i, &EnqueueOptions::new()).unwrap();
+        }
+        ids.push(batch.send().await.unwrap());
+    }
+    for queue in [&forget, &keep] {
+        let (stop, worker) = spawn_worker(
+            queue,
+            fast().concurrency(1).prefetch(0),
+            |_: streamq::Job<u32>| async { Ok(()) },
+        );
+        eventually("drained", WAIT, || {
+            let q = queue.clone();
+            async move { q.stats().await.unwrap().completed() == 8 }
+        })
+        .await;
+        stop.cancel();
+        worker.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in &ids[0] {
+        assert!(
+            forget.job(id.as_str()).await.unwrap().is_none(),
+            "metadata kept without retention"
+        );
+    }
+    let mut kept = 0;
+    for id in &ids[1] {
+        if let Some(info) = keep.job(id.as_str()).await.unwrap() {
+            assert_eq!(info.state, JobState::Completed);
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, 3, "retention keeps the last 3 completed jobs");
+    assert_eq!(redis.len("streamq:{keep}:completed").await, 3);
+}
+
+#[tokio::test]
+async fn an_untracked_queue_knows_no_job_and_handlers_may_still_report() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("untracked").await;
+    let id = queue.enqueue(&1u8, &EnqueueOptions::new()).await.unwrap();
+    let (stop, worker) = spawn_worker(&queue, fast(), |job: streamq::Job<u8>| async move {
+        job.progress(10);
+        job.log("ignored without tracking");
+        Ok(())
+    });
+    eventually("done", WAIT, || {
+        let q = queue.clone();
+        async move { q.stats().await.unwrap().completed() == 1 }
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    assert!(queue.job(id.as_str()).await.unwrap().is_none());
+    assert_eq!(
+        redis
+            .len(&format!("streamq:{{untracked}}:job:{id}:log"))
+            .await,
+        0
+    );
+}
