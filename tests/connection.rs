@@ -41,7 +41,11 @@ async fn the_server_version_is_detected() {
     let info = redis.info("server").await;
     // Valkey reports a Redis-compatible redis_version (7.2.4) in INFO and
     // its own version in valkey_version and HELLO.
-    let field = if server.is_valkey() { "valkey_version" } else { "redis_version" };
+    let field = if server.is_valkey() {
+        "valkey_version"
+    } else {
+        "redis_version"
+    };
     let reported = info.get(field).unwrap();
     assert!(reported.starts_with(&format!(
         "{}.{}",
