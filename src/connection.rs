@@ -283,19 +283,8 @@ impl ServerInfo {
             }
             Err(e) => return Err(e.into()),
         };
-        let field = |name: &str| -> Option<String> {
-            let pairs: Vec<(&Value, &Value)> = match &reply {
-                Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
-                Value::Array(items) => items.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect(),
-                _ => Vec::new(),
-            };
-            pairs.into_iter().find_map(|(k, v)| {
-                let key: String = redis::from_redis_value_ref(k).ok()?;
-                (key == name)
-                    .then(|| redis::from_redis_value_ref::<String>(v).ok())
-                    .flatten()
-            })
-        };
+        let hello = crate::reply::fields(&reply).unwrap_or_default();
+        let field = |name: &str| crate::reply::text(&hello, name);
         let server = field("server").unwrap_or_else(|| "redis".to_owned());
         let found = field("version").unwrap_or_default();
         let version = Version::parse(&found).ok_or_else(|| Error::UnexpectedReply {

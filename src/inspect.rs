@@ -12,6 +12,7 @@ use redis::Value;
 
 use crate::envelope::now_ms;
 use crate::keys::GROUP;
+use crate::reply::{fields, number, our_group, text};
 use crate::{Error, Priority, Queue};
 
 /// One priority stream, as the inspector saw it.
@@ -192,7 +193,7 @@ impl Queue {
         pipe.cmd("EXISTS").arg(keys.paused());
         let replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
         let (per_stream, rest) = replies.split_at(16.min(replies.len()));
-        let number = |v: Option<&Value>| -> u64 {
+        let count = |v: Option<&Value>| -> u64 {
             v.and_then(|v| redis::from_redis_value_ref(v).ok())
                 .unwrap_or(0)
         };
@@ -201,34 +202,23 @@ impl Queue {
         let mut consumers: BTreeMap<String, (Duration, u64)> = BTreeMap::new();
         let mut last_delivered = Vec::with_capacity(4);
         for (priority, chunk) in Priority::ALL.into_iter().zip(per_stream.chunks(4)) {
-            let length = number(chunk.first());
+            let length = count(chunk.first());
             let in_flight = match chunk.get(1) {
-                Some(Value::Array(summary)) => number(summary.first()),
+                Some(Value::Array(summary)) => count(summary.first()),
                 _ => 0,
             };
-            let group = chunk.get(2).and_then(our_group);
+            let group = chunk.get(2).and_then(our_group).unwrap_or_default();
             let waiting = group
-                .as_ref()
-                .and_then(|g| {
-                    g.get("lag")
-                        .and_then(|v| redis::from_redis_value_ref(v).ok())
-                })
+                .get("lag")
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
                 .unwrap_or_else(|| length.saturating_sub(in_flight));
-            last_delivered.push(
-                group
-                    .as_ref()
-                    .and_then(|g| g.get("last-delivered-id"))
-                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                    .unwrap_or_else(|| "0-0".to_owned()),
-            );
+            last_delivered
+                .push(text(&group, "last-delivered-id").unwrap_or_else(|| "0-0".to_owned()));
             if let Some(Value::Array(list)) = chunk.get(3) {
                 for consumer in list.iter().filter_map(fields) {
-                    let name: String = consumer
-                        .get("name")
-                        .and_then(|v| redis::from_redis_value_ref(v).ok())
-                        .unwrap_or_default();
-                    let idle = Duration::from_millis(number(consumer.get("idle")));
-                    let pending = number(consumer.get("pending"));
+                    let name = text(&consumer, "name").unwrap_or_default();
+                    let idle = Duration::from_millis(number(&consumer, "idle"));
+                    let pending = number(&consumer, "pending");
                     let entry = consumers.entry(name).or_insert((idle, 0));
                     entry.0 = entry.0.min(idle);
                     entry.1 += pending;
@@ -277,7 +267,7 @@ impl Queue {
         };
         let mut report = QueueReport {
             queue: self.name().to_owned(),
-            paused: number(rest.get(3)) == 1,
+            paused: count(rest.get(3)) == 1,
             priorities,
             consumers: consumers
                 .into_iter()
@@ -287,9 +277,9 @@ impl Queue {
                     pending,
                 })
                 .collect(),
-            delayed: number(rest.first()),
+            delayed: count(rest.first()),
             next_due_ms,
-            dead_letters: number(rest.get(2)),
+            dead_letters: count(rest.get(2)),
             health: Health::Healthy,
         };
         report.health = judge(&report, thresholds);
@@ -340,31 +330,4 @@ fn judge(report: &QueueReport, t: &HealthThresholds) -> Health {
     } else {
         Health::Backlogged(reasons)
     }
-}
-
-/// A reply's field/value pairs (RESP2 flat array or RESP3 map) as a map.
-fn fields(value: &Value) -> Option<HashMap<String, Value>> {
-    let pairs: Vec<(&Value, &Value)> = match value {
-        Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
-        Value::Array(items) => items.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect(),
-        _ => return None,
-    };
-    Some(
-        pairs
-            .into_iter()
-            .filter_map(|(k, v)| Some((redis::from_redis_value_ref(k).ok()?, v.clone())))
-            .collect(),
-    )
-}
-
-/// Our group's fields from an `XINFO GROUPS` reply.
-fn our_group(reply: &Value) -> Option<HashMap<String, Value>> {
-    let Value::Array(groups) = reply else {
-        return None;
-    };
-    groups.iter().filter_map(fields).find(|g| {
-        g.get("name")
-            .and_then(|n| redis::from_redis_value_ref::<String>(n).ok())
-            .is_some_and(|n| n == GROUP)
-    })
 }

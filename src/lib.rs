@@ -67,6 +67,7 @@ mod producer;
 mod prometheus;
 mod queue;
 mod recover;
+mod reply;
 mod scripts;
 mod stats;
 mod tracking;

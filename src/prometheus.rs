@@ -18,7 +18,7 @@
 
 use std::fmt::Write;
 
-use crate::inspect::{HealthThresholds, QueueReport};
+use crate::inspect::{HealthThresholds, PriorityReport, QueueReport};
 use crate::metrics::{Counts, LatencyHistogram, QueueMetrics};
 use crate::{Error, Queue};
 
@@ -74,30 +74,28 @@ const COUNTERS: [Counter; 9] = [
 /// Renders a report and metrics; the same input always gives the same text.
 pub(crate) fn render(report: &QueueReport, metrics: &QueueMetrics) -> String {
     let mut out = Exposition::new(&report.queue);
-    out.family(
-        "streamq_jobs_waiting",
-        "gauge",
-        "Jobs not yet delivered to a worker.",
-    );
-    for p in &report.priorities {
-        out.sample("", &[("priority", p.priority.as_str())], p.waiting as f64);
-    }
-    out.family(
-        "streamq_jobs_in_flight",
-        "gauge",
-        "Jobs delivered and not finished.",
-    );
-    for p in &report.priorities {
-        out.sample("", &[("priority", p.priority.as_str())], p.in_flight as f64);
-    }
-    out.family(
-        "streamq_oldest_waiting_seconds",
-        "gauge",
-        "How long the oldest waiting job has waited.",
-    );
-    for p in &report.priorities {
-        let age = p.oldest_waiting.map_or(0.0, |d| d.as_secs_f64());
-        out.sample("", &[("priority", p.priority.as_str())], age);
+    let per_priority: [(&str, &str, fn(&PriorityReport) -> f64); 3] = [
+        (
+            "streamq_jobs_waiting",
+            "Jobs not yet delivered to a worker.",
+            |p| p.waiting as f64,
+        ),
+        (
+            "streamq_jobs_in_flight",
+            "Jobs delivered and not finished.",
+            |p| p.in_flight as f64,
+        ),
+        (
+            "streamq_oldest_waiting_seconds",
+            "How long the oldest waiting job has waited.",
+            |p| p.oldest_waiting.map_or(0.0, |d| d.as_secs_f64()),
+        ),
+    ];
+    for (family, help, value) in per_priority {
+        out.family(family, "gauge", help);
+        for p in &report.priorities {
+            out.sample("", &[("priority", p.priority.as_str())], value(p));
+        }
     }
     out.family(
         "streamq_jobs_delayed",

@@ -331,14 +331,10 @@ impl Queue {
 
 /// Whether the stream `key` has streamq's consumer group.
 async fn has_group(conn: &mut ConnectionManager, key: &str) -> Result<bool, Error> {
-    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+    let groups: redis::Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(key)
         .query_async(conn)
         .await?;
-    Ok(groups.iter().any(|g| {
-        g.get("name")
-            .and_then(|n| redis::from_redis_value_ref::<String>(n).ok())
-            .is_some_and(|n| n == GROUP)
-    }))
+    Ok(crate::reply::our_group(&groups).is_some())
 }

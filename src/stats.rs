@@ -157,24 +157,7 @@ fn pending_count(reply: &Value) -> u64 {
 
 /// Our group's `lag` from `XINFO GROUPS`; `None` when Redis cannot tell.
 fn group_lag(reply: &Value) -> Option<u64> {
-    let Value::Array(groups) = reply else {
-        return None;
-    };
-    groups.iter().find_map(|group| {
-        let fields: HashMap<String, Value> = match group {
-            Value::Map(pairs) => pairs
-                .iter()
-                .filter_map(|(k, v)| Some((redis::from_redis_value_ref(k).ok()?, v.clone())))
-                .collect(),
-            Value::Array(items) => items
-                .chunks_exact(2)
-                .filter_map(|kv| Some((redis::from_redis_value_ref(&kv[0]).ok()?, kv[1].clone())))
-                .collect(),
-            _ => return None,
-        };
-        let name: String = redis::from_redis_value_ref(fields.get("name")?).ok()?;
-        (name == GROUP)
-            .then(|| redis::from_redis_value_ref(fields.get("lag")?).ok())
-            .flatten()
-    })
+    crate::reply::our_group(reply)?
+        .get("lag")
+        .and_then(|v| redis::from_redis_value_ref(v).ok())
 }
