@@ -40,6 +40,9 @@ impl Queue {
     }
 }
 
+/// A per-priority gauge family: its name, its help, and how to read it.
+type Gauge = (&'static str, &'static str, fn(&PriorityReport) -> f64);
+
 /// A counter family: its name part, its help, and how to read it.
 type Counter = (&'static str, &'static str, fn(&Counts) -> u64);
 
@@ -74,7 +77,7 @@ const COUNTERS: [Counter; 9] = [
 /// Renders a report and metrics; the same input always gives the same text.
 pub(crate) fn render(report: &QueueReport, metrics: &QueueMetrics) -> String {
     let mut out = Exposition::new(&report.queue);
-    let per_priority: [(&str, &str, fn(&PriorityReport) -> f64); 3] = [
+    let per_priority: [Gauge; 3] = [
         (
             "streamq_jobs_waiting",
             "Jobs not yet delivered to a worker.",
