@@ -174,8 +174,9 @@ impl Queue {
         Ok(self.requeue(&letters).await? == 1)
     }
 
-    /// Moves every dead letter back to its priority stream with attempts
-    /// reset, oldest first, and returns how many were moved.
+    /// Moves every dead letter present when called back to its priority
+    /// stream with attempts reset, oldest first, and returns how many were
+    /// moved. Jobs that fail again meanwhile stay in the dead letters.
     ///
     /// # Errors
     ///
@@ -186,10 +187,23 @@ impl Queue {
     ///
     /// Cancel-safe: each chunk is atomic; call again to finish.
     pub async fn requeue_all_dead_letters(&self) -> Result<u64, Error> {
+        // Only the letters there now: jobs that fail again while this runs
+        // are dead-lettered after `end`, and must not be chased.
+        let last: Vec<(String, HashMap<String, Value>)> = redis::cmd("XREVRANGE")
+            .arg(self.keys().dead())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        let Some((end, _)) = last.into_iter().next() else {
+            return Ok(0);
+        };
         let mut moved = 0;
         let mut start = "-".to_owned();
         loop {
-            let letters = self.read_dead(&start, "+", REQUEUE_CHUNK).await?;
+            let letters = self.read_dead(&start, &end, REQUEUE_CHUNK).await?;
             let Some(last) = letters.last() else {
                 return Ok(moved);
             };

@@ -747,3 +747,39 @@ async fn an_old_queue_name_with_a_custom_prefix_keeps_its_own_keys() {
     assert_eq!(redis.len("tenant-a:{alerts}:delayed").await, 1);
     assert_eq!(redis.len("streamq:{alerts}:delayed").await, 0);
 }
+
+#[tokio::test]
+async fn requeue_all_does_not_chase_jobs_that_fail_again_meanwhile() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("chase").await;
+    let mut batch = queue.batch();
+    for i in 0..300u32 {
+        batch
+            .push(&i, &EnqueueOptions::new().max_attempts(1))
+            .unwrap();
+    }
+    batch.send().await.unwrap();
+    // A handler that keeps failing at once: requeued jobs die again while
+    // requeue_all is still paging through the dead letters.
+    let (stop, worker) = spawn_worker(&queue, fast().concurrency(64), |_: Job<u32>| async {
+        Err(JobError::permanent("still broken"))
+    });
+    eventually("all dead", WAIT, || {
+        let q = queue.clone();
+        async move { q.stats().await.unwrap().dead_letters == 300 }
+    })
+    .await;
+    // Chasing would never end: bound the call so the test fails instead.
+    let moved = tokio::time::timeout(WAIT, queue.requeue_all_dead_letters())
+        .await
+        .expect("requeue_all kept chasing letters that died again")
+        .unwrap();
+    assert_eq!(moved, 300);
+    eventually("all dead again", WAIT, || {
+        let q = queue.clone();
+        async move { q.stats().await.unwrap().dead_letters == 300 }
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+}
