@@ -311,7 +311,7 @@ impl Finisher {
         let span =
             tracing::debug_span!("streamq.ack", queue = self.queue.name(), jobs = acks.len());
         for f in acks.iter() {
-            tracing::trace!(parent: &span, entry = f.entry_id, priority = %f.priority, name = f.name, "ack");
+            tracing::trace!(parent: &span, job_id = f.job_id, entry = f.entry_id, priority = %f.priority, name = f.name, "ack");
         }
         let Some(reply) = self.send::<Vec<Value>>("ack", &call).instrument(span).await else {
             return;
