@@ -790,3 +790,46 @@ async fn requeue_all_does_not_chase_jobs_that_fail_again_meanwhile() {
     stop.cancel();
     worker.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_started_while_redis_is_down_starts_once_it_is_back() {
+    let mut redis = TestRedis::start();
+    let queue = redis.queue("late").await;
+    redis.server.kill();
+    let seen = Seen::default();
+    let recorder = seen.clone();
+    let (stop, worker) = spawn_worker(&queue, fast(), move |job: Job<u32>| {
+        let seen = recorder.clone();
+        async move {
+            seen.record(job.id());
+            Ok(())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !worker.is_finished(),
+        "the worker gave up while Redis was away"
+    );
+    redis.server.restart().unwrap();
+    let mut enqueued = None;
+    for _ in 0..50 {
+        match queue.enqueue(&1u32, &EnqueueOptions::new()).await {
+            Ok(id) => {
+                enqueued = Some(id);
+                break;
+            }
+            Err(err) => {
+                assert!(err.is_retryable(), "{err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let id = enqueued.expect("enqueue works once Redis is back");
+    eventually("the job ran", WAIT, || {
+        let n = seen.count(&id);
+        async move { n == 1 }
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(worker.await.unwrap().completed, 1);
+}

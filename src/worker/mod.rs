@@ -120,7 +120,9 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// Only when it cannot start: [`Error`] from the first group check.
+    /// Only when it cannot start for a reason no retry fixes: a queue key of
+    /// the wrong type, a missing permission. While Redis is unreachable it
+    /// keeps trying (or returns an empty report if shut down meanwhile).
     ///
     /// # Cancel safety
     ///
@@ -136,7 +138,9 @@ impl Worker {
         T: DeserializeOwned + Send + 'static,
         H: Handler<T>,
     {
-        self.queue.ensure_groups().await?;
+        if !self.start(&shutdown).await? {
+            return Ok(WorkerReport::default());
+        }
         let counters = Arc::new(Counters::default());
         let holdings = Holdings::default();
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
@@ -316,6 +320,27 @@ impl Worker {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Checks the queue's keys and groups before the first fetch, riding out
+    /// Redis being away (a restart, say) with capped backoff. `Ok(false)`
+    /// when shut down before Redis came back.
+    async fn start(&self, shutdown: &CancellationToken) -> Result<bool, Error> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.queue.ensure_groups().await {
+                Ok(()) => return Ok(true),
+                Err(err) if err.is_retryable() => {
+                    let delay = backoff.next();
+                    tracing::warn!(queue = self.queue.name(), %err, retry_in = ?delay, "worker cannot start yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(err) => return Err(err),
             }
         }
     }
