@@ -512,7 +512,9 @@ where
                 attempt = job.attempt,
                 traceparent = job.traceparent.as_deref().unwrap_or(""),
             );
-            let outcome = run_handler(&claimed, &context, job).instrument(span).await;
+            let outcome = run_handler(&claimed, &context, job, &report.job_id)
+                .instrument(span)
+                .await;
             report.run_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             outcome
         }
@@ -549,13 +551,17 @@ struct Report {
 
 /// Runs the handler (with its timeout, catching panics) and decides the
 /// job's outcome.
-async fn run_handler<T, H>(claimed: &Claimed, context: &JobContext<H>, job: Job<T>) -> Outcome
+async fn run_handler<T, H>(
+    claimed: &Claimed,
+    context: &JobContext<H>,
+    job: Job<T>,
+    job_id: &str,
+) -> Outcome
 where
     T: DeserializeOwned + Send + 'static,
     H: Handler<T>,
 {
     let (attempt, max_attempts, timeout) = (job.attempt, job.max_attempts, job.timeout);
-    let job_id = job.id.to_string();
     let run = AssertUnwindSafe(context.handler.handle(job)).catch_unwind();
     let result = match timeout {
         Some(limit) => tokio::time::timeout(limit, run)
@@ -573,18 +579,18 @@ where
     match result {
         Ok(()) => Outcome::Completed,
         Err(err) if err.is_permanent() => Outcome::Dead {
-            job_id,
+            job_id: job_id.to_owned(),
             attempts: attempt,
             error: err.message().to_owned(),
             failed_run: true,
         },
         Err(err) if attempt >= max_attempts => Outcome::Dead {
-            job_id,
+            job_id: job_id.to_owned(),
             attempts: attempt,
             error: format!("failed {attempt} of {max_attempts} attempts, last: {err}"),
             failed_run: true,
         },
-        Err(err) => retry_outcome(claimed, &context.backoff, attempt, job_id, &err),
+        Err(err) => retry_outcome(claimed, &context.backoff, attempt, job_id.to_owned(), &err),
     }
 }
 
