@@ -25,8 +25,21 @@ pub(crate) const GROUP: &str = "streamq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The key names of one queue, built once when the queue is opened.
-#[derive(Debug, Clone)]
-pub(crate) struct QueueKeys {
+///
+/// Public so that operators' tools, tests and clients in other languages can
+/// name a queue's keys without spelling them out by hand; streamq itself
+/// builds every key here.
+///
+/// ```
+/// use streamq::{Priority, QueueKeys};
+///
+/// let keys = QueueKeys::new("streamq", "alerts")?;
+/// assert_eq!(keys.stream(Priority::High), "streamq:{alerts}:high");
+/// assert_eq!(keys.dead(), "streamq:{alerts}:dead");
+/// # Ok::<(), streamq::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
     streams: [String; 4],
     stats: String,
     dead: String,
@@ -38,7 +51,12 @@ pub(crate) struct QueueKeys {
 
 impl QueueKeys {
     /// Validates `prefix` and `queue` and builds the queue's key names.
-    pub(crate) fn new(prefix: &str, queue: &str) -> Result<QueueKeys, Error> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] when either name is empty, longer than
+    /// [`MAX_NAME_LEN`], or holds braces, whitespace or control characters.
+    pub fn new(prefix: &str, queue: &str) -> Result<QueueKeys, Error> {
         validate_name("queue name", queue)?;
         validate_name("key prefix", prefix)?;
         let base = format!("{prefix}:{{{queue}}}");
@@ -54,52 +72,52 @@ impl QueueKeys {
     }
 
     /// The stream holding jobs of `priority`.
-    pub(crate) fn stream(&self, priority: Priority) -> &str {
+    pub fn stream(&self, priority: Priority) -> &str {
         &self.streams[priority.index()]
     }
 
     /// The four streams, most urgent first.
-    pub(crate) fn streams(&self) -> &[String; 4] {
+    pub fn streams(&self) -> &[String; 4] {
         &self.streams
     }
 
     /// The dead-letter stream.
-    pub(crate) fn dead(&self) -> &str {
+    pub fn dead(&self) -> &str {
         &self.dead
     }
 
     /// The sorted set of jobs due later.
-    pub(crate) fn delayed(&self) -> &str {
+    pub fn delayed(&self) -> &str {
         &self.delayed
     }
 
     /// The latency histograms hash.
-    pub(crate) fn latency(&self) -> &str {
+    pub fn latency(&self) -> &str {
         &self.latency
     }
 
     /// The pause flag.
-    pub(crate) fn paused(&self) -> &str {
+    pub fn paused(&self) -> &str {
         &self.paused
     }
 
     /// A tracked job's metadata hash.
-    pub(crate) fn job(&self, id: &str) -> String {
+    pub fn job(&self, id: &str) -> String {
         format!("{}:job:{id}", self.base)
     }
 
     /// A tracked job's log list.
-    pub(crate) fn job_log(&self, id: &str) -> String {
+    pub fn job_log(&self, id: &str) -> String {
         format!("{}:job:{id}:log", self.base)
     }
 
     /// The index of retained completed jobs.
-    pub(crate) fn completed(&self) -> String {
+    pub fn completed(&self) -> String {
         format!("{}:completed", self.base)
     }
 
     /// The key recording which job took an idempotency key.
-    pub(crate) fn dedup(&self, idempotency_key: &str) -> String {
+    pub fn dedup(&self, idempotency_key: &str) -> String {
         format!("{}:dedup:{idempotency_key}", self.base)
     }
 
@@ -116,8 +134,14 @@ impl QueueKeys {
     }
 
     /// The counters hash.
-    pub(crate) fn stats(&self) -> &str {
+    pub fn stats(&self) -> &str {
         &self.stats
+    }
+
+    /// A glob matching every key of the queue, for ACL key patterns
+    /// (`~<pattern>`) and `SCAN MATCH`.
+    pub fn pattern(&self) -> String {
+        format!("{}:*", self.base)
     }
 }
 

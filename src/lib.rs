@@ -78,7 +78,7 @@ pub use dead_letters::{DeadLetter, DeadLetterPage};
 pub use envelope::JobId;
 pub use error::{ConfigError, Error};
 pub use inspect::{ConsumerReport, Health, HealthThresholds, PriorityReport, QueueReport};
-pub use keys::MAX_NAME_LEN;
+pub use keys::{MAX_NAME_LEN, QueueKeys};
 pub use local_redis::{LocalRedis, LocalRedisBuilder, SERVER_ENV, TlsFiles};
 pub use lookup::{JobInfo, JobState};
 pub use metrics::{Counts, JobLatency, LatencyHistogram, QueueMetrics, bucket_upper_bound};

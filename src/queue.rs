@@ -255,7 +255,8 @@ impl Queue {
         self.inner.keys.stream(priority)
     }
 
-    pub(crate) fn keys(&self) -> &QueueKeys {
+    /// The names of the queue's Redis keys, for inspection with other tools.
+    pub fn keys(&self) -> &QueueKeys {
         &self.inner.keys
     }
 
