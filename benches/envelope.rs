@@ -4,7 +4,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
-use streamq::bench_support::{decode, encode};
+use streamq::testing::bench::{decode, encode};
 
 #[derive(Serialize, Deserialize)]
 struct Alert {

@@ -33,16 +33,16 @@
                                  for the ranged read (any order is correct,
                                  just slower)
 
-  Returns    {acked, fenced id...}
-                                 how many were acknowledged, then the ids that
-                                 were not: owned by another consumer, or no
-                                 longer pending at all
+  Returns    {OK, lost}          lost: the entry ids not acknowledged, owned
+                                 by another consumer or no longer pending at
+                                 all; every other entry was acknowledged
 ]]
 local stats, latency = KEYS[1], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
 local by_name = ARGV[3] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
 local STRIDE = 8
+local OK = 0
 
 local completed, lost = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
 local per_name = {}
@@ -63,7 +63,7 @@ for i = 4, #ARGV, STRIDE do
 end
 
 local owned = { {}, {}, {}, {} }
-local reply = { 0 }
+local lost_ids = {}
 for p = 1, 4 do
   local jobs = asked[p]
   if #jobs > 0 then
@@ -96,7 +96,7 @@ for p = 1, 4 do
           s.run_sum = s.run_sum + tonumber(ARGV[i + 6])
         end
       else
-        reply[#reply + 1] = id
+        lost_ids[#lost_ids + 1] = id
         lost[p] = lost[p] + 1
         if by_name then
           local s = for_name(ARGV[i + 2])
@@ -112,7 +112,6 @@ for p = 1, 4 do
   if #ids > 0 then
     redis.call('XACK', KEYS[1 + p], group, unpack(ids))
     redis.call('XDEL', KEYS[1 + p], unpack(ids))
-    reply[1] = reply[1] + #ids
   end
 end
 
@@ -137,4 +136,4 @@ for name, s in pairs(per_name) do
   add(latency, 'wait_sum:' .. name, s.wait_sum)
   add(latency, 'run_sum:' .. name, s.run_sum)
 end
-return reply
+return { OK, lost_ids }

@@ -11,12 +11,12 @@
                                  failed), "ownership_lost:<p>", and per name
                                  "name:dead:<name>", "name:failed:<name>",
                                  "name:reclaimed:<name>", "name:ownership_lost:<name>"
-  KEYS[2]    stream              the job's priority stream
-  KEYS[3]    dead-letter stream
+  KEYS[2..5] streams             critical, high, medium, low
+  KEYS[6]    dead-letter stream
   ARGV[1]    group
   ARGV[2]    consumer            the owner the entry must still have
   ARGV[3]    entry id
-  ARGV[4]    priority name       critical | high | medium | low
+  ARGV[4]    priority index      1..4: the job's stream
   ARGV[5]    error               why the job failed (text)
   ARGV[6]    now                 Unix ms
   ARGV[7]    job id              '' when the envelope could not be read
@@ -29,13 +29,18 @@
   ARGV[12]   reclaims            deliveries - 1
   ARGV[13]   per-name metrics    1 = keep per-name counters
 
-  Returns    {0, dead entry id}  moved
-             {2}                 not moved: the consumer no longer owns the
-                                 entry (reclaimed by another worker)
+  Returns    {OK, lost, dead id} lost: {} when moved, and dead id is the new
+                                 dead-letter entry; {entry id} when not, the
+                                 consumer no longer owning the entry (reclaimed
+                                 by another worker), and dead id is false
 ]]
-local stats, stream, dead = KEYS[1], KEYS[2], KEYS[3]
+local stats, dead = KEYS[1], KEYS[6]
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
-local priority, err, now = ARGV[4], ARGV[5], ARGV[6]
+local p, err, now = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local stream = KEYS[1 + p]
+local names = { 'critical', 'high', 'medium', 'low' }
+local priority = names[p]
+local OK = 0
 local job_id, attempts, max_dead = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local name, failed_run, reclaims = ARGV[10], ARGV[11] == '1', tonumber(ARGV[12])
 local by_name = ARGV[13] == '1'
@@ -44,7 +49,7 @@ local pending = redis.call('XPENDING', stream, group, id, id, 1)
 if not (pending[1] and pending[1][2] == consumer) then
   redis.pcall('HINCRBY', stats, 'ownership_lost:' .. priority, 1)
   if by_name then redis.pcall('HINCRBY', stats, 'name:ownership_lost:' .. name, 1) end
-  return { 2 }
+  return { OK, { id }, false }
 end
 
 local envelope = ''
@@ -77,4 +82,4 @@ if by_name then
   if failed_run then redis.call('HINCRBY', stats, 'name:failed:' .. name, 1) end
   if reclaims > 0 then redis.call('HINCRBY', stats, 'name:reclaimed:' .. name, reclaims) end
 end
-return { 0, dead_id }
+return { OK, {}, dead_id }

@@ -28,10 +28,12 @@
                                  metadata key index into KEYS (0 = none),
                                  envelope bytes (opaque, never decoded here)
 
-  Returns    {0, i, id, ...}     added; for each duplicate (its idempotency key
-                                 was taken), its 1-based position in the call
-                                 and the id of the job holding the key
-             {1, backlog}        refused: the backlog would exceed ARGV[1];
+  Returns    {OK, duplicates}    added; duplicates: for each job whose
+                                 idempotency key was taken, its 1-based
+                                 position in the call and the id of the job
+                                 holding the key (pairs, flat)
+             {QUEUE_FULL, backlog, limit}
+                                 refused: the backlog would exceed ARGV[1];
                                  nothing was written
 ]]
 local stats, delayed = KEYS[1], KEYS[6]
@@ -41,6 +43,7 @@ local by_name = ARGV[3] == '1'
 local tracking_ttl = tonumber(ARGV[4])
 local names = { 'critical', 'high', 'medium', 'low' }
 local FIRST, STRIDE = 5, 8
+local OK, QUEUE_FULL = 0, 1
 
 local jobs = (#ARGV - FIRST + 1) / STRIDE
 if max_backlog > 0 then
@@ -49,7 +52,7 @@ if max_backlog > 0 then
     backlog = backlog + redis.call('XLEN', KEYS[1 + p])
   end
   if backlog + jobs > max_backlog then
-    return { 1, backlog }
+    return { QUEUE_FULL, backlog, max_backlog }
   end
 end
 
@@ -58,7 +61,7 @@ local function count(field, n)
   counts[field] = (counts[field] or 0) + n
 end
 
-local reply = { 0 }
+local duplicates = {}
 for i = FIRST, #ARGV, STRIDE do
   local p, due = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local key_index, ttl = tonumber(ARGV[i + 2]), ARGV[i + 3]
@@ -69,8 +72,8 @@ for i = FIRST, #ARGV, STRIDE do
     holder = redis.call('GET', KEYS[key_index])
   end
   if holder then
-    reply[#reply + 1] = (i - FIRST) / STRIDE + 1
-    reply[#reply + 1] = holder
+    duplicates[#duplicates + 1] = (i - FIRST) / STRIDE + 1
+    duplicates[#duplicates + 1] = holder
     count('deduplicated', 1)
   else
     if key_index > 0 then
@@ -98,4 +101,4 @@ end
 for field, n in pairs(counts) do
   redis.call('HINCRBY', stats, field, n)
 end
-return reply
+return { OK, duplicates }

@@ -7,35 +7,38 @@
   waiting. allow-oom: XREADGROUP adds no data, and workers must keep draining
   (and so freeing memory) when Redis is full.
 
-  KEYS[1..4] streams             critical, high, medium, low
-  KEYS[5]    pause flag          while it exists, nothing is claimed
+  KEYS[1]    stats hash          (not written)
+  KEYS[2..5] streams             critical, high, medium, low
+  KEYS[6]    pause flag          while it exists, nothing is claimed
   ARGV[1]    group
   ARGV[2]    consumer
   ARGV[3]    count               the most jobs to claim, >= 1
 
-  Returns    {n, p, id, envelope, ...}
-                                 n jobs as triples: priority index (1..4),
+  Returns    {OK, jobs, last}    jobs: triples of priority index (1..4),
                                  entry id, envelope bytes (false when the
-                                 entry has no "e" field: not ours, poison)
-             {0, id1, id2, id3, id4}
-                                 nothing waiting; the group's last delivered id
-                                 per stream, so the caller can block for
-                                 anything newer without a race
-             {-1}                the queue is paused
+                                 entry has no "e" field: not ours, poison).
+                                 last: when jobs is empty, the group's last
+                                 delivered id per stream (four), so the caller
+                                 can block for anything newer without a race;
+                                 empty otherwise
+             {PAUSED}            the queue is paused; nothing was claimed
 ]]
 local group = ARGV[1]
 local consumer = ARGV[2]
 local wanted = tonumber(ARGV[3])
 
-if redis.call('EXISTS', KEYS[5]) == 1 then
-  return { -1 }
+local OK, PAUSED = 0, 2
+local paused = KEYS[6]
+
+if redis.call('EXISTS', paused) == 1 then
+  return { PAUSED }
 end
 
-local reply = { 0 }
+local jobs = {}
 local found = 0
 for p = 1, 4 do
   local res = redis.call('XREADGROUP', 'GROUP', group, consumer,
-                         'COUNT', wanted - found, 'STREAMS', KEYS[p], '>')
+                         'COUNT', wanted - found, 'STREAMS', KEYS[1 + p], '>')
   if res then
     for _, entry in ipairs(res[1][2]) do
       local fields = entry[2]
@@ -43,9 +46,9 @@ for p = 1, 4 do
       for f = 1, #fields, 2 do
         if fields[f] == 'e' then envelope = fields[f + 1] end
       end
-      reply[#reply + 1] = p
-      reply[#reply + 1] = entry[1]
-      reply[#reply + 1] = envelope
+      jobs[#jobs + 1] = p
+      jobs[#jobs + 1] = entry[1]
+      jobs[#jobs + 1] = envelope
       found = found + 1
     end
   end
@@ -53,13 +56,13 @@ for p = 1, 4 do
 end
 
 if found > 0 then
-  reply[1] = found
-  return reply
+  return { OK, jobs, {} }
 end
 
+local last_ids = {}
 for p = 1, 4 do
   local last = '0-0'
-  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[p])) do
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1 + p])) do
     local name, delivered
     for f = 1, #info, 2 do
       if info[f] == 'name' then name = info[f + 1] end
@@ -67,6 +70,6 @@ for p = 1, 4 do
     end
     if name == group then last = delivered end
   end
-  reply[#reply + 1] = last
+  last_ids[p] = last
 end
-return reply
+return { OK, jobs, last_ids }

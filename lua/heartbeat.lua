@@ -8,31 +8,31 @@
   another consumer, so each entry's owner is checked first: a lease that was
   lost stays lost. allow-oom: it adds no data.
 
-  KEYS[1..4] streams             critical, high, medium, low
+  KEYS[1]    stats hash          (not written)
+  KEYS[2..5] streams             critical, high, medium, low
   ARGV[1]    group
   ARGV[2]    consumer
   ARGV[3..]  pairs               priority index (1..4), entry id
 
-  Returns    {renewed, lost id...}
-                                 how many leases were renewed, then the ids this
-                                 consumer no longer owns
+  Returns    {OK, lost}          lost: the entry ids this consumer no longer
+                                 owns; every other lease was renewed
 ]]
 local group, consumer = ARGV[1], ARGV[2]
+local OK = 0
 local owned = { {}, {}, {}, {} }
-local reply = { 0 }
+local lost = {}
 for i = 3, #ARGV, 2 do
   local p, id = tonumber(ARGV[i]), ARGV[i + 1]
-  local pending = redis.call('XPENDING', KEYS[p], group, id, id, 1)
+  local pending = redis.call('XPENDING', KEYS[1 + p], group, id, id, 1)
   if pending[1] and pending[1][2] == consumer then
     table.insert(owned[p], id)
   else
-    reply[#reply + 1] = id
+    lost[#lost + 1] = id
   end
 end
 for p = 1, 4 do
   if #owned[p] > 0 then
-    redis.call('XCLAIM', KEYS[p], group, consumer, 0, unpack(owned[p]), 'JUSTID')
-    reply[1] = reply[1] + #owned[p]
+    redis.call('XCLAIM', KEYS[1 + p], group, consumer, 0, unpack(owned[p]), 'JUSTID')
   end
 end
-return reply
+return { OK, lost }

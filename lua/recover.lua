@@ -10,18 +10,23 @@
   No flags: a full Redis refuses the call before any write.
 
   KEYS[1]    stats hash          HINCRBY "reclaimed:<p>", "lost:<p>"
-  KEYS[2]    stream              one priority stream
+  KEYS[2..5] streams             critical, high, medium, low
   ARGV[1]    group
-  ARGV[2]    min idle            ms an entry must have been idle
-  ARGV[3]    count               the most entries to recover in this call
-  ARGV[4]    priority name       for the counters
+  ARGV[2]    priority index      1..4: the stream to recover
+  ARGV[3]    min idle            ms an entry must have been idle
+  ARGV[4]    count               the most entries to recover in this call
 
-  Returns    {recovered, lost, scanned}
+  Returns    {OK, recovered, lost, scanned}
                                  lost: entries Redis had deleted while
-                                 pending (their pending record is cleared)
+                                 pending (their pending record is cleared);
+                                 scanned < count: nothing more to recover
 ]]
-local stats, stream = KEYS[1], KEYS[2]
-local group, min_idle, count, priority = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local stats = KEYS[1]
+local group, p, min_idle, count = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local stream = KEYS[1 + p]
+local names = { 'critical', 'high', 'medium', 'low' }
+local priority = names[p]
+local OK = 0
 
 local stalled = redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', count)
 local recovered, lost = 0, 0
@@ -40,4 +45,4 @@ for _, pending in ipairs(stalled) do
 end
 if recovered > 0 then redis.call('HINCRBY', stats, 'reclaimed:' .. priority, recovered) end
 if lost > 0 then redis.call('HINCRBY', stats, 'lost:' .. priority, lost) end
-return { recovered, lost, #stalled }
+return { OK, recovered, lost, #stalled }

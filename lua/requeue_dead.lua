@@ -14,20 +14,23 @@
                                  envelope to enqueue (attempts reset by the
                                  caller; scripts never decode envelopes)
 
-  Returns    {requeued, missing id...}
+  Returns    {OK, requeued, missing}
+                                 missing: the dead-letter ids that were not
+                                 there (requeued or purged by someone else)
 ]]
 local stats, dead = KEYS[1], KEYS[6]
 local names = { 'critical', 'high', 'medium', 'low' }
-local reply = { 0 }
+local OK = 0
+local requeued, missing = 0, {}
 for i = 1, #ARGV, 3 do
   local id, p, envelope = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if redis.call('XRANGE', dead, id, id)[1] then
     redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
     redis.call('XDEL', dead, id)
     redis.call('HINCRBY', stats, 'requeued:' .. names[p], 1)
-    reply[1] = reply[1] + 1
+    requeued = requeued + 1
   else
-    reply[#reply + 1] = id
+    missing[#missing + 1] = id
   end
 end
-return reply
+return { OK, requeued, missing }

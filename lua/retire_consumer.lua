@@ -3,22 +3,24 @@
   retire_consumer: remove a consumer from the group of every priority stream,
   but only where it owns no pending entry (XGROUP DELCONSUMER would destroy them).
 
-  KEYS[1..4] streams             critical, high, medium, low
+  KEYS[1]    stats hash          (not written)
+  KEYS[2..5] streams             critical, high, medium, low
   ARGV[1]    group
   ARGV[2]    consumer
 
-  Returns    number of streams where the consumer still owns entries and was
-             kept (0 = fully retired)
+  Returns    {OK, kept}          kept: streams where the consumer still owns
+                                 entries and stays a member (0 = fully retired)
 ]]
 local group = ARGV[1]
 local consumer = ARGV[2]
+local OK = 0
 local kept = 0
 for p = 1, 4 do
-  local owned = redis.call('XPENDING', KEYS[p], group, '-', '+', 1, consumer)
+  local owned = redis.call('XPENDING', KEYS[1 + p], group, '-', '+', 1, consumer)
   if #owned == 0 then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[p], group, consumer)
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1 + p], group, consumer)
   else
     kept = kept + 1
   end
 end
-return kept
+return { OK, kept }

@@ -10,33 +10,36 @@
                                  "ownership_lost:<p>", and per name
                                  "name:retried:<name>", "name:failed:<name>",
                                  "name:reclaimed:<name>", "name:ownership_lost:<name>"
-  KEYS[2]    stream              the job's priority stream
-  KEYS[3]    delayed zset
+  KEYS[2..5] streams             critical, high, medium, low
+  KEYS[6]    delayed zset
   ARGV[1]    group
   ARGV[2]    consumer            the owner the entry must still have
   ARGV[3]    entry id
-  ARGV[4]    priority index      1..4, where the next attempt will run
+  ARGV[4]    priority index      1..4: the job's stream, where the next
+                                 attempt will run too
   ARGV[5]    due                 Unix ms of the next attempt
   ARGV[6]    envelope            re-encoded with the attempt count raised
   ARGV[7]    job name
   ARGV[8]    reclaims            deliveries - 1 of the failed attempt
   ARGV[9]    per-name metrics    1 = keep per-name counters
 
-  Returns    {0}                 scheduled
-             {2}                 not scheduled: the consumer no longer owns the
-                                 entry (reclaimed by another worker)
+  Returns    {OK, lost}          lost: {} when scheduled; {entry id} when not,
+                                 the consumer no longer owning the entry
+                                 (reclaimed by another worker)
 ]]
-local stats, stream, delayed = KEYS[1], KEYS[2], KEYS[3]
+local stats, delayed = KEYS[1], KEYS[6]
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
 local p, due, envelope = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local name, reclaims, by_name = ARGV[7], tonumber(ARGV[8]), ARGV[9] == '1'
+local stream = KEYS[1 + p]
 local names = { 'critical', 'high', 'medium', 'low' }
+local OK = 0
 
 local pending = redis.call('XPENDING', stream, group, id, id, 1)
 if not (pending[1] and pending[1][2] == consumer) then
   redis.pcall('HINCRBY', stats, 'ownership_lost:' .. names[p], 1)
   if by_name then redis.pcall('HINCRBY', stats, 'name:ownership_lost:' .. name, 1) end
-  return { 2 }
+  return { OK, { id } }
 end
 
 redis.call('ZADD', delayed, due, p .. envelope)
@@ -49,4 +52,4 @@ if by_name then
   redis.call('HINCRBY', stats, 'name:failed:' .. name, 1)
   if reclaims > 0 then redis.call('HINCRBY', stats, 'name:reclaimed:' .. name, reclaims) end
 end
-return { 0 }
+return { OK, {} }

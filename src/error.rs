@@ -1,7 +1,9 @@
-//! The error types. Every failure a caller can see is a variant here, and
-//! every Redis error code streamq understands is mapped here, in one place.
+//! The error types. Every failure a caller can see is a variant here; what
+//! Redis answers becomes one of them in `protocol::reply`.
 
 use std::time::Duration;
+
+use crate::job_id::JobId;
 
 /// Everything that can go wrong in streamq.
 ///
@@ -49,7 +51,7 @@ pub enum Error {
     #[error("batch partly enqueued ({} jobs): {source}", enqueued.len())]
     PartialBatch {
         /// The ids that were enqueued.
-        enqueued: Vec<crate::JobId>,
+        enqueued: Vec<JobId>,
         /// Why the rest were not.
         source: Box<Error>,
     },
@@ -97,34 +99,29 @@ pub enum Error {
     /// Starting a local redis-server failed.
     #[error("cannot start redis-server: {0}")]
     LocalServer(String),
-    /// Any other Redis or connection error.
+    /// Redis cannot be reached or is not serving commands now: connection
+    /// refused or dropped, a timeout, a server loading its data or failing
+    /// over. Retryable.
+    #[error("redis is unavailable: {0}")]
+    Unavailable(redis::RedisError),
+    /// Any other Redis error.
     #[error(transparent)]
     Redis(redis::RedisError),
 }
 
 impl Error {
-    /// Whether the same call may succeed if tried again later: connection
-    /// faults, timeouts, out-of-memory and a full queue are; invalid input,
+    /// Whether the same call may succeed if tried again later: an
+    /// unavailable Redis, out-of-memory and a full queue are; invalid input,
     /// permissions and unsupported servers are not.
     ///
     /// An enqueue that failed with a retryable error may or may not have been
     /// applied (a timeout can hide a success); retrying it can add a duplicate,
     /// never lose a job.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::OutOfMemory(_) | Error::QueueFull { .. } => true,
-            Error::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || matches!(
-                        e.code(),
-                        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
-                    )
-            }
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::OutOfMemory(_) | Error::QueueFull { .. } | Error::Unavailable(_)
+        )
     }
 }
 
@@ -138,28 +135,8 @@ impl std::fmt::Debug for Error {
                 .field("source", source)
                 .finish(),
             Error::Redis(e) => f.debug_tuple("Redis").field(e).finish(),
+            Error::Unavailable(e) => f.debug_tuple("Unavailable").field(e).finish(),
             other => write!(f, "{other}"),
-        }
-    }
-}
-
-impl From<redis::RedisError> for Error {
-    /// Maps the Redis error codes streamq gives meaning to. Codes are matched,
-    /// never message texts, which differ between versions.
-    fn from(err: redis::RedisError) -> Self {
-        let detail = || match err.detail() {
-            Some(detail) if !detail.is_empty() => detail.to_owned(),
-            _ => err.to_string(),
-        };
-        match err.code() {
-            Some("OOM") => Error::OutOfMemory(detail()),
-            Some("NOPERM") => Error::NoPermission(detail()),
-            Some("WRONGTYPE") => Error::WrongKeyType {
-                key: "?".to_owned(),
-                found: "value of another type".to_owned(),
-                expected: "stream",
-            },
-            _ => Error::Redis(err),
         }
     }
 }

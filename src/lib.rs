@@ -1,20 +1,30 @@
 //! streamq: a priority job queue on Redis Streams, for high-volume alert and
 //! event pipelines.
 //!
-//! # A short tour
+//! # A tour by role
 //!
-//! - [`Queue`] is a handle on one named queue: open it with
-//!   [`Queue::builder`] and a [`RedisConfig`]. It enqueues jobs
-//!   ([`Queue::enqueue`], or thousands in one round trip with a [`Batch`])
-//!   and reads [`QueueStats`].
-//! - [`Worker`] runs your [`Handler`] (any async closure taking a [`Job`])
-//!   over the queue, most urgent [`Priority`] first, with bounded concurrency
-//!   and graceful shutdown through a cancellation token.
-//! - Jobs live in one Redis stream per priority and are read through a
-//!   consumer group. Every change that touches more than one key is a Lua
-//!   script from the crate's `lua/` folder, run atomically by SHA1.
-//! - [`LocalRedis`] starts a private redis-server for demos, benchmarks and
-//!   tests.
+//! - **Opening a queue.** [`Queue`] is a handle on one named queue: open it
+//!   with [`Queue::builder`] and a [`RedisConfig`]. Its keys are listed by
+//!   [`QueueKeys`].
+//! - **Producing.** [`Queue::enqueue`] adds one job with [`EnqueueOptions`]
+//!   (priority, delay, attempts, idempotency key); a [`Batch`] sends
+//!   thousands in one round trip.
+//! - **Working.** A [`Worker`] runs your [`Handler`] (any async closure
+//!   taking a [`Job`]) over the queue, most urgent [`Priority`] first, with
+//!   bounded concurrency, leases, retries with [`RetryBackoff`], dead
+//!   letters, and graceful shutdown through a cancellation token.
+//! - **Operating.** Off the hot path: [`Queue::stats`], [`Queue::inspect`]
+//!   with [`Health`], [`Queue::metrics`], [`Queue::prometheus`], dead letters
+//!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
+//!   [`Queue::pause`], [`Queue::recover_stalled`].
+//! - **Testing.** [`LocalRedis`] starts a private redis-server for demos,
+//!   benchmarks and tests.
+//!
+//! Under all of them sits the protocol layer (private): key names, the
+//! MessagePack envelope, and the Lua scripts in the crate's `lua/` folder,
+//! each run atomically by SHA1. Every change that touches more than one key
+//! is one script call. `lua/README.md` and `docs/design.md` describe it for
+//! clients in other languages.
 //!
 //! Delivery is at least once: a job whose enqueue returned `Ok` is completed
 //! or dead-lettered with its error, never dropped.
@@ -50,46 +60,52 @@
 //! ```
 #![deny(missing_docs)]
 
-#[doc(hidden)]
-pub mod bench_support;
-mod connection;
-mod dead_letters;
-mod envelope;
+// Layers, bottom up; each imports only from those below it.
+mod backoff;
 mod error;
-mod inspect;
-mod keys;
-mod local_redis;
-mod lookup;
-mod metrics;
-mod pause;
+mod job_id;
 mod priority;
-mod producer;
-mod prometheus;
+mod time;
+
+mod protocol;
+
 mod queue;
-mod recover;
-mod reply;
-mod scripts;
-mod stats;
-mod tracking;
+
+mod producer;
 mod worker;
 
-pub use connection::{MIN_REDIS, MIN_VALKEY, RedisConfig, ServerInfo, Version};
-pub use dead_letters::{DeadLetter, DeadLetterPage};
-pub use envelope::JobId;
+mod admin;
+
+#[doc(hidden)]
+pub mod testing;
+
+// Opening a queue.
 pub use error::{ConfigError, Error};
-pub use inspect::{ConsumerReport, Health, HealthThresholds, PriorityReport, QueueReport};
-pub use keys::{MAX_NAME_LEN, QueueKeys};
-pub use local_redis::{LocalRedis, LocalRedisBuilder, SERVER_ENV, TlsFiles};
-pub use lookup::{JobInfo, JobState};
-pub use metrics::{Counts, JobLatency, LatencyHistogram, QueueMetrics, bucket_upper_bound};
+pub use protocol::connection::{MIN_REDIS, MIN_VALKEY, RedisConfig, ServerInfo, Version};
+pub use protocol::keys::{MAX_NAME_LEN, QueueKeys};
+pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, JobTracking, Queue, QueueBuilder};
+
+// Producing.
+pub use job_id::JobId;
 pub use priority::Priority;
 pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
-pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, JobTracking, Queue, QueueBuilder};
-pub use recover::Recovered;
-pub use stats::{PriorityStats, QueueStats};
+
+// Working.
 pub use worker::{
     DeadLettered, Handler, Job, JobError, RetryBackoff, Worker, WorkerConfig, WorkerReport,
 };
+
+// Operating.
+pub use admin::dead_letters::{DeadLetter, DeadLetterPage};
+pub use admin::inspect::{ConsumerReport, Health, HealthThresholds, PriorityReport, QueueReport};
+pub use admin::lookup::{JobInfo, JobState};
+pub use admin::metrics::{Counts, JobLatency, LatencyHistogram, QueueMetrics};
+pub use admin::recover::Recovered;
+pub use admin::stats::{PriorityStats, QueueStats};
+pub use protocol::latency::bucket_upper_bound;
+
+// Testing.
+pub use testing::local_redis::{LocalRedis, LocalRedisBuilder, SERVER_ENV, TlsFiles};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::Error;
+use crate::error::Error;
 
 /// How urgent a job is. Each priority has its own stream; workers always take
 /// the most urgent waiting job first.

@@ -6,9 +6,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::envelope::{Envelope, JobId, NewJob, now_ms, now_us};
-use crate::scripts::{self, ScriptCall, scripts};
-use crate::{Error, Priority, Queue};
+use crate::error::Error;
+use crate::job_id::JobId;
+use crate::priority::Priority;
+use crate::protocol::envelope::{Envelope, NewJob};
+use crate::protocol::reply;
+use crate::protocol::scripts::{self, COMMON_KEYS, ScriptCall, scripts};
+use crate::queue::Queue;
+use crate::time::{micros, millis, now_ms, now_us};
 
 /// Options for one enqueued job. Cheap to reuse across many jobs.
 #[derive(Debug, Clone, Default)]
@@ -99,14 +104,6 @@ impl EnqueueOptions {
             Some(RunAt::At(time)) => Some(time.duration_since(UNIX_EPOCH).map(micros).unwrap_or(0)),
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// One encoded job waiting in a [`Batch`].
@@ -238,12 +235,10 @@ impl Batch {
         let mut conn = self.queue.conn();
         let per_call = self.jobs_per_call();
         let calls: Vec<ScriptCall> = self.jobs.chunks(per_call).map(|c| self.call(c)).collect();
-        let settings = self.queue.settings();
         let mut chunks = self.jobs.chunks(per_call);
         if let [call] = calls.as_slice() {
             let reply = call.invoke(&mut conn).await?;
-            let duplicates = scripts::check_status(call.script(), reply, settings)?;
-            return job_ids(&self.jobs, duplicates);
+            return job_ids(&self.jobs, reply);
         }
         let mut enqueued = Vec::with_capacity(self.jobs.len());
         let mut first_error = None;
@@ -252,8 +247,7 @@ impl Batch {
             let chunk = chunks.next().unwrap_or_default();
             let checked = result
                 .map_err(Error::from)
-                .and_then(|r| scripts::check_status(&scripts().enqueue, r, settings))
-                .and_then(|duplicates| job_ids(chunk, duplicates));
+                .and_then(|reply| job_ids(chunk, reply));
             match checked {
                 Ok(ids) => enqueued.extend(ids),
                 Err(e) => {
@@ -281,36 +275,33 @@ impl Batch {
 
     fn call(&self, chunk: &[Pending]) -> ScriptCall {
         let keys = self.queue.keys();
-        let mut all_keys: Vec<String> = keys
-            .stats_and_streams()
-            .iter()
-            .map(|k| (*k).to_owned())
-            .collect();
-        all_keys.push(keys.delayed().to_owned());
-        // KEYS is 1-based in Lua; a key repeated within the chunk is passed once.
-        let key_of =
-            |key: String, all_keys: &mut Vec<String>| match all_keys.iter().position(|k| *k == key)
-            {
-                Some(at) => at + 1,
+        let mut extra: Vec<String> = vec![keys.delayed().to_owned()];
+        // The script finds these keys by their index in KEYS (1-based, after
+        // the common keys); a key repeated within the chunk is passed once.
+        let key_of = |key: String, extra: &mut Vec<String>| {
+            let at = match extra.iter().position(|k| *k == key) {
+                Some(at) => at,
                 None => {
-                    all_keys.push(key);
-                    all_keys.len()
+                    extra.push(key);
+                    extra.len() - 1
                 }
             };
+            COMMON_KEYS + at + 1
+        };
         let tracking = self.queue.settings().tracking;
         let mut indexes = Vec::with_capacity(chunk.len());
         for job in chunk {
             let dedup = match &job.idempotency {
-                Some((key, _)) => key_of(keys.dedup(key), &mut all_keys),
+                Some((key, _)) => key_of(keys.dedup(key), &mut extra),
                 None => 0,
             };
             let meta = match tracking {
-                Some(_) => key_of(keys.job(job.id.as_str()), &mut all_keys),
+                Some(_) => key_of(keys.job(job.id.as_str()), &mut extra),
                 None => 0,
             };
             indexes.push((dedup, meta));
         }
-        let mut call = scripts().enqueue.call(&all_keys);
+        let mut call = scripts().enqueue.call(keys, &extra);
         let settings = self.queue.settings();
         call.arg(settings.max_backlog.unwrap_or(0))
             .arg(now_ms())
@@ -330,24 +321,22 @@ impl Batch {
     }
 }
 
-/// The final ids of a chunk: each job's own, except duplicates, which the
-/// script reports as (1-based position, id of the job holding the key).
-fn job_ids(chunk: &[Pending], duplicates: Vec<redis::Value>) -> Result<Vec<JobId>, Error> {
+/// The final ids of a chunk from its `enqueue` reply: each job's own,
+/// except duplicates, which the script reports as (1-based position, id of
+/// the job holding the key).
+fn job_ids(chunk: &[Pending], reply: redis::Value) -> Result<Vec<JobId>, Error> {
     let mut ids: Vec<JobId> = chunk.iter().map(|job| job.id.clone()).collect();
-    let unexpected = |detail: String| Error::UnexpectedReply {
-        script: "enqueue",
-        detail,
-    };
-    let mut values = duplicates.into_iter();
-    while let (Some(position), Some(holder)) = (values.next(), values.next()) {
-        let position: usize =
-            redis::from_redis_value(position).map_err(|e| unexpected(e.to_string()))?;
-        let holder: String =
-            redis::from_redis_value(holder).map_err(|e| unexpected(e.to_string()))?;
+    let mut duplicates = reply::done(&scripts().enqueue, reply)?.array()?;
+    while !duplicates.is_empty() {
+        let position = duplicates.count()?;
+        let holder = duplicates.text()?;
         let slot = position
             .checked_sub(1)
             .and_then(|i| ids.get_mut(i))
-            .ok_or_else(|| unexpected(format!("duplicate at position {position}")))?;
+            .ok_or_else(|| Error::UnexpectedReply {
+                script: "enqueue",
+                detail: format!("duplicate at position {position}"),
+            })?;
         *slot = JobId::from(holder);
     }
     Ok(ids)

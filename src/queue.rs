@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 
-use crate::connection::{RedisConfig, ServerInfo};
 use crate::error::ConfigCheck;
-use crate::keys::{GROUP, QueueKeys};
-use crate::{Error, Priority};
+use crate::error::Error;
+use crate::priority::Priority;
+use crate::protocol::connection::{RedisConfig, ServerInfo};
+use crate::protocol::keys::{GROUP, QueueKeys};
+use crate::protocol::{fields, reply};
 
 /// A connected queue. Cheap to clone: clones share one connection, on which
 /// concurrent calls are pipelined.
@@ -91,8 +93,8 @@ impl JobTracking {
 }
 
 impl QueueSettings {
-    pub(crate) fn payload_limits(&self) -> crate::envelope::PayloadLimits {
-        crate::envelope::PayloadLimits {
+    pub(crate) fn payload_limits(&self) -> crate::protocol::envelope::PayloadLimits {
+        crate::protocol::envelope::PayloadLimits {
             max_bytes: self.max_payload_bytes,
             compress_above: self.compress_above,
         }
@@ -322,7 +324,7 @@ impl Queue {
                 .query_async(&mut conn)
                 .await;
             match created {
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) if reply::is_busygroup(&e) => {}
                 other => other?,
             }
         }
@@ -337,5 +339,5 @@ async fn has_group(conn: &mut ConnectionManager, key: &str) -> Result<bool, Erro
         .arg(key)
         .query_async(conn)
         .await?;
-    Ok(crate::reply::our_group(&groups).is_some())
+    Ok(fields::our_group(&groups).is_some())
 }

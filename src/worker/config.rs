@@ -4,8 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::capped_exponential;
 use crate::error::{ConfigCheck, ConfigError};
-use crate::{JobId, Priority};
+use crate::job_id::JobId;
+use crate::priority::Priority;
 
 /// A job that was moved to the dead letters, as told to
 /// [`WorkerConfig::on_dead_letter`].
@@ -237,8 +239,7 @@ impl RetryBackoff {
         match *self {
             RetryBackoff::Fixed(delay) => delay,
             RetryBackoff::Exponential { base, max, jitter } => {
-                let doublings = attempt.saturating_sub(1).min(32);
-                let delay = base.saturating_mul(1u32 << doublings.min(31)).min(max);
+                let delay = capped_exponential(base, max, attempt.saturating_sub(1));
                 if jitter {
                     delay.mul_f64(0.75 + 0.5 * random.clamp(0.0, 1.0))
                 } else {
@@ -255,6 +256,22 @@ impl RetryBackoff {
             });
         }
     }
+}
+
+/// A consumer name unique to this process: host, pid and a random suffix.
+pub(super) fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &suffix[suffix.len() - 8..]
+    )
 }
 
 #[cfg(test)]

@@ -18,9 +18,13 @@ use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tracing::Instrument;
 
-use crate::keys::GROUP;
-use crate::scripts::scripts;
-use crate::{Error, Priority, Queue};
+use crate::error::Error;
+use crate::priority::Priority;
+use crate::protocol::keys::GROUP;
+use crate::protocol::reply::{self, Reply};
+use crate::protocol::scripts::scripts;
+use crate::queue::Queue;
+use crate::time::millis;
 
 /// One claimed stream entry, not yet decoded.
 #[derive(Debug)]
@@ -75,8 +79,7 @@ impl Fetcher {
     /// Claims up to `count` jobs, most urgent first.
     pub(crate) async fn fetch(&mut self, count: usize) -> Result<Fetched, Error> {
         let keys = self.queue.keys();
-        let [c, h, m, l] = keys.streams();
-        let mut call = scripts().fetch.call(&[c, h, m, l, keys.paused()]);
+        let mut call = scripts().fetch.call(keys, &[keys.paused()]);
         call.arg(GROUP).arg(&self.consumer).arg(count);
         let span = tracing::debug_span!(
             "streamq.fetch",
@@ -103,20 +106,17 @@ impl Fetcher {
         lease: Duration,
         count: usize,
     ) -> Result<Reclaimed, Error> {
-        let keys = self.queue.keys();
         let cursor = &mut self.reclaim_cursors[priority.index()];
         if cursor.is_empty() {
             *cursor = "0-0".to_owned();
         }
-        let mut call = scripts()
-            .reclaim
-            .call(&[keys.stats(), keys.stream(priority)]);
+        let mut call = scripts().reclaim.call(self.queue.keys(), &[] as &[&str]);
         call.arg(GROUP)
             .arg(&self.consumer)
-            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(priority.lua_index())
+            .arg(millis(lease))
             .arg(cursor.as_str())
-            .arg(count)
-            .arg(priority.as_str());
+            .arg(count);
         let reply: Value = call.invoke(&mut self.conn).await?;
         let (next, reclaimed) = parse_reclaim(reply, priority)?;
         *cursor = next;
@@ -159,97 +159,57 @@ impl Fetcher {
     }
 }
 
+/// Reads `fetch`'s reply: claimed jobs, or the last delivered ids to wait
+/// from, or paused.
 fn parse_fetch(reply: Value) -> Result<Fetched, Error> {
-    let unexpected = |detail: String| Error::UnexpectedReply {
-        script: "fetch",
-        detail,
+    let mut body = match reply::check(&scripts().fetch, reply)? {
+        Reply::Paused => return Ok(Fetched::Paused),
+        Reply::Done(body) => body,
     };
-    let Value::Array(items) = reply else {
-        return Err(unexpected(format!("{reply:?}")));
-    };
-    let mut items = items.into_iter();
-    let count = match items.next() {
-        Some(Value::Int(-1)) => return Ok(Fetched::Paused),
-        Some(Value::Int(n)) => usize::try_from(n).map_err(|_| unexpected(format!("count {n}")))?,
-        other => return Err(unexpected(format!("count {other:?}"))),
-    };
-    if count == 0 {
-        let mut ids: [String; 4] = Default::default();
-        for (slot, value) in ids.iter_mut().zip(items) {
-            *slot = redis::from_redis_value(value).map_err(|e| unexpected(e.to_string()))?;
-        }
-        return Ok(Fetched::Idle(ids));
-    }
-    let mut jobs = Vec::with_capacity(count);
-    while let (Some(p), Some(id), Some(envelope)) = (items.next(), items.next(), items.next()) {
-        let priority = match p {
-            Value::Int(i) => Priority::from_lua_index(i),
-            _ => None,
-        }
-        .ok_or_else(|| unexpected(format!("priority {p:?}")))?;
-        let entry_id = redis::from_redis_value(id).map_err(|e| unexpected(e.to_string()))?;
-        let envelope = match envelope {
-            Value::BulkString(bytes) => Some(bytes),
-            _ => None,
-        };
+    let mut triples = body.array()?;
+    let mut jobs = Vec::with_capacity(triples.len() / 3);
+    while !triples.is_empty() {
+        let priority = triples.int()?;
+        let priority =
+            Priority::from_lua_index(priority).ok_or_else(|| Error::UnexpectedReply {
+                script: "fetch",
+                detail: format!("priority index {priority}"),
+            })?;
         jobs.push(Claimed {
             priority,
-            entry_id,
-            envelope,
+            entry_id: triples.text()?,
+            envelope: triples.optional_bytes()?,
             deliveries: 1,
         });
     }
-    if jobs.len() != count {
-        return Err(unexpected(format!(
-            "{count} jobs announced, {} sent",
-            jobs.len()
-        )));
+    if !jobs.is_empty() {
+        return Ok(Fetched::Jobs(jobs));
     }
-    Ok(Fetched::Jobs(jobs))
+    let mut last = body.array()?;
+    let mut ids: [String; 4] = Default::default();
+    for id in &mut ids {
+        *id = last.text()?;
+    }
+    Ok(Fetched::Idle(ids))
 }
 
+/// Reads `reclaim`'s reply: the next cursor, and what was taken over.
 fn parse_reclaim(reply: Value, priority: Priority) -> Result<(String, Reclaimed), Error> {
-    let unexpected = |detail: String| Error::UnexpectedReply {
-        script: "reclaim",
-        detail,
-    };
-    let Value::Array(items) = reply else {
-        return Err(unexpected(format!("{reply:?}")));
-    };
-    let mut items = items.into_iter();
-    let cursor: String = items
-        .next()
-        .map(redis::from_redis_value)
-        .transpose()
-        .map_err(|e| unexpected(e.to_string()))?
-        .unwrap_or_else(|| "0-0".to_owned());
-    let count: usize = items
-        .next()
-        .map(redis::from_redis_value)
-        .transpose()
-        .map_err(|e| unexpected(e.to_string()))?
-        .unwrap_or(0);
+    let mut body = reply::done(&scripts().reclaim, reply)?;
+    let cursor = body.text()?;
+    let mut triples = body.array()?;
     let mut reclaimed = Reclaimed::default();
-    for _ in 0..count {
-        let (Some(id), Some(envelope), Some(deliveries)) =
-            (items.next(), items.next(), items.next())
-        else {
-            return Err(unexpected(format!("{count} jobs announced, fewer sent")));
-        };
+    while !triples.is_empty() {
         reclaimed.jobs.push(Claimed {
             priority,
-            entry_id: redis::from_redis_value(id).map_err(|e| unexpected(e.to_string()))?,
-            envelope: match envelope {
-                Value::BulkString(bytes) => Some(bytes),
-                _ => None,
-            },
-            deliveries: redis::from_redis_value(deliveries).unwrap_or(1),
+            entry_id: triples.text()?,
+            envelope: triples.optional_bytes()?,
+            deliveries: u32::try_from(triples.int()?).unwrap_or(u32::MAX),
         });
     }
-    for id in items {
-        reclaimed
-            .lost
-            .push(redis::from_redis_value(id).map_err(|e| unexpected(e.to_string()))?);
+    let mut deleted = body.array()?;
+    while !deleted.is_empty() {
+        reclaimed.lost.push(deleted.text()?);
     }
     Ok((cursor, reclaimed))
 }
@@ -317,16 +277,23 @@ mod tests {
         assert!(buffer.is_empty());
     }
 
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
     #[test]
     fn fetch_replies_parse() {
         let reply = Value::Array(vec![
-            Value::Int(2),
-            Value::Int(1),
-            Value::BulkString(b"1-0".to_vec()),
-            Value::BulkString(b"env".to_vec()),
-            Value::Int(4),
-            Value::BulkString(b"2-0".to_vec()),
-            Value::Nil,
+            Value::Int(0),
+            Value::Array(vec![
+                Value::Int(1),
+                bulk("1-0"),
+                bulk("env"),
+                Value::Int(4),
+                bulk("2-0"),
+                Value::Nil,
+            ]),
+            Value::Array(vec![]),
         ]);
         let Ok(Fetched::Jobs(jobs)) = parse_fetch(reply) else {
             panic!("jobs expected")
@@ -338,28 +305,32 @@ mod tests {
             (Priority::Low, true)
         );
 
-        let idle = Value::Array(
-            [0, 1, 2, 3, 4]
-                .map(|i| match i {
-                    0 => Value::Int(0),
-                    _ => Value::BulkString(format!("{i}-0").into_bytes()),
-                })
-                .to_vec(),
-        );
+        let last = ["1-0", "2-0", "3-0", "4-0"].map(bulk).to_vec();
+        let idle = Value::Array(vec![
+            Value::Int(0),
+            Value::Array(vec![]),
+            Value::Array(last),
+        ]);
         assert!(matches!(parse_fetch(idle), Ok(Fetched::Idle(ids)) if ids[3] == "4-0"));
-        assert!(parse_fetch(Value::Array(vec![Value::Int(1)])).is_err());
+        assert!(matches!(
+            parse_fetch(Value::Array(vec![Value::Int(2)])),
+            Ok(Fetched::Paused)
+        ));
+        let bad_priority = Value::Array(vec![
+            Value::Int(0),
+            Value::Array(vec![Value::Int(5), bulk("1-0"), bulk("env")]),
+            Value::Array(vec![]),
+        ]);
+        assert!(parse_fetch(bad_priority).is_err());
     }
 
     #[test]
     fn reclaim_replies_parse_jobs_and_lost_ids() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let reply = Value::Array(vec![
+            Value::Int(0),
             bulk("7-0"),
-            Value::Int(1),
-            bulk("5-0"),
-            bulk("env"),
-            Value::Int(3),
-            bulk("6-0"),
+            Value::Array(vec![bulk("5-0"), bulk("env"), Value::Int(3)]),
+            Value::Array(vec![bulk("6-0")]),
         ]);
         let (cursor, reclaimed) = parse_reclaim(reply, Priority::High).expect("parses");
         assert_eq!(cursor, "7-0");

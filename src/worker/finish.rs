@@ -15,11 +15,17 @@ use tracing::Instrument;
 
 use super::config::{DeadLettered, WorkerConfig};
 use super::lease::Holdings;
-use crate::envelope::now_ms;
-use crate::keys::GROUP;
-use crate::scripts::{self, ScriptCall, scripts};
-use crate::tracking::{TrackEvent, Tracker};
-use crate::{Error, JobId, Priority, Queue};
+use super::tracker::{TrackEvent, Tracker};
+use crate::backoff::Backoff;
+use crate::error::Error;
+use crate::job_id::JobId;
+use crate::priority::Priority;
+use crate::protocol::keys::GROUP;
+use crate::protocol::latency;
+use crate::protocol::reply;
+use crate::protocol::scripts::{ScriptCall, scripts};
+use crate::queue::Queue;
+use crate::time::now_ms;
 
 /// How one run of a job ended.
 #[derive(Debug)]
@@ -87,7 +93,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A retry or dead-letter move Redis refused, waiting to be tried again.
 struct Deferred {
     finished: Finished,
-    tries: u32,
+    backoff: Backoff,
     due: Instant,
 }
 
@@ -95,17 +101,14 @@ impl Deferred {
     fn new(finished: Finished) -> Deferred {
         Deferred {
             finished,
-            tries: 0,
+            backoff: Backoff::redis(),
             due: Instant::now(),
         }
     }
 
-    /// Schedules the next try: 50 ms doubling to 5 s.
+    /// Schedules the next try.
     fn backoff(&mut self) -> Duration {
-        let delay = Duration::from_millis(50)
-            .saturating_mul(1 << self.tries.min(7))
-            .min(Duration::from_secs(5));
-        self.tries += 1;
+        let delay = self.backoff.next_delay();
         self.due = Instant::now() + delay;
         delay
     }
@@ -120,12 +123,6 @@ impl Finisher {
             }
         }
     }
-}
-
-/// The histogram bucket of a duration: `floor(4 * log2(us))`, four per
-/// doubling (see `crate::metrics`); under 1 us counts as 1 us.
-fn latency_bucket(us: u64) -> i32 {
-    (4.0 * (us.max(1) as f64).log2()).floor() as i32
 }
 
 /// A stream id `ms-seq` as numbers, for sorting; unparsable ids sort last.
@@ -293,8 +290,7 @@ impl Finisher {
         // Sorted, each stream's ids form one range the script reads at once.
         acks.sort_unstable_by_key(|f| (f.priority, stream_id_order(&f.entry_id)));
         let keys = self.queue.keys();
-        let [stats, c, h, m, l] = keys.stats_and_streams();
-        let mut call = scripts().ack.call(&[stats, c, h, m, l, keys.latency()]);
+        let mut call = scripts().ack.call(keys, &[keys.latency()]);
         call.arg(GROUP)
             .arg(&self.consumer)
             .arg(u8::from(self.queue.settings().metrics));
@@ -302,8 +298,8 @@ impl Finisher {
             call.arg(f.priority.lua_index())
                 .arg(&f.entry_id)
                 .arg(&f.name)
-                .arg(latency_bucket(f.wait_us))
-                .arg(latency_bucket(f.run_us))
+                .arg(latency::bucket(f.wait_us))
+                .arg(latency::bucket(f.run_us))
                 .arg(f.wait_us)
                 .arg(f.run_us)
                 .arg(f.deliveries.saturating_sub(1));
@@ -313,20 +309,23 @@ impl Finisher {
         for f in acks.iter() {
             tracing::trace!(parent: &span, job_id = f.job_id, entry = f.entry_id, priority = %f.priority, name = f.name, "ack");
         }
-        let Some(reply) = self.send::<Vec<Value>>("ack", &call).instrument(span).await else {
+        let Some(reply) = self.send("ack", &call).instrument(span).await else {
             return;
         };
-        let acked: u64 = reply
-            .first()
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-            .unwrap_or(0);
-        Counters::add(&self.counters.completed, acked);
+        let lost = match reply::done(&scripts().ack, reply).and_then(|mut body| body.lost()) {
+            Ok(lost) => lost,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the ack reply; the jobs' state is unknown");
+                return;
+            }
+        };
+        let fenced = lost.len();
+        Counters::add(
+            &self.counters.completed,
+            acks.len().saturating_sub(fenced) as u64,
+        );
         if let Some(tracker) = &self.tracker {
-            let refused: std::collections::HashSet<String> = reply
-                .iter()
-                .skip(1)
-                .filter_map(|v| redis::from_redis_value_ref(v).ok())
-                .collect();
+            let refused: std::collections::HashSet<String> = lost.into_iter().collect();
             let acked = acks
                 .iter()
                 .filter(|f| !f.job_id.is_empty() && !refused.contains(&f.entry_id));
@@ -336,7 +335,6 @@ impl Finisher {
                 });
             }
         }
-        let fenced = reply.len().saturating_sub(1);
         if fenced > 0 {
             Counters::add(&self.counters.ownership_lost, fenced as u64);
             tracing::warn!(
@@ -352,9 +350,7 @@ impl Finisher {
     async fn retry(&mut self, job: &Finished, envelope: &[u8], due_ms: u64) -> Result<bool, Error> {
         let priority = job.priority;
         let keys = self.queue.keys();
-        let mut call = scripts()
-            .retry
-            .call(&[keys.stats(), keys.stream(priority), keys.delayed()]);
+        let mut call = scripts().retry.call(keys, &[keys.delayed()]);
         call.arg(GROUP)
             .arg(&self.consumer)
             .arg(&job.entry_id)
@@ -381,14 +377,11 @@ impl Finisher {
     ) -> Result<Option<String>, Error> {
         let priority = job.priority;
         let keys = self.queue.keys();
-        let mut call =
-            scripts()
-                .dead_letter
-                .call(&[keys.stats(), keys.stream(priority), keys.dead()]);
+        let mut call = scripts().dead_letter.call(keys, &[keys.dead()]);
         call.arg(GROUP)
             .arg(&self.consumer)
             .arg(&job.entry_id)
-            .arg(priority.as_str())
+            .arg(priority.lua_index())
             .arg(error)
             .arg(now_ms())
             .arg(job_id)
@@ -398,9 +391,10 @@ impl Finisher {
             .arg(u8::from(failed_run))
             .arg(job.deliveries.saturating_sub(1))
             .arg(u8::from(self.queue.settings().metrics));
-        let Some(dead_id) = self.fenced_call("dead_letter", &call).await? else {
+        let Some(mut body) = self.fenced_call("dead_letter", &call).await? else {
             return Ok(None);
         };
+        let dead_id = body.text()?;
         Counters::add(&self.counters.dead_lettered, 1);
         tracing::warn!(
             queue = self.queue.name(),
@@ -419,52 +413,45 @@ impl Finisher {
         Ok(Some(dead_id))
     }
 
-    /// Sends a fenced single-job call once: `Some(first reply value, as
-    /// text)` when applied, `None` when the job is no longer ours (counted
-    /// and logged).
+    /// Sends a fenced single-job call once: `Some(rest of the body)` when
+    /// applied, `None` when the job is no longer ours (counted and logged).
     async fn fenced_call(
         &mut self,
         what: &'static str,
         call: &ScriptCall,
-    ) -> Result<Option<String>, Error> {
-        let reply: Value = call.invoke(&mut self.conn).await?;
-        match scripts::check_status(call.script(), reply, self.queue.settings()) {
-            Ok(rest) => Ok(Some(
-                rest.first()
-                    .and_then(|v| redis::from_redis_value_ref(v).ok())
-                    .unwrap_or_default(),
-            )),
-            Err(Error::OwnershipLost) => {
-                Counters::add(&self.counters.ownership_lost, 1);
-                tracing::warn!(
-                    queue = self.queue.name(),
-                    what,
-                    "job was reclaimed by another worker; its new owner finishes it"
-                );
-                Ok(None)
-            }
-            Err(err) => Err(err),
+    ) -> Result<Option<reply::Body>, Error> {
+        let reply = call.invoke(&mut self.conn).await?;
+        let mut body = reply::done(call.script(), reply)?;
+        if body.lost()?.is_empty() {
+            return Ok(Some(body));
         }
+        Counters::add(&self.counters.ownership_lost, 1);
+        tracing::warn!(
+            queue = self.queue.name(),
+            what,
+            "job was reclaimed by another worker; its new owner finishes it"
+        );
+        Ok(None)
     }
 
     /// Sends `call` until it succeeds, with capped exponential backoff, for
     /// up to [`GIVE_UP_AFTER`]. Returns `None` (after logging) when it gave
     /// up: the job then stays pending and is reclaimed later, so it is
     /// delayed or repeated, never lost. Out-of-memory refusals land here too.
-    async fn send<T: redis::FromRedisValue>(&mut self, what: &str, call: &ScriptCall) -> Option<T> {
+    async fn send(&mut self, what: &str, call: &ScriptCall) -> Option<Value> {
         let started = tokio::time::Instant::now();
-        let mut delay = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(2));
         loop {
             match call
-                .invoke::<T, _>(&mut self.conn)
+                .invoke::<Value, _>(&mut self.conn)
                 .await
                 .map_err(Error::from)
             {
                 Ok(value) => return Some(value),
                 Err(err) if started.elapsed() < GIVE_UP_AFTER => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(%err, what, retry_in = ?delay, "finishing a job failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(err) => {
                     tracing::error!(%err, what, "gave up finishing a job; it stays pending and will be reclaimed");

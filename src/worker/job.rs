@@ -6,8 +6,9 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::tracking::{MAX_LOG_LINE, TrackEvent, Tracker};
-use crate::{JobId, Priority};
+use super::tracker::{MAX_LOG_LINE, TrackEvent, Tracker};
+use crate::job_id::JobId;
+use crate::priority::Priority;
 
 /// One delivery of a job to a handler.
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ impl<T> Job<T> {
             attempt: 1,
             max_attempts: 3,
             deliveries: 1,
-            enqueued_ms: crate::envelope::now_ms(),
+            enqueued_ms: crate::time::now_ms(),
             timeout: None,
             traceparent: None,
             tracker: None,

@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::GROUP;
-use crate::scripts::scripts;
-use crate::{Priority, Queue};
+use crate::error::Error;
+use crate::priority::Priority;
+use crate::protocol::keys::GROUP;
+use crate::protocol::reply;
+use crate::protocol::scripts::scripts;
+use crate::queue::Queue;
 
 /// Entry ids this worker holds, running or waiting for a slot.
 #[derive(Debug, Default, Clone)]
@@ -55,16 +57,22 @@ pub(crate) async fn heartbeat(
             _ = tick.tick() => {}
         }
         let held = holdings.snapshot();
+        let script = &scripts().heartbeat;
         for chunk in held.chunks(HEARTBEAT_CHUNK) {
-            let mut call = scripts().heartbeat.call(queue.keys().streams());
+            let mut call = script.call(queue.keys(), &[] as &[&str]);
             call.arg(GROUP).arg(&consumer);
             for (priority, id) in chunk {
                 call.arg(priority.lua_index()).arg(id);
             }
-            match call.invoke::<Vec<Value>, _>(&mut conn).await {
-                Ok(reply) if reply.len() > 1 => tracing::debug!(
+            let lost = call
+                .invoke(&mut conn)
+                .await
+                .map_err(Error::from)
+                .and_then(|reply| reply::done(script, reply)?.lost());
+            match lost {
+                Ok(lost) if !lost.is_empty() => tracing::debug!(
                     queue = queue.name(),
-                    lost = reply.len() - 1,
+                    lost = lost.len(),
                     "leases already taken over by another worker"
                 ),
                 Ok(_) => {}

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
-use crate::envelope::now_ms;
-use crate::scripts::scripts;
-use crate::{Error, Queue};
+use crate::error::Error;
+use crate::protocol::reply;
+use crate::protocol::scripts::scripts;
+use crate::queue::Queue;
+use crate::time::now_ms;
 
 /// Jobs moved per script call.
 pub(crate) const PROMOTE_LIMIT: usize = 1000;
@@ -21,14 +23,14 @@ pub(crate) struct Promoted {
 /// once: each job moves exactly once.
 pub(crate) async fn promote(queue: &Queue) -> Result<Promoted, Error> {
     let now = now_ms();
-    let mut call = scripts().promote.call(&queue.keys().streams_and_delayed());
+    let keys = queue.keys();
+    let script = &scripts().promote;
+    let mut call = script.call(keys, &[keys.delayed()]);
     call.arg(now).arg(PROMOTE_LIMIT);
-    let reply: (usize, i64) = call.invoke(&mut queue.conn()).await.map_err(Error::from)?;
-    let next_due_in = u64::try_from(reply.1)
+    let mut body = reply::done(script, call.invoke(&mut queue.conn()).await?)?;
+    let moved = body.count()?;
+    let next_due_in = u64::try_from(body.int()?)
         .ok()
         .map(|due| Duration::from_millis(due.saturating_sub(now)));
-    Ok(Promoted {
-        moved: reply.0,
-        next_due_in,
-    })
+    Ok(Promoted { moved, next_due_in })
 }

@@ -1,0 +1,181 @@
+//! Looking a job up by id: where it is now, and what its handler reported.
+//! Needs [`crate::QueueBuilder::track_jobs`]. Off the hot path.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::error::Error;
+use crate::job_id::JobId;
+use crate::priority::Priority;
+use crate::protocol::keys::GROUP;
+use crate::queue::Queue;
+use crate::time::now_ms;
+
+/// Where a tracked job is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobState {
+    /// In its priority stream, not yet claimed.
+    Waiting {
+        /// Its priority.
+        priority: Priority,
+    },
+    /// Claimed by a worker.
+    Active {
+        /// The worker's consumer name.
+        owner: String,
+        /// Time since the worker claimed it or renewed its lease.
+        idle: Duration,
+        /// Deliveries of its stream entry (above 1 after a reclaim).
+        deliveries: u64,
+    },
+    /// Waiting for its time (a retry or a scheduled job).
+    Delayed {
+        /// When it becomes due, Unix ms.
+        due_ms: u64,
+    },
+    /// In the dead letters.
+    DeadLettered {
+        /// The last error.
+        error: String,
+        /// Its dead-letter id, for `dlq show` and requeue.
+        dead_letter_id: Option<String>,
+    },
+    /// Completed (only with completed-job retention).
+    Completed,
+    /// Its metadata exists but its entry is gone from the stream without
+    /// a recorded finish yet: finishing this instant, or lost.
+    Unknown,
+}
+
+/// A tracked job's state and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: JobId,
+    /// Its name.
+    pub name: String,
+    /// Where it is.
+    pub state: JobState,
+    /// When it was first enqueued, Unix ms.
+    pub enqueued_ms: Option<u64>,
+    /// When its latest attempt started, Unix ms.
+    pub started_ms: Option<u64>,
+    /// When it finished (completed or dead-lettered), Unix ms.
+    pub finished_ms: Option<u64>,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// The last progress its handler reported, 0 to 100.
+    pub progress: Option<u8>,
+    /// The last error, if any attempt failed.
+    pub error: Option<String>,
+    /// Its handler's log lines, oldest first (at most 100).
+    pub logs: Vec<String>,
+}
+
+impl Queue {
+    /// Looks a tracked job up by id: `None` when nothing is known about it
+    /// (never tracked, or its metadata expired). O(log n).
+    ///
+    /// # Errors
+    ///
+    /// Connection and permission errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    pub async fn job(&self, id: &str) -> Result<Option<JobInfo>, Error> {
+        let keys = self.keys();
+        let (meta, logs): (HashMap<String, String>, Vec<String>) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(keys.job(id))
+            .cmd("LRANGE")
+            .arg(keys.job_log(id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn())
+            .await?;
+        if meta.is_empty() {
+            return Ok(None);
+        }
+        let number = |field: &str| meta.get(field).and_then(|v| v.parse::<u64>().ok());
+        let priority = meta
+            .get("p")
+            .and_then(|p| p.parse::<Priority>().ok())
+            .unwrap_or_default();
+        let state = match meta.get("state").map(String::as_str) {
+            Some("completed") => JobState::Completed,
+            Some("dead") => JobState::DeadLettered {
+                error: meta.get("err").cloned().unwrap_or_default(),
+                dead_letter_id: meta.get("dead").filter(|d| !d.is_empty()).cloned(),
+            },
+            Some("delayed") => match number("due") {
+                Some(due) if due > now_ms() => JobState::Delayed { due_ms: due },
+                _ => JobState::Waiting { priority },
+            },
+            _ => match meta.get("entry") {
+                Some(entry) => self.live_state(priority, entry).await?,
+                None => JobState::Unknown,
+            },
+        };
+        Ok(Some(JobInfo {
+            id: JobId::from(id.to_owned()),
+            name: meta.get("name").cloned().unwrap_or_default(),
+            state,
+            enqueued_ms: number("enq"),
+            started_ms: number("start"),
+            finished_ms: number("fin"),
+            attempts: number("att")
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(0),
+            progress: number("prog").and_then(|p| u8::try_from(p).ok()),
+            error: meta.get("err").cloned(),
+            logs,
+        }))
+    }
+
+    /// Whether a stream entry is claimed, waiting, or gone.
+    async fn live_state(&self, priority: Priority, entry: &str) -> Result<JobState, Error> {
+        let stream = self.keys().stream(priority);
+        let (pending, exists): (Vec<Value>, Vec<Value>) = redis::pipe()
+            .cmd("XPENDING")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(entry)
+            .arg(entry)
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(stream)
+            .arg(entry)
+            .arg(entry)
+            .query_async(&mut self.conn())
+            .await?;
+        if let Some(Value::Array(p)) = pending.first() {
+            let owner: String = p
+                .get(1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default();
+            let idle: u64 = p
+                .get(2)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or(0);
+            let deliveries: u64 = p
+                .get(3)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or(0);
+            return Ok(JobState::Active {
+                owner,
+                idle: Duration::from_millis(idle),
+                deliveries,
+            });
+        }
+        Ok(if exists.is_empty() {
+            JobState::Unknown
+        } else {
+            JobState::Waiting { priority }
+        })
+    }
+}

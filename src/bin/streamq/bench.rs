@@ -1,0 +1,626 @@
+//! `streamq bench`: size a Redis. Producers and workers run at the same
+//! time against a private redis-server (or `--redis URL`), flat out or paced
+//! open-loop at `--rate`, and the summary reports throughput, latency from
+//! each job's intended send time to its handler's start, Redis memory and
+//! client CPU.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::Target;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Redis to use; default: a private redis-server started for the run.
+    #[arg(long, env = "REDIS_URL")]
+    redis: Option<String>,
+    /// Payload bytes per job.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Jobs to run (default 200,000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    jobs: Option<u64>,
+    /// Produce for this many seconds instead of a job count.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Pace producers open-loop at this many jobs/s (default: flat out).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Producer tasks.
+    #[arg(long, default_value_t = 2)]
+    producers: u64,
+    /// Workers (consumers in the group).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Jobs running at once per worker.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Most jobs per enqueue round trip.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Share of jobs per priority, critical to low.
+    #[arg(long, default_value = "70,20,8,2")]
+    priorities: Mix,
+    /// Enqueue this many jobs first, then start the workers and drain.
+    #[arg(long, conflicts_with_all = ["rate", "duration", "jobs"])]
+    backlog: Option<u64>,
+    /// What payloads look like: incompressible bytes or JSON-like alerts.
+    #[arg(long, value_enum, default_value_t = PayloadKind::Bytes)]
+    payload: PayloadKind,
+    /// Compress payloads larger than this many bytes.
+    #[arg(long)]
+    compress_above: Option<usize>,
+    /// Keep only the per-priority counters (no per-name counters or
+    /// latency histograms), to measure what metrics cost.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Track every job (metadata per job), to measure what it costs.
+    #[arg(long)]
+    track_jobs: bool,
+    /// The queue to use.
+    #[arg(long, default_value = "streamq-bench")]
+    queue: String,
+    /// Print one JSON line with the results instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Measure the raw baseline instead: plain pipelined XADD, XREADGROUP,
+    /// XACK + XDEL, with no scripts (see `streamq bench --help`).
+    #[arg(long, conflicts_with_all = ["rate", "duration", "backlog", "compress_above"])]
+    raw: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PayloadKind {
+    Bytes,
+    Json,
+}
+
+/// A priority mix such as `70,20,8,2`.
+#[derive(Debug, Clone, Copy)]
+struct Mix([u32; 4]);
+
+impl FromStr for Mix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<u32> = s
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse()
+                    .map_err(|_| format!("{p:?} is not a number"))
+            })
+            .collect::<Result<_, _>>()?;
+        match parts.as_slice() {
+            [c, h, m, l] if c + h + m + l > 0 => Ok(Mix([*c, *h, *m, *l])),
+            _ => Err("give four weights, critical to low, e.g. 70,20,8,2".to_owned()),
+        }
+    }
+}
+
+impl Mix {
+    fn pick(&self, roll: u32) -> Priority {
+        let total: u32 = self.0.iter().sum();
+        let mut roll = roll % total;
+        for (p, weight) in Priority::ALL.into_iter().zip(self.0) {
+            if roll < weight {
+                return p;
+            }
+            roll -= weight;
+        }
+        Priority::Low
+    }
+}
+
+/// One benchmark job, as the handler decodes it.
+#[derive(Debug, Deserialize)]
+struct BenchJob {
+    /// When the job was meant to be sent, Unix microseconds.
+    intended_us: u64,
+    #[allow(dead_code)]
+    body: Body,
+}
+
+/// The same job as the producer encodes it, borrowing a pre-built body so
+/// that building payloads is not charged to the queue's CPU.
+#[derive(Debug, Serialize)]
+struct OutgoingJob<'a> {
+    intended_us: u64,
+    body: &'a Body,
+}
+
+/// Distinct payloads built before the clock starts, used round-robin.
+const BODY_POOL: u64 = 256;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Body {
+    #[serde(with = "serde_bytes")]
+    Bytes(Vec<u8>),
+    Alert {
+        host: String,
+        service: String,
+        severity: String,
+        message: String,
+    },
+}
+
+fn body(kind: PayloadKind, bytes: usize, seq: u64) -> Body {
+    match kind {
+        PayloadKind::Bytes => {
+            let mut rng = fastrand::Rng::with_seed(seq);
+            Body::Bytes((0..bytes).map(|_| rng.u8(..)).collect())
+        }
+        PayloadKind::Json => {
+            let host = format!("web-{:03}.eu-west-1.prod.example.net", seq % 500);
+            let mut message = format!(
+                "{{\"check\":\"http_latency\",\"threshold_ms\":250,\"observed_ms\":{},\"region\":\"eu-west-1\",\"labels\":{{\"team\":\"payments\",\"tier\":\"frontend\"}},\"samples\":[",
+                200 + seq % 300
+            );
+            let mut i = 0;
+            while message.len() + 24 < bytes.saturating_sub(80) {
+                message.push_str(&format!("{},", 180 + (seq + i) % 90));
+                i += 1;
+            }
+            message.push_str("0]}");
+            Body::Alert {
+                host,
+                service: "checkout-api".to_owned(),
+                severity: "warning".to_owned(),
+                message,
+            }
+        }
+    }
+}
+
+/// Shared between producers, handlers and the reporter.
+struct Tally {
+    enqueued: AtomicU64,
+    /// When the last producer's last batch was acknowledged, Unix us.
+    enqueue_done_us: AtomicU64,
+    processed: AtomicU64,
+    first_start_us: AtomicU64,
+    last_done_us: AtomicU64,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+/// The final line of `--json`. Field names are a stable interface.
+#[derive(Debug, Serialize)]
+struct Report {
+    jobs: u64,
+    payload_bytes: usize,
+    enqueue_jobs_per_s: f64,
+    process_jobs_per_s: f64,
+    e2e_jobs_per_s: f64,
+    mb_per_s: f64,
+    gb_per_day: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    max_waiting: u64,
+    redis_used_memory_peak_bytes: u64,
+    redis_used_memory_after_bytes: u64,
+    redis_used_memory_before_bytes: u64,
+    redis_bytes_per_queued_job: Option<f64>,
+    client_cpu_s_per_1k_jobs: f64,
+    redis_version: String,
+    rate: Option<f64>,
+    producers: u64,
+    workers: usize,
+    concurrency: usize,
+    batch: usize,
+    compress_above: Option<usize>,
+    metrics: bool,
+    track_jobs: bool,
+}
+
+pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let target = Target::url_or_private(args.redis.as_deref())?;
+    if args.raw {
+        return raw(&args, &target).await;
+    }
+    let mut builder = Queue::builder(&args.queue).metrics(!args.no_metrics);
+    if args.track_jobs {
+        builder = builder.track_jobs(streamq::JobTracking::default());
+    }
+    if let Some(threshold) = args.compress_above {
+        builder = builder.compress_above(threshold);
+    }
+    let queue = builder.connect(&target.config).await?;
+    if !queue.stats().await?.is_idle() {
+        return Err(format!("queue {} is not empty; use another --queue", args.queue).into());
+    }
+    let server = queue.server().clone();
+    let jobs_goal = match (args.backlog, args.jobs, args.duration, args.rate) {
+        (Some(n), ..) => Some(n),
+        (None, Some(n), ..) => Some(n),
+        (None, None, Some(secs), Some(rate)) => Some((secs * rate) as u64),
+        (None, None, Some(_), None) => None,
+        (None, None, None, _) => Some(200_000),
+    };
+    if !args.json {
+        eprintln!(
+            "streamq bench: {} jobs of {} B ({:?}), {} producers{}, {} workers x {}, batch {}; {} {} at {}",
+            jobs_goal.map_or_else(
+                || format!("{}s of", args.duration.unwrap_or(0.0)),
+                |n| n.to_string()
+            ),
+            args.payload_bytes,
+            args.payload,
+            args.producers,
+            args.rate
+                .map_or(String::new(), |r| format!(" at {r:.0} jobs/s")),
+            args.workers,
+            args.concurrency,
+            args.batch,
+            server.server,
+            server.version,
+            target.description,
+        );
+    }
+
+    let memory_before = used_memory(&queue).await?;
+    let tally = Arc::new(Tally {
+        enqueued: AtomicU64::new(0),
+        enqueue_done_us: AtomicU64::new(0),
+        processed: AtomicU64::new(0),
+        first_start_us: AtomicU64::new(u64::MAX),
+        last_done_us: AtomicU64::new(0),
+        latency_us: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3)?),
+    });
+    let bodies: Arc<Vec<Body>> = Arc::new(
+        (0..BODY_POOL)
+            .map(|seq| body(args.payload, args.payload_bytes, seq))
+            .collect(),
+    );
+    let cpu_start = cpu_time::ProcessTime::now();
+    let started = Instant::now();
+    let started_us = now_us();
+    let stop_workers = CancellationToken::new();
+    let mut workers = Vec::new();
+    let start_workers = |workers: &mut Vec<_>| -> Result<(), Box<dyn std::error::Error>> {
+        for _ in 0..args.workers {
+            let config = WorkerConfig::new()
+                .concurrency(args.concurrency)
+                .prefetch(args.concurrency);
+            let worker = Worker::new(&queue, config)?;
+            let tally = tally.clone();
+            let handler = move |job: Job<BenchJob>| {
+                let tally = tally.clone();
+                async move { record(&tally, &job) }
+            };
+            workers.push(tokio::spawn(worker.run(handler, stop_workers.clone())));
+        }
+        Ok(())
+    };
+    if args.backlog.is_none() {
+        start_workers(&mut workers)?;
+    }
+
+    let deadline = args.duration.map(|s| started + Duration::from_secs_f64(s));
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let producer = Producer {
+            queue: queue.clone(),
+            tally: tally.clone(),
+            index: p,
+            step: args.producers,
+            goal: jobs_goal,
+            deadline,
+            rate: args.rate,
+            batch: args.batch.max(1),
+            mix: args.priorities,
+            bodies: bodies.clone(),
+            started,
+            started_us,
+        };
+        producers.push(match args.rate {
+            // Paced producers get a thread each: tokio's timer rounds every
+            // sleep up to a whole millisecond, which would add up to 1 ms of
+            // schedule slip to every job; a thread's sleep is ~100x finer.
+            Some(_) => {
+                let (done, handle) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let result = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| streamq::Error::LocalServer(e.to_string()))
+                        .and_then(|runtime| runtime.block_on(producer.run()));
+                    let _ = done.send(result);
+                });
+                tokio::spawn(async move { handle.await.unwrap_or(Ok(())) })
+            }
+            None => tokio::spawn(producer.run()),
+        });
+    }
+
+    let mut sampler = Sampler::default();
+    let mut enqueue_done = None;
+    let mut bytes_per_queued_job = None;
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sampler.sample(&queue).await;
+        let enqueued = tally.enqueued.load(Ordering::Relaxed);
+        let processed = tally.processed.load(Ordering::Relaxed);
+        if enqueue_done.is_none() && producers.iter().all(|p| p.is_finished()) {
+            for p in producers.drain(..) {
+                p.await??;
+            }
+            enqueue_done = Some(started.elapsed());
+            if let Some(n) = args.backlog {
+                let memory = used_memory(&queue).await?;
+                bytes_per_queued_job = Some(memory.saturating_sub(memory_before) as f64 / n as f64);
+                start_workers(&mut workers)?;
+            }
+        }
+        if !args.json && last.0.elapsed() >= Duration::from_secs(1) {
+            let rate = (processed - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            last = (Instant::now(), processed);
+            eprint!(
+                "\r  enqueued {enqueued:>9}, processed {processed:>9} ({rate:>7.0} jobs/s), waiting {:>7}, redis {:>7.1} MB   ",
+                sampler.last_waiting,
+                sampler.last_memory as f64 / 1e6
+            );
+            let _ = std::io::stderr().flush();
+        }
+        if enqueue_done.is_some() && processed >= enqueued {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_start.elapsed();
+    stop_workers.cancel();
+    for worker in workers {
+        worker.await??;
+    }
+    if !args.json {
+        eprintln!();
+    }
+    let memory_after = used_memory(&queue).await?;
+
+    let jobs = tally.processed.load(Ordering::Relaxed);
+    let enqueue_secs = match tally.enqueue_done_us.load(Ordering::Relaxed) {
+        0 => enqueue_done.unwrap_or(elapsed).as_secs_f64(),
+        done => done.saturating_sub(started_us) as f64 / 1e6,
+    };
+    let first = tally.first_start_us.load(Ordering::Relaxed);
+    let last_done = tally.last_done_us.load(Ordering::Relaxed);
+    let process_secs = last_done.saturating_sub(first) as f64 / 1e6;
+    let e2e_secs = last_done.saturating_sub(started_us) as f64 / 1e6;
+    let latency = tally.latency_us.lock().map_err(|_| "histogram poisoned")?;
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    let e2e = jobs as f64 / e2e_secs.max(1e-9);
+    let mb_per_s = e2e * args.payload_bytes as f64 / 1e6;
+    let report = Report {
+        jobs,
+        payload_bytes: args.payload_bytes,
+        enqueue_jobs_per_s: round(jobs as f64 / enqueue_secs.max(1e-9)),
+        process_jobs_per_s: round(jobs as f64 / process_secs.max(1e-9)),
+        e2e_jobs_per_s: round(e2e),
+        mb_per_s: round(mb_per_s),
+        gb_per_day: round(mb_per_s * 86_400.0 / 1000.0),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: latency.max() as f64 / 1000.0,
+        max_waiting: sampler.max_waiting,
+        redis_used_memory_peak_bytes: sampler.max_memory.max(memory_after),
+        redis_used_memory_after_bytes: memory_after,
+        redis_used_memory_before_bytes: memory_before,
+        redis_bytes_per_queued_job: bytes_per_queued_job.map(round),
+        client_cpu_s_per_1k_jobs: cpu.as_secs_f64() / jobs.max(1) as f64 * 1000.0,
+        redis_version: format!("{} {}", server.server, server.version),
+        rate: args.rate,
+        producers: args.producers,
+        workers: args.workers,
+        concurrency: args.concurrency,
+        batch: args.batch,
+        compress_above: args.compress_above,
+        metrics: !args.no_metrics,
+        track_jobs: args.track_jobs,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    let goal_met = jobs_goal.is_none_or(|goal| jobs == goal);
+    Ok(
+        if goal_met && jobs == tally.enqueued.load(Ordering::Relaxed) {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("streamq bench: FAILED: not every enqueued job was processed");
+            ExitCode::FAILURE
+        },
+    )
+}
+
+async fn raw(args: &BenchArgs, target: &Target) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let jobs = args.jobs.unwrap_or(200_000);
+    let report = crate::raw_baseline::run(
+        &target.url,
+        jobs,
+        args.payload_bytes,
+        args.producers,
+        args.workers,
+        args.batch,
+    )
+    .await?;
+    let json = serde_json::json!({
+        "mode": "raw",
+        "jobs": report.jobs,
+        "payload_bytes": args.payload_bytes,
+        "e2e_jobs_per_s": round(report.e2e_jobs_per_s),
+        "client_cpu_s_per_1k_jobs": report.client_cpu_s_per_1k_jobs,
+    });
+    if args.json {
+        println!("{json}");
+    } else {
+        println!(
+            "raw baseline: {} jobs of {} B, {:.0} jobs/s end to end, {:.1} us client cpu per job",
+            report.jobs,
+            args.payload_bytes,
+            report.e2e_jobs_per_s,
+            report.client_cpu_s_per_1k_jobs * 1000.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(r: &Report) {
+    println!("streamq bench summary ({})", r.redis_version);
+    println!("  jobs                {} x {} B", r.jobs, r.payload_bytes);
+    println!(
+        "  throughput          enqueue {:.0}/s, process {:.0}/s, end to end {:.0}/s",
+        r.enqueue_jobs_per_s, r.process_jobs_per_s, r.e2e_jobs_per_s
+    );
+    println!(
+        "  volume              {:.1} MB/s = {:.0} GB/day",
+        r.mb_per_s, r.gb_per_day
+    );
+    println!(
+        "  latency (intended send to start)  p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
+    );
+    println!("  most jobs waiting   {}", r.max_waiting);
+    println!(
+        "  redis memory        {:.1} MB before, {:.1} MB peak, {:.1} MB after",
+        r.redis_used_memory_before_bytes as f64 / 1e6,
+        r.redis_used_memory_peak_bytes as f64 / 1e6,
+        r.redis_used_memory_after_bytes as f64 / 1e6
+    );
+    if let Some(per_job) = r.redis_bytes_per_queued_job {
+        println!("  memory per queued job  {per_job:.0} B");
+    }
+    println!(
+        "  client cpu          {:.1} us per job",
+        r.client_cpu_s_per_1k_jobs * 1000.0
+    );
+}
+
+struct Producer {
+    queue: Queue,
+    tally: Arc<Tally>,
+    index: u64,
+    step: u64,
+    goal: Option<u64>,
+    deadline: Option<Instant>,
+    rate: Option<f64>,
+    batch: usize,
+    mix: Mix,
+    bodies: Arc<Vec<Body>>,
+    started: Instant,
+    started_us: u64,
+}
+
+impl Producer {
+    /// Enqueues jobs `index`, `index + step`, ... When paced, job `i` is due
+    /// at `i / rate` seconds after the start and carries that time, so a
+    /// stall shows up as latency instead of being hidden (no coordinated
+    /// omission).
+    async fn run(self) -> Result<(), streamq::Error> {
+        let mut seq = self.index;
+        let mut rng = fastrand::Rng::with_seed(self.index);
+        loop {
+            if self.goal.is_some_and(|g| seq >= g)
+                || self.deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return Ok(());
+            }
+            if let Some(rate) = self.rate {
+                let due = self.started + Duration::from_secs_f64(seq as f64 / rate);
+                // On this producer's own thread (see `run`): blocking is fine.
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            let mut batch = self.queue.batch();
+            let now = self.started.elapsed().as_secs_f64();
+            while batch.len() < self.batch && self.goal.is_none_or(|g| seq < g) {
+                let intended_us = match self.rate {
+                    Some(rate) => {
+                        let at = seq as f64 / rate;
+                        if at > now && !batch.is_empty() {
+                            break;
+                        }
+                        self.started_us + (at * 1e6) as u64
+                    }
+                    None => now_us(),
+                };
+                let job = OutgoingJob {
+                    intended_us,
+                    body: &self.bodies[(seq % BODY_POOL) as usize],
+                };
+                let options = EnqueueOptions::new().priority(self.mix.pick(rng.u32(..)));
+                batch.push(&job, &options)?;
+                seq += self.step;
+            }
+            let n = batch.len() as u64;
+            batch.send().await?;
+            self.tally.enqueued.fetch_add(n, Ordering::Relaxed);
+            self.tally
+                .enqueue_done_us
+                .fetch_max(now_us(), Ordering::Relaxed);
+        }
+    }
+}
+
+fn record(tally: &Tally, job: &Job<BenchJob>) -> Result<(), JobError> {
+    let start = now_us();
+    tally.first_start_us.fetch_min(start, Ordering::Relaxed);
+    if let Ok(mut histogram) = tally.latency_us.lock() {
+        histogram.saturating_record(start.saturating_sub(job.payload().intended_us).max(1));
+    }
+    tally.processed.fetch_add(1, Ordering::Relaxed);
+    tally.last_done_us.fetch_max(now_us(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Samples Redis memory and the waiting count while the bench runs.
+#[derive(Default)]
+struct Sampler {
+    max_memory: u64,
+    last_memory: u64,
+    max_waiting: u64,
+    last_waiting: u64,
+}
+
+impl Sampler {
+    async fn sample(&mut self, queue: &Queue) {
+        if let Ok(memory) = used_memory(queue).await {
+            self.last_memory = memory;
+            self.max_memory = self.max_memory.max(memory);
+        }
+        if let Ok(stats) = queue.stats().await {
+            self.last_waiting = stats.waiting();
+            self.max_waiting = self.max_waiting.max(stats.waiting());
+        }
+    }
+}
+
+async fn used_memory(queue: &Queue) -> Result<u64, streamq::Error> {
+    let info = queue.server_info("memory").await?;
+    Ok(info
+        .get("used_memory")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,378 @@
+//! Where to find Redis and how to talk to it: [`RedisConfig`], plus server
+//! version and feature detection ([`ServerInfo`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::io::tcp::TcpSettings;
+use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, Value};
+
+use crate::error::{ConfigCheck, ConfigError, Error};
+use crate::protocol::{fields, reply};
+
+/// How to connect to Redis: address, credentials, TLS and timeouts.
+///
+/// Build it from a URL (`redis://`, `rediss://` for TLS, `unix://`) with
+/// [`RedisConfig::from_url`], or from the environment with
+/// [`RedisConfig::from_env`]. `TCP_NODELAY` is always on.
+#[derive(Clone)]
+pub struct RedisConfig {
+    info: ConnectionInfo,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    tls_root_cert: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("addr", &self.info.addr().to_string())
+            .field("db", &self.info.redis_settings().db())
+            .field("user", &self.info.redis_settings().username())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConfig {
+    /// Parses a connection URL such as `redis://user:pass@host:6379/2`,
+    /// `rediss://host:6380` (TLS; append `#insecure` to skip certificate
+    /// checks) or `unix:///run/redis.sock`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the URL cannot be parsed.
+    pub fn from_url(url: &str) -> Result<RedisConfig, Error> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| ConfigError::single(format!("bad redis url: {e}")))?;
+        Ok(RedisConfig::from_info(info))
+    }
+
+    /// Reads the connection from the environment: `REDIS_URL` when set,
+    /// otherwise `REDIS_HOST` (default `127.0.0.1`), `REDIS_PORT` (6379),
+    /// `REDIS_PASSWORD`, `REDIS_DB` (0) and `REDIS_USE_SSL` (`true`/`1`/`yes`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] listing every variable that does not parse.
+    pub fn from_env() -> Result<RedisConfig, Error> {
+        RedisConfig::from_vars(|name| std::env::var(name).ok())
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<RedisConfig, Error> {
+        if let Some(url) = var("REDIS_URL").filter(|u| !u.is_empty()) {
+            return RedisConfig::from_url(&url);
+        }
+        let mut check = ConfigCheck::default();
+        let host = var("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = parse_var(&mut check, "REDIS_PORT", var("REDIS_PORT"), 6379u16);
+        let db = parse_var(&mut check, "REDIS_DB", var("REDIS_DB"), 0i64);
+        let tls = match var("REDIS_USE_SSL").as_deref().map(str::to_ascii_lowercase) {
+            None => false,
+            Some(v) => match v.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "" | "0" | "false" | "no" | "off" => false,
+                _ => {
+                    check.require(false, || format!("REDIS_USE_SSL={v:?} is not a boolean"));
+                    false
+                }
+            },
+        };
+        check.finish()?;
+        let addr = if tls {
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host, port)
+        };
+        let mut info = addr
+            .into_connection_info()
+            .map_err(|e| ConfigError::single(e.to_string()))?;
+        let mut settings = info.redis_settings().clone().set_db(db);
+        if let Some(password) = var("REDIS_PASSWORD").filter(|p| !p.is_empty()) {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+        Ok(RedisConfig::from_info(info))
+    }
+
+    fn from_info(info: ConnectionInfo) -> RedisConfig {
+        RedisConfig {
+            info: info.set_tcp_settings(TcpSettings::default().set_nodelay(true)),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            tls_root_cert: None,
+        }
+    }
+
+    /// How long establishing a connection may take. Default: 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> RedisConfig {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one command may wait for its reply. Blocking reads get this
+    /// plus their block time. Default: 5 s (redis-rs alone would use 500 ms).
+    pub fn response_timeout(mut self, timeout: Duration) -> RedisConfig {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Trusts this PEM-encoded CA certificate for `rediss://` connections
+    /// instead of the system's roots. Default: the system's roots.
+    pub fn tls_root_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> RedisConfig {
+        self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// The address, for messages (never the password).
+    pub fn address(&self) -> String {
+        self.info.addr().to_string()
+    }
+
+    fn client(&self) -> Result<Client, Error> {
+        let mut check = ConfigCheck::default();
+        check.nonzero("connect timeout", self.connect_timeout);
+        check.nonzero("response timeout", self.response_timeout);
+        check.finish()?;
+        if matches!(self.info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            // rustls needs a process-wide crypto provider; an application
+            // that installed its own keeps it (this then fails harmlessly).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match &self.tls_root_cert {
+            Some(root) => Client::build_with_tls(
+                self.info.clone(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                },
+            )?,
+            None => Client::open(self.info.clone())?,
+        };
+        Ok(client)
+    }
+
+    /// The shared, self-reconnecting connection for ordinary commands.
+    /// Commands from concurrent tasks are pipelined on it.
+    pub(crate) async fn connection_manager(&self) -> Result<ConnectionManager, Error> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        Ok(self
+            .client()?
+            .get_connection_manager_with_config(config)
+            .await?)
+    }
+
+    /// A connection of its own for a blocking read of up to `block`.
+    pub(crate) async fn blocking_connection(
+        &self,
+        block: Duration,
+    ) -> Result<MultiplexedConnection, Error> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(block + self.response_timeout));
+        Ok(self
+            .client()?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+}
+
+fn parse_var<T: std::str::FromStr>(
+    check: &mut ConfigCheck,
+    name: &str,
+    value: Option<String>,
+    default: T,
+) -> T {
+    match value.filter(|v| !v.is_empty()) {
+        None => default,
+        Some(v) => v.trim().parse().unwrap_or_else(|_| {
+            check.require(false, || format!("{name}={v:?} is not a valid number"));
+            default
+        }),
+    }
+}
+
+/// A server version, `major.minor.patch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// Major version.
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+    /// Patch level.
+    pub patch: u32,
+}
+
+impl Version {
+    /// Builds a version.
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Version {
+        Version {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    fn parse(text: &str) -> Option<Version> {
+        let mut parts = text.trim().split('.').map(|p| p.parse::<u32>().ok());
+        Some(Version {
+            major: parts.next()??,
+            minor: parts.next().flatten().unwrap_or(0),
+            patch: parts.next().flatten().unwrap_or(0),
+        })
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// What the server is, as it told us at connect (`HELLO`, which works even
+/// where an ACL denies `INFO`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `redis` or `valkey`.
+    pub server: String,
+    /// The server's version.
+    pub version: Version,
+}
+
+/// The oldest Redis streamq runs on: stream lag, `XAUTOCLAIM`'s deleted-ids
+/// reply and script flags all arrived in 7.0.
+pub const MIN_REDIS: Version = Version::new(7, 0, 0);
+/// The oldest Valkey streamq runs on (its first release, a Redis 7.2 fork).
+pub const MIN_VALKEY: Version = Version::new(7, 2, 0);
+
+impl ServerInfo {
+    /// Whether the server is Valkey rather than Redis.
+    pub fn is_valkey(&self) -> bool {
+        self.server.eq_ignore_ascii_case("valkey")
+    }
+
+    /// Whether the server has `XACKDEL` and the `KEEPREF|DELREF|ACKED`
+    /// trimming options (Redis 8.2; Valkey lacks them).
+    pub fn has_xackdel(&self) -> bool {
+        !self.is_valkey() && self.version >= Version::new(8, 2, 0)
+    }
+
+    pub(crate) async fn detect<C: redis::aio::ConnectionLike>(
+        conn: &mut C,
+    ) -> Result<ServerInfo, Error> {
+        let reply: Value = match redis::cmd("HELLO").query_async(conn).await {
+            Ok(reply) => reply,
+            Err(e) if reply::is_unknown_command(&e) => {
+                return Err(Error::UnsupportedServer {
+                    server: "redis".to_owned(),
+                    found: "older than 6.0 (no HELLO)".to_owned(),
+                    required: "7.0",
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let hello = fields::fields(&reply).unwrap_or_default();
+        let field = |name: &str| fields::text(&hello, name);
+        let server = field("server").unwrap_or_else(|| "redis".to_owned());
+        let found = field("version").unwrap_or_default();
+        let version = Version::parse(&found).ok_or_else(|| Error::UnexpectedReply {
+            script: "HELLO",
+            detail: format!("no usable version in {reply:?}"),
+        })?;
+        let info = ServerInfo { server, version };
+        let (required, label) = if info.is_valkey() {
+            (MIN_VALKEY, "7.2")
+        } else {
+            (MIN_REDIS, "7.0")
+        };
+        if info.version < required {
+            return Err(Error::UnsupportedServer {
+                server: info.server,
+                found,
+                required: label,
+            });
+        }
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn seed_variables_build_a_connection() {
+        let config = RedisConfig::from_vars(env(&[
+            ("REDIS_HOST", "cache.internal"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "3"),
+            ("REDIS_PASSWORD", "s3cret"),
+            ("REDIS_USE_SSL", "true"),
+        ]))
+        .expect("valid");
+        assert!(matches!(
+            config.info.addr(),
+            redis::ConnectionAddr::TcpTls { host, port: 6380, .. } if host == "cache.internal"
+        ));
+        assert_eq!(config.info.redis_settings().db(), 3);
+        assert_eq!(config.info.redis_settings().password(), Some("s3cret"));
+        assert!(config.info.tcp_settings().nodelay());
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn redis_url_wins_and_bad_variables_are_all_reported() {
+        let config = RedisConfig::from_vars(env(&[
+            ("REDIS_URL", "redis://u:p@h:1234/5"),
+            ("REDIS_PORT", "oops"),
+        ]))
+        .expect("url wins");
+        assert_eq!(config.address(), "h:1234");
+        assert_eq!(config.info.redis_settings().username(), Some("u"));
+
+        let err = RedisConfig::from_vars(env(&[
+            ("REDIS_PORT", "99999"),
+            ("REDIS_DB", "x"),
+            ("REDIS_USE_SSL", "maybe"),
+        ]))
+        .expect_err("three problems");
+        match err {
+            Error::Config(c) => assert_eq!(c.problems().len(), 3, "{c}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn versions_parse_and_order() {
+        assert_eq!(Version::parse("7.0.15"), Some(Version::new(7, 0, 15)));
+        assert_eq!(Version::parse("8.2"), Some(Version::new(8, 2, 0)));
+        assert_eq!(Version::parse("x"), None);
+        assert!(Version::new(6, 2, 14) < MIN_REDIS);
+        let valkey = ServerInfo {
+            server: "valkey".into(),
+            version: Version::new(9, 1, 2),
+        };
+        assert!(valkey.is_valkey() && !valkey.has_xackdel());
+    }
+}

@@ -1,0 +1,290 @@
+//! The job envelope: what one stream entry carries, as MessagePack.
+//!
+//! The envelope is a MessagePack array led by a schema version. The user's
+//! payload is nested inside as opaque bytes (itself MessagePack with field
+//! names), so a worker can read the job's id and attempt even when the payload
+//! no longer decodes into the handler's type: such a job is poison, not lost.
+
+use std::borrow::Cow;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::job_id::JobId;
+use crate::time::now_us;
+
+/// Bytes an envelope adds around its payload, at most (id, name, numbers).
+pub(crate) const ENVELOPE_OVERHEAD: usize = 1024;
+
+/// Size rules for payloads: the limit, and when to compress.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PayloadLimits {
+    pub(crate) max_bytes: usize,
+    pub(crate) compress_above: Option<usize>,
+}
+
+/// The envelope schema this build writes. Readers accept this version and
+/// older ones; a newer version is a decode error, never a guess.
+pub(crate) const SCHEMA_VERSION: u8 = 1;
+
+/// One job as stored in its stream entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) version: u8,
+    #[serde(borrow)]
+    pub(crate) id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub(crate) name: Cow<'a, str>,
+    /// Attempts already made before this delivery: 0 on the first run.
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    /// When the job was first enqueued, in Unix microseconds.
+    pub(crate) enqueued_us: u64,
+    /// When this attempt could start (enqueue, due time of a delay or
+    /// retry), in Unix microseconds: the start of its wait.
+    pub(crate) ready_us: u64,
+    pub(crate) timeout_ms: Option<u64>,
+    #[serde(with = "serde_bytes", borrow)]
+    pub(crate) payload: Cow<'a, [u8]>,
+    /// Whether `payload` is LZ4-compressed (with its size prepended).
+    #[serde(default)]
+    pub(crate) compressed: bool,
+    /// The producer's W3C `traceparent`, so a consumer span can link to it.
+    #[serde(default, borrow)]
+    pub(crate) trace: Option<Cow<'a, str>>,
+}
+
+/// What a new envelope says besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewJob<'a> {
+    pub(crate) id: &'a JobId,
+    pub(crate) name: &'a str,
+    pub(crate) max_attempts: u32,
+    pub(crate) timeout_ms: Option<u64>,
+    /// When the job may start, Unix microseconds.
+    pub(crate) ready_us: u64,
+    pub(crate) trace: Option<&'a str>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Encodes `payload` and wraps it in a new envelope, refusing anything
+    /// whose encoded envelope exceeds `limit` bytes.
+    pub(crate) fn encode_new<T: Serialize + ?Sized>(
+        job: NewJob<'_>,
+        payload: &T,
+        limits: PayloadLimits,
+    ) -> Result<Vec<u8>, Error> {
+        let limit = limits.max_bytes;
+        let payload = encode_payload(payload)?;
+        if payload.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        let (payload, compressed) = match limits.compress_above {
+            Some(threshold) if payload.len() > threshold => {
+                let packed = lz4_flex::compress_prepend_size(&payload);
+                if packed.len() < payload.len() {
+                    (packed, true)
+                } else {
+                    (payload, false)
+                }
+            }
+            _ => (payload, false),
+        };
+        Envelope {
+            version: SCHEMA_VERSION,
+            id: Cow::Borrowed(job.id.as_str()),
+            name: Cow::Borrowed(job.name),
+            attempt: 0,
+            max_attempts: job.max_attempts,
+            enqueued_us: now_us(),
+            ready_us: job.ready_us,
+            timeout_ms: job.timeout_ms,
+            payload: Cow::Owned(payload),
+            compressed,
+            trace: job.trace.map(Cow::Borrowed),
+        }
+        .encode(limit.saturating_add(ENVELOPE_OVERHEAD))
+    }
+
+    /// Encodes this envelope, refusing it when larger than `limit` bytes.
+    pub(crate) fn encode(&self, limit: usize) -> Result<Vec<u8>, Error> {
+        let bytes = rmp_serde::to_vec(self).map_err(|e| Error::Encode(e.to_string()))?;
+        if bytes.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes an envelope, borrowing its strings and payload from `bytes`.
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Envelope<'a>, Error> {
+        let envelope: Envelope<'a> =
+            rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        if envelope.version > SCHEMA_VERSION {
+            return Err(Error::Decode(format!(
+                "envelope schema version {} is newer than this build reads ({SCHEMA_VERSION})",
+                envelope.version
+            )));
+        }
+        Ok(envelope)
+    }
+
+    /// Decodes the user's payload into `T`, decompressing it first if
+    /// needed; a compressed payload claiming more than `limit` bytes is
+    /// refused before anything is allocated.
+    pub(crate) fn payload<T: DeserializeOwned>(&self, limit: usize) -> Result<T, Error> {
+        if !self.compressed {
+            return rmp_serde::from_slice(&self.payload).map_err(|e| Error::Decode(e.to_string()));
+        }
+        let (size, _) = lz4_flex::block::uncompressed_size(&self.payload)
+            .map_err(|e| Error::Decode(format!("compressed payload: {e}")))?;
+        if size > limit {
+            return Err(Error::Decode(format!(
+                "compressed payload expands to {size} bytes, over the limit of {limit}"
+            )));
+        }
+        let bytes = lz4_flex::decompress_size_prepended(&self.payload)
+            .map_err(|e| Error::Decode(format!("compressed payload: {e}")))?;
+        rmp_serde::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+    }
+}
+
+fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Vec<u8>, Error> {
+    rmp_serde::to_vec_named(payload).map_err(|e| Error::Encode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_job<'a>(
+        id: &'a JobId,
+        name: &'a str,
+        max_attempts: u32,
+        timeout_ms: Option<u64>,
+    ) -> NewJob<'a> {
+        NewJob {
+            id,
+            name,
+            max_attempts,
+            timeout_ms,
+            ready_us: now_us(),
+            trace: Some("00-trace-span-01"),
+        }
+    }
+
+    fn limits(max_bytes: usize) -> PayloadLimits {
+        PayloadLimits {
+            max_bytes,
+            compress_above: None,
+        }
+    }
+
+    #[test]
+    fn large_payloads_are_compressed_and_read_back_transparently() {
+        let text = "disk usage above 90% on db-1; ".repeat(200);
+        let limits = PayloadLimits {
+            max_bytes: 1 << 20,
+            compress_above: Some(512),
+        };
+        let bytes = Envelope::encode_new(new_job(&JobId::generate(), "", 1, None), &text, limits)
+            .expect("encodes");
+        assert!(
+            bytes.len() < text.len() / 4,
+            "{} bytes for {}",
+            bytes.len(),
+            text.len()
+        );
+        let envelope = Envelope::decode(&bytes).expect("decodes");
+        assert!(envelope.compressed);
+        assert_eq!(envelope.payload::<String>(1 << 20).expect("payload"), text);
+        let err = envelope
+            .payload::<String>(1000)
+            .expect_err("over the limit");
+        assert!(err.to_string().contains("over the limit"), "{err}");
+
+        let small =
+            Envelope::encode_new(new_job(&JobId::generate(), "", 1, None), &"short", limits)
+                .expect("encodes");
+        assert!(!Envelope::decode(&small).expect("decodes").compressed);
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Alert {
+        host: String,
+        level: u8,
+    }
+
+    #[test]
+    fn round_trips_with_borrowed_fields() {
+        let alert = Alert {
+            host: "db-1".into(),
+            level: 3,
+        };
+        let id = JobId::generate();
+        let bytes = Envelope::encode_new(
+            new_job(&id, "page", 3, Some(60_000)),
+            &alert,
+            limits(1 << 20),
+        )
+        .expect("encodes");
+        let envelope = Envelope::decode(&bytes).expect("decodes");
+        assert!(matches!(envelope.id, Cow::Borrowed(_)));
+        assert_eq!(envelope.id, id.as_str());
+        assert_eq!(envelope.name, "page");
+        assert_eq!((envelope.attempt, envelope.max_attempts), (0, 3));
+        assert_eq!(envelope.timeout_ms, Some(60_000));
+        assert!(envelope.enqueued_us > 1_600_000_000_000_000);
+        assert_eq!(envelope.trace.as_deref(), Some("00-trace-span-01"));
+        assert_eq!(envelope.payload::<Alert>(1 << 20).expect("payload"), alert);
+    }
+
+    #[test]
+    fn oversized_payloads_are_refused() {
+        let big = vec![7u8; 2048];
+        let err =
+            Envelope::encode_new(new_job(&JobId::generate(), "", 1, None), &big, limits(1024))
+                .expect_err("too large");
+        assert!(
+            matches!(err, Error::PayloadTooLarge { limit: 1024, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_and_future_versions_are_decode_errors() {
+        assert!(matches!(
+            Envelope::decode(b"\xc1garbage"),
+            Err(Error::Decode(_))
+        ));
+        let bytes =
+            Envelope::encode_new(new_job(&JobId::generate(), "", 1, None), &1u8, limits(1024))
+                .expect("encodes");
+        let mut future = Envelope::decode(&bytes).expect("decodes");
+        future.version = SCHEMA_VERSION + 1;
+        let bytes = rmp_serde::to_vec(&future).expect("encodes");
+        let err = Envelope::decode(&bytes).expect_err("newer schema");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn payload_of_the_wrong_shape_is_a_decode_error() {
+        let bytes = Envelope::encode_new(
+            new_job(&JobId::generate(), "", 1, None),
+            &"text",
+            limits(1024),
+        )
+        .expect("encodes");
+        let envelope = Envelope::decode(&bytes).expect("decodes");
+        assert!(matches!(
+            envelope.payload::<Alert>(1024),
+            Err(Error::Decode(_))
+        ));
+    }
+}

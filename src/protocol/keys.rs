@@ -1,0 +1,216 @@
+//! Every Redis key streamq uses is built here, and nowhere else.
+//!
+//! All keys of one queue share the hash tag `{queue}`, so a queue lives in one
+//! Redis Cluster slot and its scripts may touch all of its keys:
+//!
+//! | key                           | type   | holds                                  |
+//! |-------------------------------|--------|----------------------------------------|
+//! | `<prefix>:{<queue>}:critical` | stream | jobs of that priority (also `high`, `medium`, `low`) |
+//! | `<prefix>:{<queue>}:stats`    | hash   | counters kept by the scripts           |
+//! | `<prefix>:{<queue>}:dead`     | stream | dead letters: failed jobs and their errors |
+//! | `<prefix>:{<queue>}:delayed`  | zset   | jobs due later (retries, scheduled), scored by due ms |
+//! | `<prefix>:{<queue>}:dedup:<key>` | string | the id of the job that took an idempotency key (with a TTL) |
+//! | `<prefix>:{<queue>}:latency`  | hash   | latency histograms per job name, kept by `ack` |
+//! | `<prefix>:{<queue>}:paused`   | string | present while the queue is paused |
+//! | `<prefix>:{<queue>}:job:<id>` | hash   | a tracked job's metadata (with `track_jobs`) |
+//! | `<prefix>:{<queue>}:job:<id>:log` | list | a tracked job's log lines |
+//! | `<prefix>:{<queue>}:completed` | zset  | ids of retained completed jobs, scored by finish ms |
+
+use crate::error::Error;
+use crate::priority::Priority;
+
+/// The consumer group every worker of a queue reads through.
+pub(crate) const GROUP: &str = "streamq";
+
+/// The longest queue name or prefix accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// The key names of one queue, built once when the queue is opened.
+///
+/// Public so that operators' tools, tests and clients in other languages can
+/// name a queue's keys without spelling them out by hand; streamq itself
+/// builds every key here.
+///
+/// ```
+/// use streamq::{Priority, QueueKeys};
+///
+/// let keys = QueueKeys::new("streamq", "alerts")?;
+/// assert_eq!(keys.stream(Priority::High), "streamq:{alerts}:high");
+/// assert_eq!(keys.dead(), "streamq:{alerts}:dead");
+/// # Ok::<(), streamq::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    streams: [String; 4],
+    stats: String,
+    dead: String,
+    delayed: String,
+    latency: String,
+    paused: String,
+    base: String,
+}
+
+impl QueueKeys {
+    /// Validates `prefix` and `queue` and builds the queue's key names.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] when either name is empty, longer than
+    /// [`MAX_NAME_LEN`], or holds braces, whitespace or control characters.
+    pub fn new(prefix: &str, queue: &str) -> Result<QueueKeys, Error> {
+        validate_name("queue name", queue)?;
+        validate_name("key prefix", prefix)?;
+        let base = format!("{prefix}:{{{queue}}}");
+        Ok(QueueKeys {
+            streams: Priority::ALL.map(|p| format!("{base}:{}", p.as_str())),
+            stats: format!("{base}:stats"),
+            dead: format!("{base}:dead"),
+            delayed: format!("{base}:delayed"),
+            latency: format!("{base}:latency"),
+            paused: format!("{base}:paused"),
+            base,
+        })
+    }
+
+    /// The stream holding jobs of `priority`.
+    pub fn stream(&self, priority: Priority) -> &str {
+        &self.streams[priority.index()]
+    }
+
+    /// The four streams, most urgent first.
+    pub fn streams(&self) -> &[String; 4] {
+        &self.streams
+    }
+
+    /// The dead-letter stream.
+    pub fn dead(&self) -> &str {
+        &self.dead
+    }
+
+    /// The sorted set of jobs due later.
+    pub fn delayed(&self) -> &str {
+        &self.delayed
+    }
+
+    /// The latency histograms hash.
+    pub fn latency(&self) -> &str {
+        &self.latency
+    }
+
+    /// The pause flag.
+    pub fn paused(&self) -> &str {
+        &self.paused
+    }
+
+    /// A tracked job's metadata hash.
+    pub fn job(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.base)
+    }
+
+    /// A tracked job's log list.
+    pub fn job_log(&self, id: &str) -> String {
+        format!("{}:job:{id}:log", self.base)
+    }
+
+    /// The index of retained completed jobs.
+    pub fn completed(&self) -> String {
+        format!("{}:completed", self.base)
+    }
+
+    /// The key recording which job took an idempotency key.
+    pub fn dedup(&self, idempotency_key: &str) -> String {
+        format!("{}:dedup:{idempotency_key}", self.base)
+    }
+
+    /// The counters hash.
+    pub fn stats(&self) -> &str {
+        &self.stats
+    }
+
+    /// A glob matching every key of the queue, for ACL key patterns
+    /// (`~<pattern>`) and `SCAN MATCH`.
+    pub fn pattern(&self) -> String {
+        format!("{}:*", self.base)
+    }
+}
+
+/// Checks a queue name or key prefix: 1 to [`MAX_NAME_LEN`] bytes, no braces
+/// (they would break the hash tag), no whitespace or control characters.
+fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > MAX_NAME_LEN {
+        Some(format!(
+            "is {} bytes, the limit is {MAX_NAME_LEN}",
+            name.len()
+        ))
+    } else {
+        name.chars()
+            .find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control())
+            .map(|c| {
+                format!("contains {c:?}; braces, whitespace and control characters are not allowed")
+            })
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what,
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = QueueKeys::new("streamq", "alerts").expect("valid names");
+        assert_eq!(keys.stream(Priority::Critical), "streamq:{alerts}:critical");
+        assert_eq!(keys.stream(Priority::Low), "streamq:{alerts}:low");
+        assert_eq!(keys.stats(), "streamq:{alerts}:stats");
+        assert_eq!(keys.dead(), "streamq:{alerts}:dead");
+        assert_eq!(keys.delayed(), "streamq:{alerts}:delayed");
+        assert_eq!(keys.dedup("evt-1"), "streamq:{alerts}:dedup:evt-1");
+        for key in keys
+            .streams()
+            .iter()
+            .map(String::as_str)
+            .chain([keys.stats(), keys.dead()])
+        {
+            assert!(key.contains("{alerts}"), "{key}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_rejected_with_a_reason() {
+        let long = "q".repeat(MAX_NAME_LEN + 1);
+        for bad in [
+            "",
+            "a{b",
+            "a}b",
+            "with space",
+            "tab\t",
+            "nul\0",
+            long.as_str(),
+        ] {
+            match QueueKeys::new("streamq", bad) {
+                Err(Error::InvalidName { what, name, .. }) => {
+                    assert_eq!(what, "queue name");
+                    assert_eq!(name, bad);
+                }
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+        assert!(matches!(
+            QueueKeys::new("bad{prefix", "ok"),
+            Err(Error::InvalidName {
+                what: "key prefix",
+                ..
+            })
+        ));
+        assert!(QueueKeys::new("streamq", "alerts:eu-west.1").is_ok());
+    }
+}

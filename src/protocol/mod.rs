@@ -1,0 +1,22 @@
+//! The protocol layer: how a queue is laid out in Redis and how to talk to
+//! it. Everything a client in another language re-implements lives here, and
+//! nothing here knows about workers, producers or operators.
+//!
+//! - `connection`: [`RedisConfig`](connection::RedisConfig), server version
+//!   and feature detection.
+//! - `keys`: every key name of a queue, under one hash tag.
+//! - `envelope`: the MessagePack job envelope stored in each stream entry.
+//! - `scripts`: the Lua scripts in `lua/`, called by SHA1 with `NOSCRIPT`
+//!   replay, alone or pipelined.
+//! - `reply`: the one place where script replies and Redis error codes
+//!   become typed errors ([`crate::Error`]).
+//! - `fields`: reading field/value replies (`HELLO`, `XINFO`).
+//! - `latency`: the latency histogram's bucket scheme.
+
+pub(crate) mod connection;
+pub(crate) mod envelope;
+pub(crate) mod fields;
+pub(crate) mod keys;
+pub(crate) mod latency;
+pub(crate) mod reply;
+pub(crate) mod scripts;

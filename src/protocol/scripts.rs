@@ -1,0 +1,230 @@
+//! The Lua scripts in `lua/`, reached through typed fields, invoked by SHA1.
+//!
+//! Each script is embedded at build time and its SHA1 computed once. Calls go
+//! out as `EVALSHA`; when Redis answers `NOSCRIPT` (its script cache is empty
+//! after a restart, a failover or `SCRIPT FLUSH`) the call is replayed as
+//! `EVAL` with the source, which also caches the script again. A `NOSCRIPT`
+//! reply means the script did not run, so the replay cannot apply anything
+//! twice. Pipelines get the same treatment, per command: redis-rs only does
+//! it for single calls.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs, Value};
+
+use crate::protocol::keys::QueueKeys;
+use crate::protocol::reply::is_noscript;
+
+/// How many keys every script takes first: the stats hash and the streams.
+pub(crate) const COMMON_KEYS: usize = 5;
+
+/// One Lua script: its name (the file stem), source and SHA1.
+#[derive(Debug)]
+pub(crate) struct Script {
+    pub(crate) name: &'static str,
+    source: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(name: &'static str, source: &'static str) -> Script {
+        Script {
+            name,
+            source,
+            sha: sha1_smol::Sha1::from(source).digest().to_string(),
+        }
+    }
+
+    /// Starts a call on a queue. Every script takes the same first keys
+    /// (`lua/README.md`): `KEYS[1]` the stats hash, `KEYS[2..5]` the four
+    /// streams, most urgent first; `extra` follow from `KEYS[6]`. Add
+    /// arguments with [`ScriptCall::arg`].
+    pub(crate) fn call<K: AsRef<str>>(&'static self, keys: &QueueKeys, extra: &[K]) -> ScriptCall {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(COMMON_KEYS + extra.len());
+        cmd.arg(keys.stats());
+        for stream in keys.streams() {
+            cmd.arg(stream.as_str());
+        }
+        for key in extra {
+            cmd.arg(key.as_ref());
+        }
+        ScriptCall { script: self, cmd }
+    }
+}
+
+/// Every script streamq runs. One field per file in `lua/`.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) enqueue: Script,
+    pub(crate) fetch: Script,
+    pub(crate) ack: Script,
+    pub(crate) retire_consumer: Script,
+    pub(crate) dead_letter: Script,
+    pub(crate) retry: Script,
+    pub(crate) promote: Script,
+    pub(crate) reclaim: Script,
+    pub(crate) heartbeat: Script,
+    pub(crate) requeue_dead: Script,
+    pub(crate) recover: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    enqueue: Script::new("enqueue", include_str!("../../lua/enqueue.lua")),
+    fetch: Script::new("fetch", include_str!("../../lua/fetch.lua")),
+    ack: Script::new("ack", include_str!("../../lua/ack.lua")),
+    dead_letter: Script::new("dead_letter", include_str!("../../lua/dead_letter.lua")),
+    retry: Script::new("retry", include_str!("../../lua/retry.lua")),
+    promote: Script::new("promote", include_str!("../../lua/promote.lua")),
+    reclaim: Script::new("reclaim", include_str!("../../lua/reclaim.lua")),
+    heartbeat: Script::new("heartbeat", include_str!("../../lua/heartbeat.lua")),
+    requeue_dead: Script::new("requeue_dead", include_str!("../../lua/requeue_dead.lua")),
+    recover: Script::new("recover", include_str!("../../lua/recover.lua")),
+    retire_consumer: Script::new(
+        "retire_consumer",
+        include_str!("../../lua/retire_consumer.lua"),
+    ),
+});
+
+/// The script registry.
+pub(crate) fn scripts() -> &'static Scripts {
+    &SCRIPTS
+}
+
+/// A prepared `EVALSHA`, ready to send alone or in a pipeline.
+#[derive(Debug, Clone)]
+pub(crate) struct ScriptCall {
+    script: &'static Script,
+    cmd: Cmd,
+}
+
+impl ScriptCall {
+    /// Appends an argument (one or more ARGV entries).
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut ScriptCall {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// The script this call runs.
+    pub(crate) fn script(&self) -> &'static Script {
+        self.script
+    }
+
+    /// Sends the call by SHA1; on `NOSCRIPT` replays it once as `EVAL` with
+    /// the script's source, which cannot answer `NOSCRIPT` and caches the
+    /// script again for the next `EVALSHA`. (Loading then retrying by SHA1
+    /// can lose the race against another `SCRIPT FLUSH`.)
+    ///
+    /// Cancel safety: if dropped before the reply arrives, the script may or
+    /// may not have run.
+    pub(crate) async fn invoke<T, C>(&self, conn: &mut C) -> RedisResult<T>
+    where
+        T: FromRedisValue,
+        C: ConnectionLike,
+    {
+        match self.cmd.query_async(conn).await {
+            Err(err) if is_noscript(&err) => {
+                tracing::debug!(script = self.script.name, "NOSCRIPT: replaying with EVAL");
+                self.with_source().query_async(conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// The same call as `EVAL <source> ...` instead of `EVALSHA <sha> ...`.
+    fn with_source(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(self.script.source);
+        for arg in self.cmd.args_iter().skip(2) {
+            if let redis::Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        cmd
+    }
+}
+
+/// Sends many calls as one pipeline (one round trip) and returns one result
+/// per call, in order. Calls answered `NOSCRIPT` are replayed, in one more
+/// pipeline, as `EVAL` with their source; the others ran exactly once.
+pub(crate) async fn invoke_pipelined<C: ConnectionLike>(
+    conn: &mut C,
+    calls: &[ScriptCall],
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let mut pipe = redis::pipe();
+    for call in calls {
+        pipe.add_command(call.cmd.clone());
+    }
+    let mut results: Vec<RedisResult<Value>> = pipe.ignore_errors().query_async(conn).await?;
+    let missing: Vec<usize> = (0..calls.len())
+        .filter(|&i| matches!(&results[i], Err(e) if is_noscript(e)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(results);
+    }
+    let mut replay = redis::pipe();
+    for &i in &missing {
+        replay.add_command(calls[i].with_source());
+    }
+    let replayed: Vec<RedisResult<Value>> = replay.ignore_errors().query_async(conn).await?;
+    for (i, result) in missing.into_iter().zip(replayed) {
+        results[i] = result;
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_has_a_contract_header_and_a_distinct_sha() {
+        let s = scripts();
+        let all = [
+            &s.enqueue,
+            &s.fetch,
+            &s.ack,
+            &s.retire_consumer,
+            &s.dead_letter,
+            &s.retry,
+            &s.promote,
+            &s.reclaim,
+            &s.heartbeat,
+            &s.requeue_dead,
+            &s.recover,
+        ];
+        for script in all {
+            assert_eq!(script.sha.len(), 40, "{}", script.name);
+            assert!(
+                script.source.starts_with("#!lua"),
+                "{} needs a shebang",
+                script.name
+            );
+            for section in ["KEYS[", "ARGV[", "Returns"] {
+                assert!(
+                    script.source.contains(section),
+                    "{} header lacks {section}",
+                    script.name
+                );
+            }
+        }
+        let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/lua"))
+            .expect("lua/ exists")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "lua"))
+            })
+            .count();
+        assert_eq!(
+            on_disk,
+            all.len(),
+            "every lua/*.lua file is registered, once"
+        );
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a.sha, b.sha);
+            }
+        }
+    }
+}

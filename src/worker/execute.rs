@@ -1,0 +1,250 @@
+//! Executing one claimed job: decode it (poison goes to the dead letters),
+//! run the handler with its timeout, catch panics, and decide the outcome:
+//! completed, retry later, or dead.
+
+use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::config::RetryBackoff;
+use super::fetch::Claimed;
+use super::finish::{Counters, Finished, Outcome};
+use super::job::{Handler, Job, JobError};
+use super::run_loop::JobContext;
+use super::tracker::TrackEvent;
+use crate::error::Error;
+use crate::protocol::envelope::Envelope;
+use crate::time::{micros, now_us};
+
+/// Decodes, runs and reports one claimed job.
+pub(super) async fn run_job<T, H>(claimed: Claimed, context: Arc<JobContext<H>>)
+where
+    T: DeserializeOwned + Send + 'static,
+    H: Handler<T>,
+{
+    let mut report = Report {
+        name: String::new(),
+        job_id: String::new(),
+        wait_us: 0,
+        run_us: 0,
+    };
+    let outcome = match decode::<T>(&claimed, context.max_payload_bytes) {
+        Err(poison) => poison,
+        Ok((mut job, ready_us)) => {
+            report.name.clone_from(&job.name);
+            report.job_id = job.id.to_string();
+            if let Some(tracker) = &context.tracker {
+                tracker.send(TrackEvent::Started {
+                    id: report.job_id.clone(),
+                    entry: claimed.entry_id.clone(),
+                    priority: claimed.priority,
+                    attempt: job.attempt,
+                    consumer: context.consumer.clone(),
+                });
+                job.tracker = Some(tracker.clone());
+            }
+            let started = Instant::now();
+            report.wait_us = now_us().saturating_sub(ready_us);
+            let span = tracing::info_span!(
+                "streamq.process",
+                job_id = %job.id,
+                queue = context.queue.as_str(),
+                priority = %job.priority,
+                attempt = job.attempt,
+                traceparent = job.traceparent.as_deref().unwrap_or(""),
+            );
+            let outcome = run_handler(&claimed, &context, job, &report.job_id)
+                .instrument(span)
+                .await;
+            report.run_us = micros(started.elapsed());
+            outcome
+        }
+    };
+    let job_id = if report.job_id.is_empty() {
+        poison_job_id(&outcome)
+    } else {
+        report.job_id
+    };
+    let finished = Finished {
+        priority: claimed.priority,
+        entry_id: claimed.entry_id,
+        job_id,
+        outcome,
+        name: report.name,
+        wait_us: report.wait_us,
+        run_us: report.run_us,
+        deliveries: claimed.deliveries,
+    };
+    if context.finished.send(finished).await.is_err() {
+        tracing::error!(
+            "finisher stopped before a job's outcome was recorded; it will be reclaimed"
+        );
+    }
+}
+
+/// A job's name, id and timings, for per-name metrics and tracking.
+struct Report {
+    name: String,
+    job_id: String,
+    wait_us: u64,
+    run_us: u64,
+}
+
+/// Runs the handler (with its timeout, catching panics) and decides the
+/// job's outcome.
+async fn run_handler<T, H>(
+    claimed: &Claimed,
+    context: &JobContext<H>,
+    job: Job<T>,
+    job_id: &str,
+) -> Outcome
+where
+    T: DeserializeOwned + Send + 'static,
+    H: Handler<T>,
+{
+    let (attempt, max_attempts, timeout) = (job.attempt, job.max_attempts, job.timeout);
+    let run = AssertUnwindSafe(context.handler.handle(job)).catch_unwind();
+    let result = match timeout {
+        Some(limit) => tokio::time::timeout(limit, run)
+            .await
+            .unwrap_or_else(|_| Ok(Err(JobError::retry(format!("timed out after {limit:?}"))))),
+        None => run.await,
+    };
+    let result = result.unwrap_or_else(|panic| {
+        Counters::add(&context.counters.panicked, 1);
+        Err(JobError::retry(format!(
+            "handler panicked: {}",
+            panic_message(&panic)
+        )))
+    });
+    match result {
+        Ok(()) => Outcome::Completed,
+        Err(err) if err.is_permanent() => Outcome::Dead {
+            job_id: job_id.to_owned(),
+            attempts: attempt,
+            error: err.message().to_owned(),
+            failed_run: true,
+        },
+        Err(err) if attempt >= max_attempts => Outcome::Dead {
+            job_id: job_id.to_owned(),
+            attempts: attempt,
+            error: format!("failed {attempt} of {max_attempts} attempts, last: {err}"),
+            failed_run: true,
+        },
+        Err(err) => retry_outcome(claimed, &context.backoff, attempt, job_id.to_owned(), &err),
+    }
+}
+
+/// The next attempt of a job that failed attempt `attempt`.
+fn retry_outcome(
+    claimed: &Claimed,
+    backoff: &RetryBackoff,
+    attempt: u32,
+    job_id: String,
+    err: &JobError,
+) -> Outcome {
+    let delay = backoff.delay(attempt, fastrand::f64());
+    let due_us = now_us().saturating_add(micros(delay));
+    let next = claimed
+        .envelope
+        .as_deref()
+        .ok_or_else(|| Error::Decode("no envelope".to_owned()))
+        .and_then(Envelope::decode)
+        .and_then(|mut envelope| {
+            envelope.attempt = attempt;
+            envelope.ready_us = due_us;
+            envelope.encode(usize::MAX)
+        });
+    match next {
+        Ok(envelope) => {
+            tracing::info!(job = job_id, attempt, retry_in = ?delay, error = %err, "job failed; will retry");
+            Outcome::Retry {
+                envelope,
+                due_ms: due_us / 1000,
+                attempt,
+                error: err.message().to_owned(),
+            }
+        }
+        Err(e) => Outcome::Dead {
+            job_id,
+            attempts: attempt,
+            error: format!("{err}; cannot schedule a retry: {e}"),
+            failed_run: true,
+        },
+    }
+}
+
+/// Turns a claimed entry into a [`Job`], or into a dead-letter outcome when
+/// it cannot be decoded (poison: no retry can fix it).
+fn decode<T: DeserializeOwned>(
+    claimed: &Claimed,
+    max_bytes: usize,
+) -> Result<(Job<T>, u64), Outcome> {
+    let poison = |job_id: &str, attempts: u32, error: String| Outcome::Dead {
+        job_id: job_id.to_owned(),
+        attempts,
+        error,
+        failed_run: true,
+    };
+    let Some(bytes) = &claimed.envelope else {
+        return Err(poison(
+            "",
+            1,
+            "undecodable job: stream entry has no envelope".to_owned(),
+        ));
+    };
+    // An envelope adds a few dozen bytes to the payload limit; anything far
+    // larger did not come from a streamq producer with this limit.
+    if bytes.len() > max_bytes.saturating_add(4096) {
+        return Err(poison(
+            "",
+            1,
+            format!(
+                "undecodable job: {} bytes, over the limit of {max_bytes}",
+                bytes.len()
+            ),
+        ));
+    }
+    let envelope =
+        Envelope::decode(bytes).map_err(|e| poison("", 1, format!("undecodable job: {e}")))?;
+    let attempt = envelope.attempt + 1;
+    let payload = envelope
+        .payload::<T>(max_bytes)
+        .map_err(|e| poison(&envelope.id, attempt, format!("undecodable payload: {e}")))?;
+    let job = Job {
+        id: envelope.id.into_owned().into(),
+        name: envelope.name.into_owned(),
+        priority: claimed.priority,
+        attempt,
+        max_attempts: envelope.max_attempts,
+        deliveries: claimed.deliveries,
+        enqueued_ms: envelope.enqueued_us / 1000,
+        timeout: envelope.timeout_ms.map(Duration::from_millis),
+        traceparent: envelope.trace.map(Cow::into_owned),
+        tracker: None,
+        payload,
+    };
+    Ok((job, envelope.ready_us))
+}
+
+/// The job id a poison outcome carries, if its envelope named one.
+fn poison_job_id(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Dead { job_id, .. } => job_id.clone(),
+        _ => String::new(),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic".to_owned())
+}

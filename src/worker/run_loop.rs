@@ -1,0 +1,225 @@
+//! The run loop: keeps the handler slots busy. Fetches when there is room,
+//! starts buffered jobs most urgent first, promotes due delayed jobs,
+//! reclaims stalled ones on a timer, waits without polling when idle, and
+//! backs off while Redis is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+use super::config::RetryBackoff;
+use super::execute::run_job;
+use super::fetch::{Fetched, Fetcher, PriorityBuffer};
+use super::finish::{Counters, Finished};
+use super::job::Handler;
+use super::lease::Holdings;
+use super::promote;
+use super::tracker::Tracker;
+use crate::backoff::Backoff;
+use crate::error::Error;
+use crate::protocol::keys::GROUP;
+use crate::protocol::reply;
+use crate::protocol::scripts::scripts;
+
+/// What every job task needs.
+pub(super) struct JobContext<H> {
+    pub(super) handler: H,
+    pub(super) queue: String,
+    pub(super) consumer: Arc<str>,
+    pub(super) tracker: Option<Tracker>,
+    pub(super) finished: mpsc::Sender<Finished>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) backoff: RetryBackoff,
+    pub(super) max_payload_bytes: usize,
+}
+
+/// The worker's moving parts between fetching and running.
+pub(super) struct Lane {
+    pub(super) fetcher: Fetcher,
+    pub(super) buffer: PriorityBuffer,
+    pub(super) running: JoinSet<()>,
+    pub(super) holdings: Holdings,
+}
+
+impl Worker {
+    pub(super) async fn fetch_loop<T, H>(
+        &self,
+        lane: &mut Lane,
+        context: &Arc<JobContext<H>>,
+        shutdown: &CancellationToken,
+    ) where
+        T: DeserializeOwned + Send + 'static,
+        H: Handler<T>,
+    {
+        let capacity = self.config.concurrency + self.config.prefetch;
+        let mut backoff = Backoff::redis();
+        let mut next_promote = Instant::now();
+        let mut next_reclaim = Instant::now();
+        let mut paused = false;
+        while !shutdown.is_cancelled() {
+            while lane.running.try_join_next().is_some() {}
+            self.dispatch(lane, context);
+            let room = capacity.saturating_sub(lane.running.len() + lane.buffer.len());
+            let now = Instant::now();
+            if now >= next_promote {
+                next_promote = now + self.promote().await;
+            }
+            // While paused, stalled jobs stay where they are: running them
+            // would be fetching too.
+            if now >= next_reclaim && room > 0 && !paused {
+                self.reclaim(lane, context, room).await;
+                next_reclaim = now + self.config.reclaim_interval;
+                continue;
+            }
+            let upkeep_at = next_promote.min(next_reclaim);
+            if room == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = lane.running.join_next() => {}
+                    _ = tokio::time::sleep_until(upkeep_at) => {}
+                }
+                continue;
+            }
+            // Never cancelled: a fetch dropped mid-flight may have claimed jobs.
+            let fetched = lane.fetcher.fetch(room).await;
+            if paused != matches!(fetched, Ok(Fetched::Paused)) {
+                paused = !paused;
+                tracing::info!(
+                    queue = self.queue.name(),
+                    paused,
+                    "queue pause state changed"
+                );
+            }
+            let outcome = match fetched {
+                Ok(Fetched::Paused) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep_until(upkeep_at.min(Instant::now() + self.config.promote_interval)) => Ok(()),
+                    }
+                }
+                Ok(Fetched::Jobs(jobs)) => {
+                    for job in &jobs {
+                        lane.holdings.hold(job.priority, &job.entry_id);
+                    }
+                    lane.buffer.extend(jobs);
+                    Ok(())
+                }
+                // Nothing new, but claimed jobs wait for a slot: wait for a
+                // slot, not for Redis.
+                Ok(Fetched::Idle(_)) if !lane.buffer.is_empty() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = lane.running.join_next() => Ok(()),
+                        _ = tokio::time::sleep_until(upkeep_at) => Ok(()),
+                    }
+                }
+                Ok(Fetched::Idle(last_ids)) => {
+                    let block = upkeep_at.saturating_duration_since(Instant::now());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        woken = lane.fetcher.wait_for_new(&last_ids, block) => woken,
+                    }
+                }
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(()) => backoff.reset(),
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(queue = self.queue.name(), %err, retry_in = ?delay, "fetching jobs failed");
+                    if reply::is_nogroup(&err) {
+                        if let Err(err) = self.queue.ensure_groups().await {
+                            tracing::warn!(queue = self.queue.name(), %err, "recreating consumer groups failed");
+                        }
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks the queue's keys and groups before the first fetch, riding out
+    /// Redis being away (a restart, say) with capped backoff. `Ok(false)`
+    /// when shut down before Redis came back.
+    pub(super) async fn start(&self, shutdown: &CancellationToken) -> Result<bool, Error> {
+        let mut backoff = Backoff::redis();
+        loop {
+            match self.queue.ensure_groups().await {
+                Ok(()) => return Ok(true),
+                Err(err) if err.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(queue = self.queue.name(), %err, retry_in = ?delay, "worker cannot start yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Starts buffered jobs, most urgent first, while slots are free.
+    pub(super) fn dispatch<T, H>(&self, lane: &mut Lane, context: &Arc<JobContext<H>>)
+    where
+        T: DeserializeOwned + Send + 'static,
+        H: Handler<T>,
+    {
+        while lane.running.len() < self.config.concurrency {
+            let Some(claimed) = lane.buffer.pop() else {
+                break;
+            };
+            lane.running.spawn(run_job(claimed, context.clone()));
+        }
+    }
+
+    /// Moves due delayed jobs; returns how long until the next pass.
+    async fn promote(&self) -> Duration {
+        let interval = self.config.promote_interval;
+        for _ in 0..10 {
+            match promote::promote(&self.queue).await {
+                Ok(p) if p.moved == promote::PROMOTE_LIMIT => continue,
+                Ok(p) => return p.next_due_in.map_or(interval, |due| due.min(interval)),
+                Err(err @ Error::OutOfMemory(_)) => {
+                    // Expected while Redis is full; due jobs wait in the set.
+                    tracing::debug!(queue = self.queue.name(), %err, "cannot promote delayed jobs yet");
+                    return interval;
+                }
+                Err(err) => {
+                    tracing::warn!(queue = self.queue.name(), %err, "promoting delayed jobs failed");
+                    return interval;
+                }
+            }
+        }
+        Duration::ZERO
+    }
+
+    /// Leaves the consumer group where this worker owns nothing.
+    pub(super) async fn retire(&self) {
+        let script = &scripts().retire_consumer;
+        let mut call = script.call(self.queue.keys(), &[] as &[&str]);
+        call.arg(GROUP).arg(&self.consumer);
+        let kept = match call.invoke(&mut self.queue.conn()).await {
+            Ok(reply) => reply::done(script, reply).and_then(|mut body| body.int()),
+            Err(err) => Err(Error::from(err)),
+        };
+        match kept {
+            Ok(0) => {}
+            Ok(kept) => tracing::info!(
+                consumer = self.consumer,
+                streams = kept,
+                "consumer kept in the group: it still owns pending jobs"
+            ),
+            Err(err) => tracing::warn!(%err, "could not retire consumer"),
+        }
+    }
+}

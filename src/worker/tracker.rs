@@ -1,0 +1,259 @@
+//! Writing tracked jobs' metadata as they move: started, retrying,
+//! completed, dead-lettered, plus progress and log lines from handlers.
+//!
+//! Writes are single-key commands, batched into one pipeline per round trip
+//! by a task of their own, and best-effort: a full channel drops an update
+//! (counted in a log line), never slows a job. Lookups ([`crate::Queue::job`])
+//! cross-check the live streams, so a late or lost update can make a state
+//! unknown, never wrong about whether a job waits or runs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::priority::Priority;
+use crate::protocol::keys::QueueKeys;
+use crate::queue::JobTracking;
+use crate::queue::Queue;
+use crate::time::millis;
+use crate::time::now_ms;
+
+/// The most log lines kept per job, and the longest line (bytes).
+pub(crate) const MAX_LOG_LINES: usize = 100;
+pub(crate) const MAX_LOG_LINE: usize = 1024;
+
+/// One change to a tracked job.
+#[derive(Debug)]
+pub(crate) enum TrackEvent {
+    Started {
+        id: String,
+        entry: String,
+        priority: Priority,
+        attempt: u32,
+        consumer: Arc<str>,
+    },
+    Completed {
+        id: String,
+    },
+    Retrying {
+        id: String,
+        due_ms: u64,
+        attempt: u32,
+        error: String,
+    },
+    Dead {
+        id: String,
+        error: String,
+        attempts: u32,
+        dead_id: String,
+    },
+    Progress {
+        id: String,
+        percent: u8,
+    },
+    Log {
+        id: String,
+        line: String,
+    },
+}
+
+/// Sends updates to the writer; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Tracker {
+    tx: mpsc::Sender<TrackEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Tracker {
+    /// Starts the writer task for `queue`.
+    pub(crate) fn spawn(
+        queue: &Queue,
+        tracking: JobTracking,
+    ) -> (Tracker, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(10_000);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(write(queue.clone(), tracking, rx, dropped.clone()));
+        (Tracker { tx, dropped }, writer)
+    }
+
+    /// Queues an update; drops it if the writer is far behind.
+    pub(crate) fn send(&self, event: TrackEvent) {
+        if self.tx.try_send(event).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "job tracking is behind; updates dropped");
+            }
+        }
+    }
+}
+
+async fn write(
+    queue: Queue,
+    tracking: JobTracking,
+    mut rx: mpsc::Receiver<TrackEvent>,
+    dropped: Arc<AtomicU64>,
+) {
+    let keys = queue.keys().clone();
+    let live = millis(tracking.keep_live);
+    let finished = millis(tracking.keep_finished);
+    let mut conn = queue.conn();
+    let mut batch = Vec::with_capacity(512);
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut completed_any = false;
+        for event in batch.drain(..) {
+            match event {
+                TrackEvent::Started {
+                    id,
+                    entry,
+                    priority,
+                    attempt,
+                    consumer,
+                } => {
+                    let meta = keys.job(&id);
+                    pipe.cmd("HSET").arg(&meta).arg(&[
+                        ("state", "active"),
+                        ("entry", entry.as_str()),
+                        ("p", priority.as_str()),
+                        ("owner", &consumer),
+                    ]);
+                    pipe.cmd("HSET")
+                        .arg(&meta)
+                        .arg("att")
+                        .arg(attempt)
+                        .arg("start")
+                        .arg(now_ms());
+                    pipe.cmd("PEXPIRE").arg(&meta).arg(live);
+                }
+                TrackEvent::Completed { id } => {
+                    let (meta, log) = (keys.job(&id), keys.job_log(&id));
+                    if tracking.keep_completed == 0 {
+                        pipe.cmd("DEL").arg(&meta).arg(&log);
+                    } else {
+                        let now = now_ms();
+                        pipe.cmd("HSET")
+                            .arg(&meta)
+                            .arg("state")
+                            .arg("completed")
+                            .arg("fin")
+                            .arg(now);
+                        pipe.cmd("PEXPIRE").arg(&meta).arg(finished);
+                        pipe.cmd("PEXPIRE").arg(&log).arg(finished);
+                        pipe.cmd("ZADD").arg(keys.completed()).arg(now).arg(&id);
+                        completed_any = true;
+                    }
+                }
+                TrackEvent::Retrying {
+                    id,
+                    due_ms,
+                    attempt,
+                    error,
+                } => {
+                    let meta = keys.job(&id);
+                    pipe.cmd("HSET")
+                        .arg(&meta)
+                        .arg("state")
+                        .arg("delayed")
+                        .arg("due")
+                        .arg(due_ms);
+                    pipe.cmd("HSET")
+                        .arg(&meta)
+                        .arg("att")
+                        .arg(attempt)
+                        .arg("err")
+                        .arg(&error);
+                    pipe.cmd("PEXPIRE").arg(&meta).arg(live);
+                }
+                TrackEvent::Dead {
+                    id,
+                    error,
+                    attempts,
+                    dead_id,
+                } => {
+                    let (meta, log) = (keys.job(&id), keys.job_log(&id));
+                    pipe.cmd("HSET").arg(&meta).arg(&[
+                        ("state", "dead"),
+                        ("err", error.as_str()),
+                        ("dead", dead_id.as_str()),
+                    ]);
+                    pipe.cmd("HSET")
+                        .arg(&meta)
+                        .arg("att")
+                        .arg(attempts)
+                        .arg("fin")
+                        .arg(now_ms());
+                    pipe.cmd("PEXPIRE").arg(&meta).arg(finished);
+                    pipe.cmd("PEXPIRE").arg(&log).arg(finished);
+                }
+                TrackEvent::Progress { id, percent } => {
+                    let meta = keys.job(&id);
+                    pipe.cmd("HSET").arg(&meta).arg("prog").arg(percent);
+                    pipe.cmd("PEXPIRE").arg(&meta).arg(live);
+                }
+                TrackEvent::Log { id, line } => {
+                    let log = keys.job_log(&id);
+                    pipe.cmd("RPUSH").arg(&log).arg(&line);
+                    pipe.cmd("LTRIM")
+                        .arg(&log)
+                        .arg(-(MAX_LOG_LINES as i64))
+                        .arg(-1);
+                    pipe.cmd("PEXPIRE").arg(&log).arg(live);
+                }
+            }
+        }
+        if let Err(err) = pipe.ignore_errors().exec_async(&mut conn).await {
+            tracing::warn!(queue = queue.name(), %err, "could not record job tracking updates");
+        }
+        if completed_any {
+            if let Err(err) = trim_completed(&mut conn, &keys, &tracking).await {
+                tracing::warn!(queue = queue.name(), %err, "could not trim retained completed jobs");
+            }
+        }
+    }
+    let lost = dropped.load(Ordering::Relaxed);
+    if lost > 0 {
+        tracing::warn!(
+            queue = queue.name(),
+            dropped = lost,
+            "job tracking updates were dropped"
+        );
+    }
+}
+
+/// Bounds retained completed jobs by count and age: the evicted jobs'
+/// metadata and logs are deleted with their index entries.
+async fn trim_completed(
+    conn: &mut redis::aio::ConnectionManager,
+    keys: &QueueKeys,
+    tracking: &JobTracking,
+) -> redis::RedisResult<()> {
+    let index = keys.completed();
+    let keep = i64::try_from(tracking.keep_completed).unwrap_or(i64::MAX);
+    let oldest_kept = now_ms().saturating_sub(millis(tracking.keep_finished));
+    let (over_count, too_old): (Vec<String>, Vec<String>) = redis::pipe()
+        .cmd("ZRANGE")
+        .arg(&index)
+        .arg(0)
+        .arg(-keep - 1)
+        .cmd("ZRANGE")
+        .arg(&index)
+        .arg("-inf")
+        .arg(format!("({oldest_kept}"))
+        .arg("BYSCORE")
+        .query_async(conn)
+        .await?;
+    let evicted: Vec<&String> = over_count.iter().chain(&too_old).collect();
+    if evicted.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for id in &evicted {
+        pipe.cmd("DEL")
+            .arg(keys.job(id))
+            .arg(keys.job_log(id))
+            .ignore();
+        pipe.cmd("ZREM").arg(&index).arg(*id).ignore();
+    }
+    pipe.exec_async(conn).await
+}
