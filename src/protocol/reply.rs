@@ -186,9 +186,10 @@ impl From<RedisError> for Error {
 }
 
 /// Whether Redis could not be reached or is not serving now: a retry later
-/// may succeed.
+/// may succeed. A TLS handshake the server failed (an unknown issuer, say)
+/// is an I/O error too, but no retry fixes it.
 fn is_transient(err: &RedisError) -> bool {
-    err.is_io_error()
+    !is_tls_refusal(err) && err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
@@ -196,6 +197,21 @@ fn is_transient(err: &RedisError) -> bool {
             err.code(),
             Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN")
         )
+}
+
+/// Whether the error is a TLS failure (redis-rs keeps the `io::Error`
+/// carrying the rustls error behind an `Arc` in its source).
+fn is_tls_refusal(err: &RedisError) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let Some(source) = std::error::Error::source(err) else {
+        return false;
+    };
+    let io = source
+        .downcast_ref::<Shared>()
+        .and_then(|shared| shared.downcast_ref::<std::io::Error>())
+        .or_else(|| source.downcast_ref::<std::io::Error>());
+    io.and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// `NOSCRIPT`: the script is not in the server's cache; it did not run.

@@ -176,12 +176,14 @@ pub(crate) async fn invoke_pipelined<C: ConnectionLike>(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
 
-    #[test]
-    fn every_script_has_a_contract_header_and_a_distinct_sha() {
+    use super::*;
+    use crate::protocol::reply::status;
+
+    fn all() -> Vec<&'static Script> {
         let s = scripts();
-        let all = [
+        vec![
             &s.enqueue,
             &s.fetch,
             &s.ack,
@@ -193,21 +195,137 @@ mod tests {
             &s.heartbeat,
             &s.requeue_dead,
             &s.recover,
-        ];
-        for script in all {
-            assert_eq!(script.sha.len(), 40, "{}", script.name);
-            assert!(
-                script.source.starts_with("#!lua"),
-                "{} needs a shebang",
-                script.name
-            );
-            for section in ["KEYS[", "ARGV[", "Returns"] {
+        ]
+    }
+
+    /// The cells of each row of the markdown table whose header starts with
+    /// `first`, by the row's first cell (backticks dropped).
+    fn table(readme: &str, first: &str) -> BTreeMap<String, Vec<String>> {
+        let mut rows = BTreeMap::new();
+        let mut inside = false;
+        for line in readme.lines() {
+            let cells: Vec<String> = line
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_owned())
+                .collect();
+            if !line.trim_start().starts_with('|') {
+                inside = false;
+            } else if cells[0] == first {
+                inside = true;
+            } else if inside && !cells[0].starts_with("---") {
+                rows.insert(cells[0].clone(), cells);
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn every_script_follows_the_contract_in_lua_readme() {
+        let readme = include_str!("../../lua/README.md");
+        let codes = table(readme, "code");
+        let expected: BTreeMap<String, Vec<String>> = status::ALL
+            .iter()
+            .map(|(name, code)| (code.to_string(), vec![code.to_string(), (*name).to_owned()]))
+            .collect();
+        assert_eq!(
+            codes
+                .iter()
+                .map(|(k, v)| (k.clone(), v[..2].to_vec()))
+                .collect::<BTreeMap<_, _>>(),
+            expected,
+            "the status code table matches protocol::reply::status"
+        );
+        let rows = table(readme, "script");
+        let names: BTreeSet<&str> = all().iter().map(|s| s.name).collect();
+        assert_eq!(
+            rows.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+            names,
+            "one row per script"
+        );
+        for script in all() {
+            let row = &rows[script.name];
+            let (header, code) = script
+                .source
+                .split_once("]]")
+                .unwrap_or_else(|| panic!("{} has no header block", script.name));
+            let shebang = header.lines().next().unwrap_or_default();
+            let oom = shebang.contains("allow-oom");
+            assert!(shebang.starts_with("#!lua"), "{}: shebang", script.name);
+            assert_eq!(oom, row[1] == "allow-oom", "{}: flags", script.name);
+            for line in [
+                "KEYS[1]    stats hash",
+                "KEYS[2..5] streams             critical, high, medium, low",
+                "ARGV[1",
+                "Returns    {OK",
+            ] {
                 assert!(
-                    script.source.contains(section),
-                    "{} header lacks {section}",
+                    header.contains(line),
+                    "{} header lacks {line:?}",
                     script.name
                 );
             }
+            let listed: BTreeSet<&str> = row[2].split(", ").collect();
+            for (name, value) in status::ALL {
+                let returned = code.contains(&format!("return {{ {name}"));
+                let documented = header.contains(&format!("{{{name}"));
+                let bound = code.contains(&format!("local {name}"))
+                    || code.contains(&format!(", {name} = "))
+                    || code.contains(&format!(", {name},"));
+                assert_eq!(
+                    returned,
+                    listed.contains(name),
+                    "{}: returns {name}?",
+                    script.name
+                );
+                assert_eq!(
+                    documented,
+                    listed.contains(name),
+                    "{}: documents {name}?",
+                    script.name
+                );
+                if returned {
+                    assert!(bound, "{} binds {name} to a local", script.name);
+                    assert!(
+                        binds_value(code, name, value),
+                        "{} binds {name} to {value}",
+                        script.name
+                    );
+                }
+            }
+            assert!(
+                !code.contains("return {\n")
+                    && !code.contains("return { 0")
+                    && !code.contains("return { 1"),
+                "{}: every return names its status",
+                script.name
+            );
+        }
+    }
+
+    /// Whether the script's `local A, B = 0, 1` line binds `name` to `value`.
+    fn binds_value(code: &str, name: &str, value: i64) -> bool {
+        code.lines().any(|line| {
+            let Some((names, values)) = line
+                .trim()
+                .strip_prefix("local ")
+                .and_then(|l| l.split_once(" = "))
+            else {
+                return false;
+            };
+            names
+                .split(", ")
+                .zip(values.split(", "))
+                .any(|(n, v)| n == name && v.trim() == value.to_string())
+        })
+    }
+
+    #[test]
+    fn every_lua_file_is_registered_once_with_a_distinct_sha() {
+        let all = all();
+        for script in &all {
+            assert_eq!(script.sha.len(), 40, "{}", script.name);
         }
         let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/lua"))
             .expect("lua/ exists")
@@ -221,10 +339,7 @@ mod tests {
             all.len(),
             "every lua/*.lua file is registered, once"
         );
-        for (i, a) in all.iter().enumerate() {
-            for b in &all[i + 1..] {
-                assert_ne!(a.sha, b.sha);
-            }
-        }
+        let shas: BTreeSet<&str> = all.iter().map(|s| s.sha.as_str()).collect();
+        assert_eq!(shas.len(), all.len());
     }
 }

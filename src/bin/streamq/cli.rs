@@ -1,6 +1,5 @@
 //! Command-line parsing and the commands' shared plumbing.
 
-
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
