@@ -287,4 +287,81 @@ mod tests {
             Err(Error::Decode(_))
         ));
     }
+
+    #[test]
+    fn the_layout_in_docs_design_md_is_the_encoded_layout() {
+        let design = include_str!("../../docs/design.md");
+        let documented: Vec<&str> = design
+            .lines()
+            .skip_while(|l| !l.starts_with("## The job envelope"))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (cells.len() > 3 && cells[1].parse::<usize>().is_ok()).then(|| cells[2])
+            })
+            .collect();
+        assert_eq!(
+            documented,
+            [
+                "version",
+                "id",
+                "name",
+                "attempt",
+                "max_attempts",
+                "enqueued_us",
+                "ready_us",
+                "timeout_ms",
+                "payload",
+                "compressed",
+                "trace"
+            ]
+        );
+        // Decode by position, with the documented types, as another
+        // language's client would.
+        type Layout = (
+            u8,
+            String,
+            String,
+            u32,
+            u32,
+            u64,
+            u64,
+            Option<u64>,
+            serde_bytes::ByteBuf,
+            bool,
+            Option<String>,
+        );
+        let id = JobId::generate();
+        let bytes = Envelope::encode_new(new_job(&id, "page", 4, Some(250)), &"x", limits(1024))
+            .expect("encodes");
+        let decoded: Layout = rmp_serde::from_slice(&bytes).expect("the documented layout");
+        assert_eq!(decoded.0, SCHEMA_VERSION);
+        assert_eq!(
+            (decoded.1.as_str(), decoded.2.as_str()),
+            (id.as_str(), "page")
+        );
+        assert_eq!((decoded.3, decoded.4, decoded.7), (0, 4, Some(250)));
+        assert!(decoded.5 > 0 && decoded.6 > 0);
+        let payload: String = rmp_serde::from_slice(&decoded.8).expect("payload is MessagePack");
+        assert_eq!(payload, "x");
+        assert_eq!(
+            (decoded.9, decoded.10.as_deref()),
+            (false, Some("00-trace-span-01"))
+        );
+
+        // An older writer's shorter array (no compressed, no trace) still reads.
+        let short = rmp_serde::to_vec(&(
+            1u8,
+            "id",
+            "n",
+            0u32,
+            3u32,
+            1u64,
+            1u64,
+            None::<u64>,
+            serde_bytes::Bytes::new(b"\xa1x"),
+        ))
+        .expect("encodes");
+        let envelope = Envelope::decode(&short).expect("shorter arrays decode");
+        assert!(!envelope.compressed && envelope.trace.is_none());
+    }
 }
