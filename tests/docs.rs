@@ -88,3 +88,60 @@ fn the_readme_tree_names_every_file_and_nothing_else() {
         }
     }
 }
+
+/// The library's layers, bottom up, as `src/lib.rs` declares them.
+const LAYERS: [&[&str]; 6] = [
+    &["error", "job_id", "priority", "time", "backoff"],
+    &["protocol"],
+    &["queue"],
+    &["producer", "worker"],
+    &["admin"],
+    &["testing"],
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+#[test]
+fn imports_go_down_the_layers_by_their_own_paths() {
+    let mut problems = Vec::new();
+    for file in files("src") {
+        let top = file
+            .trim_start_matches("src/")
+            .split(['/', '.'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if top == "bin" || top == "lib" {
+            continue;
+        }
+        let Some(own) = layer_of(&top) else {
+            problems.push(format!("{file}: module {top} is in no layer"));
+            continue;
+        };
+        let text = std::fs::read_to_string(Path::new(ROOT).join(&file)).expect("readable");
+        for line in text.lines() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            for (at, _) in code.match_indices("crate::") {
+                let target: String = code[at + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                match layer_of(&target) {
+                    None => problems.push(format!(
+                        "{file}: `crate::{target}` goes through lib.rs's re-exports"
+                    )),
+                    Some(layer) if layer > own => {
+                        problems.push(format!("{file}: imports {target}, a layer above {top}"))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
