@@ -12,9 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use streamq::{
     DeadLettered, EnqueueOptions, Error, Job, JobError, LocalRedis, Priority, Queue, QueueKeys,
 };
-use support::{
-    Gate, Seen, TestRedis, WAIT, eventually, fast, spawn_worker, until_stats, wait_for,
-};
+use support::{Gate, Seen, TestRedis, WAIT, eventually, fast, spawn_worker, until_stats, wait_for};
 
 #[tokio::test]
 async fn a_failing_job_is_retried_until_it_succeeds() {
@@ -723,7 +721,10 @@ async fn out_of_memory_refuses_enqueues_with_a_typed_error_while_acks_go_on() {
         s.completed() == done
     })
     .await;
-    wait_for("the poison job failed", || poison_ran.load(Ordering::SeqCst)).await;
+    wait_for("the poison job failed", || {
+        poison_ran.load(Ordering::SeqCst)
+    })
+    .await;
     // Nothing to wait on for a move that must not happen: give the refused
     // move time to be tried. Neither state below can change while Redis is
     // full, so this pause can only make the check meaningful, never flaky.
