@@ -10,26 +10,31 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use redis::aio::MultiplexedConnection;
+use streamq::{Priority, QueueKeys};
 use support::TestRedis;
 
-const STREAM: &str = "streamq:{bench}:high";
-const STATS: &str = "streamq:{bench}:stats";
-const LATENCY: &str = "streamq:{bench}:latency";
 const ACK: &str = include_str!("../lua/ack.lua");
 const RECLAIM: &str = include_str!("../lua/reclaim.lua");
 
+/// The bench queue's keys; its jobs go to the high stream.
+fn keys() -> QueueKeys {
+    QueueKeys::new("streamq", "bench").unwrap()
+}
+
 /// Adds `n` 1 KiB entries and claims them all for consumer `c1`.
 async fn claimed(conn: &mut MultiplexedConnection, n: usize) -> Vec<String> {
+    let keys = keys();
+    let stream = keys.stream(Priority::High);
     let body = vec![b'x'; 1024];
     let mut pipe = redis::pipe();
     for _ in 0..n {
-        pipe.cmd("XADD").arg(STREAM).arg("*").arg("e").arg(&body);
+        pipe.cmd("XADD").arg(stream).arg("*").arg("e").arg(&body);
     }
     let ids: Vec<String> = pipe.query_async(conn).await.unwrap();
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg(&["GROUP", "streamq", "c1", "COUNT"])
         .arg(n)
-        .arg(&["STREAMS", STREAM, ">"])
+        .arg(&["STREAMS", stream, ">"])
         .query_async(conn)
         .await
         .unwrap();
@@ -40,9 +45,12 @@ fn scripts(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let redis = TestRedis::start();
     let mut conn = runtime.block_on(redis.raw());
+    let keys = keys();
     runtime.block_on(async {
         let _: () = redis::cmd("XGROUP")
-            .arg(&["CREATE", STREAM, "streamq", "0", "MKSTREAM"])
+            .arg("CREATE")
+            .arg(keys.stream(Priority::High))
+            .arg(&["streamq", "0", "MKSTREAM"])
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -56,17 +64,17 @@ fn scripts(c: &mut Criterion) {
         group.bench_function(format!("ack_batch_{batch}{label}"), |b| {
             b.to_async(&runtime).iter_custom(|iters| {
                 let mut conn = conn.clone();
-                let ack = &ack;
+                let (ack, keys) = (&ack, &keys);
                 async move {
                     let mut measured = Duration::ZERO;
                     for _ in 0..iters {
                         let ids = claimed(&mut conn, batch).await;
                         let mut call = ack.prepare_invoke();
-                        call.key(STATS);
-                        for key in ["critical", "high", "medium", "low"] {
-                            call.key(format!("streamq:{{bench}}:{key}"));
+                        call.key(keys.stats());
+                        for stream in keys.streams() {
+                            call.key(stream);
                         }
-                        call.key(LATENCY);
+                        call.key(keys.latency());
                         call.arg("streamq").arg("c1").arg(metrics);
                         for id in &ids {
                             call.arg(2)
@@ -101,11 +109,11 @@ fn scripts(c: &mut Criterion) {
     group.bench_function("reclaim_scan_100k_pending_none_idle", |b| {
         b.to_async(&runtime).iter(|| {
             let mut conn = conn.clone();
-            let reclaim = &reclaim;
+            let (reclaim, keys) = (&reclaim, &keys);
             async move {
                 let reply: Vec<redis::Value> = reclaim
-                    .key(STATS)
-                    .key(STREAM)
+                    .key(keys.stats())
+                    .key(keys.stream(Priority::High))
                     .arg(&["streamq", "c2", "600000", "0-0", "100", "high"])
                     .invoke_async(&mut conn)
                     .await

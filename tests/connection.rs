@@ -8,28 +8,22 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use streamq::{
-    EnqueueOptions, Error, Job, JobError, Queue, RedisConfig, TlsFiles, Version, Worker,
+    EnqueueOptions, Error, Job, JobError, Queue, QueueKeys, RedisConfig, TlsFiles, Version,
     WorkerConfig,
 };
-use support::{TestRedis, eventually};
-use tokio_util::sync::CancellationToken;
+use support::{TestRedis, spawn_worker, until_stats};
 
 /// Enqueues three jobs and runs a worker until they are done.
 async fn round_trip(queue: &Queue) {
     for i in 0..3u32 {
         queue.enqueue(&i, &EnqueueOptions::new()).await.unwrap();
     }
-    let stop = CancellationToken::new();
-    let worker = Worker::new(queue, WorkerConfig::new()).unwrap();
-    let handle =
-        tokio::spawn(worker.run(|_: Job<u32>| async { Ok::<_, JobError>(()) }, stop.clone()));
-    eventually("three jobs completed", Duration::from_secs(10), || {
-        let queue = queue.clone();
-        async move { queue.stats().await.unwrap().completed() == 3 }
-    })
-    .await;
+    let (stop, handle) = spawn_worker(queue, WorkerConfig::new(), |_: Job<u32>| async {
+        Ok::<_, JobError>(())
+    });
+    until_stats("three jobs completed", queue, |s| s.completed() == 3).await;
     stop.cancel();
-    assert_eq!(handle.await.unwrap().unwrap().completed, 3);
+    assert_eq!(handle.await.unwrap().completed, 3);
 }
 
 #[tokio::test]
@@ -97,15 +91,10 @@ async fn tls_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
 async fn an_acl_user_limited_to_the_queue_prefix_can_run_it_and_nothing_else() {
     let redis = TestRedis::start();
     let mut admin = redis.raw().await;
+    let keys = QueueKeys::new("streamq", "alerts").unwrap();
     let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "alerts",
-            "on",
-            ">secret",
-            "resetkeys",
-            "~streamq:{alerts}:*",
-        ])
+        .arg(&["SETUSER", "alerts", "on", ">secret", "resetkeys"])
+        .arg(format!("~{}", keys.pattern()))
         // The minimal ACL documented in docs/design.md.
         .arg(&[
             "resetchannels",
@@ -139,7 +128,8 @@ async fn an_acl_user_limited_to_the_queue_prefix_can_run_it_and_nothing_else() {
     assert!(!err.is_retryable());
 
     // A script that touches a key outside the pattern is refused too.
-    let _: () = admin.set("streamq:{alerts}:marker", 1).await.unwrap();
+    let marker = keys.pattern().replace('*', "marker");
+    let _: () = admin.set(&marker, 1).await.unwrap();
     let wrong = RedisConfig::from_url(&format!(
         "redis://alerts:nope@127.0.0.1:{}",
         redis.server.port()

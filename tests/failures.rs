@@ -5,26 +5,14 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use streamq::{
-    DeadLettered, EnqueueOptions, Error, Job, JobError, LocalRedis, Priority, Queue, RetryBackoff,
-    WorkerConfig,
+    DeadLettered, EnqueueOptions, Error, Job, JobError, LocalRedis, Priority, Queue, QueueKeys,
 };
-use support::{Seen, TestRedis, eventually, spawn_worker};
-
-/// Quick retries and upkeep, so tests run in well under a second per step.
-fn fast() -> WorkerConfig {
-    WorkerConfig::new()
-        .backoff(RetryBackoff::Fixed(Duration::from_millis(30)))
-        .promote_interval(Duration::from_millis(20))
-        .reclaim_interval(Duration::from_millis(50))
-        .block(Duration::from_millis(200))
-}
-
-const WAIT: Duration = Duration::from_secs(20);
+use support::{Gate, Seen, TestRedis, WAIT, eventually, fast, spawn_worker, until_stats, wait_for};
 
 #[tokio::test]
 async fn a_failing_job_is_retried_until_it_succeeds() {
@@ -65,11 +53,12 @@ async fn a_failing_job_is_retried_until_it_succeeds() {
     );
     let attempts = attempts.lock().unwrap().clone();
     assert_eq!(attempts, vec![(id.clone(), 1), (id.clone(), 2), (id, 3)]);
-    let counters = redis.counters("retry").await;
+    let counters = redis.counters(&queue).await;
     assert_eq!(counters.get("retried:high"), Some(&2));
     assert_eq!(counters.get("completed:high"), Some(&1));
-    assert_eq!(redis.len("streamq:{retry}:delayed").await, 0);
-    assert_eq!(redis.len("streamq:{retry}:high").await, 0);
+    let keys = queue.keys();
+    assert_eq!(redis.len(keys.delayed()).await, 0);
+    assert_eq!(redis.len(keys.stream(Priority::High)).await, 0);
 }
 
 #[tokio::test]
@@ -204,7 +193,9 @@ async fn delayed_and_scheduled_jobs_wait_for_their_time() {
         .await
         .unwrap();
     let now = queue.enqueue(&3u8, &EnqueueOptions::new()).await.unwrap();
-    assert_eq!(redis.len("streamq:{later}:delayed").await, 2);
+    // The undelayed job went straight to its stream; the other two wait.
+    assert_eq!(redis.len(queue.keys().delayed()).await, 2);
+    assert_eq!(redis.len(queue.keys().stream(Priority::Medium)).await, 1);
     let ran = Arc::new(Mutex::new(Vec::new()));
     let log = ran.clone();
     let (stop, worker) = spawn_worker(&queue, fast(), move |job: Job<u8>| {
@@ -216,16 +207,12 @@ async fn delayed_and_scheduled_jobs_wait_for_their_time() {
             Ok(())
         }
     });
-    eventually("all three ran", WAIT, || {
-        let n = ran.lock().unwrap().len();
-        async move { n == 3 }
-    })
-    .await;
+    wait_for("all three ran", || ran.lock().unwrap().len() == 3).await;
     stop.cancel();
     worker.await.unwrap();
     let ran = ran.lock().unwrap().clone();
     let at = |id| ran.iter().find(|(j, _)| j == id).unwrap().1;
-    assert!(at(&now) < Duration::from_millis(400));
+    assert!(ran.iter().any(|(j, _)| j == &now), "the undelayed job ran");
     assert!(
         at(&delayed) >= Duration::from_millis(400),
         "ran early: {:?}",
@@ -236,7 +223,7 @@ async fn delayed_and_scheduled_jobs_wait_for_their_time() {
         "ran early: {:?}",
         at(&scheduled)
     );
-    assert_eq!(redis.counters("later").await.get("scheduled"), Some(&2));
+    assert_eq!(redis.counters(&queue).await.get("scheduled"), Some(&2));
 }
 
 #[tokio::test]
@@ -254,24 +241,13 @@ async fn concurrent_promoters_move_each_due_job_exactly_once() {
     let seen = Seen::default();
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let seen = seen.clone();
         workers.push(spawn_worker(
             &queue,
             fast().concurrency(32),
-            move |job: Job<u32>| {
-                let seen = seen.clone();
-                async move {
-                    seen.record(job.id());
-                    Ok(())
-                }
-            },
+            seen.handler::<u32>(),
         ));
     }
-    eventually("all promoted and run", WAIT, || {
-        let n = seen.len();
-        async move { n == 3000 }
-    })
-    .await;
+    wait_for("all promoted and run", || seen.len() == 3000).await;
     for (stop, handle) in workers {
         stop.cancel();
         handle.await.unwrap();
@@ -282,7 +258,7 @@ async fn concurrent_promoters_move_each_due_job_exactly_once() {
         &seen.duplicates()[..1]
     );
     assert!(ids.iter().all(|id| seen.count(id) == 1));
-    assert_eq!(redis.len("streamq:{promote}:delayed").await, 0);
+    assert_eq!(redis.len(queue.keys().delayed()).await, 0);
     assert_eq!(queue.stats().await.unwrap().completed(), 3000);
 }
 
@@ -290,7 +266,8 @@ async fn concurrent_promoters_move_each_due_job_exactly_once() {
 async fn a_duplicate_idempotency_key_returns_the_first_id_and_adds_nothing() {
     let redis = TestRedis::start();
     let queue = redis.queue("dedup").await;
-    let ttl = Duration::from_millis(300);
+    // Long enough that no stall between the enqueues below can expire it.
+    let ttl = Duration::from_secs(3600);
     let options = EnqueueOptions::new().idempotency_key("alert-42", ttl);
     let first = queue.enqueue(&"first", &options).await.unwrap();
     let again = queue.enqueue(&"second", &options).await.unwrap();
@@ -311,12 +288,36 @@ async fn a_duplicate_idempotency_key_returns_the_first_id_and_adds_nothing() {
     );
     assert_eq!(ids[2], first);
     assert_eq!(queue.stats().await.unwrap().enqueued(), 2);
-    assert_eq!(redis.counters("dedup").await.get("deduplicated"), Some(&3));
+    assert_eq!(redis.counters(&queue).await.get("deduplicated"), Some(&3));
 
-    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-    let later = queue.enqueue(&"after ttl", &options).await.unwrap();
-    assert_ne!(later, first, "after the TTL the key is free again");
-    assert_eq!(queue.stats().await.unwrap().enqueued(), 3);
+    // The key lives as long as asked for, then is free again.
+    let mut raw = redis.raw().await;
+    let dedup = queue.keys().dedup("alert-42");
+    let left: i64 = redis::cmd("PTTL")
+        .arg(&dedup)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(left > 0 && left <= 3_600_000, "PTTL {left}");
+    let brief = EnqueueOptions::new().idempotency_key("brief", Duration::from_millis(200));
+    let before = queue.enqueue(&"brief", &brief).await.unwrap();
+    let brief_key = queue.keys().dedup("brief");
+    eventually("the brief key expired", WAIT, || {
+        let mut raw = raw.clone();
+        let key = brief_key.clone();
+        async move {
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            exists == 0
+        }
+    })
+    .await;
+    let later = queue.enqueue(&"after ttl", &brief).await.unwrap();
+    assert_ne!(later, before, "after the TTL the key is free again");
+    assert_eq!(queue.stats().await.unwrap().enqueued(), 4);
 
     let err = queue
         .enqueue(&1, &EnqueueOptions::new().idempotency_key("", ttl))
@@ -350,7 +351,7 @@ async fn dead_letters_can_be_paged_shown_requeued_and_purged() {
             .unwrap();
     }
     batch.send().await.unwrap();
-    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fail = Arc::new(AtomicBool::new(true));
     let failing = fail.clone();
     let seen = Seen::default();
     let recorder = seen.clone();
@@ -394,11 +395,7 @@ async fn dead_letters_can_be_paged_shown_requeued_and_purged() {
         !queue.requeue_dead_letter(&one.id).await.unwrap(),
         "a letter requeues once"
     );
-    eventually("the requeued job ran", WAIT, || {
-        let n = seen.len();
-        async move { n == 1 }
-    })
-    .await;
+    wait_for("the requeued job ran", || seen.len() == 1).await;
     assert_eq!(seen.ids(), vec![one.job_id.clone()]);
 
     fail.store(true, Ordering::SeqCst);
@@ -409,7 +406,7 @@ async fn dead_letters_can_be_paged_shown_requeued_and_purged() {
         async move { q.stats().await.unwrap().dead_letters == 6 }
     })
     .await;
-    let counters = redis.counters("dlq").await;
+    let counters = redis.counters(&queue).await;
     assert_eq!(
         counters.get("requeued:high").copied().unwrap_or(0)
             + counters.get("requeued:low").copied().unwrap_or(0),
@@ -430,7 +427,10 @@ async fn jobs_of_a_worker_that_vanished_are_reclaimed_and_completed() {
         batch.push(&i, &EnqueueOptions::new()).unwrap();
     }
     let ids = batch.send().await.unwrap();
-    let lease = Duration::from_millis(300);
+    // Long enough that the rescuer's own jobs (run and acknowledged at once,
+    // with a heartbeat) cannot go idle that long under a stalled CPU: only
+    // the vanished worker's 16 can be reclaimed, so the count is exact.
+    let lease = Duration::from_secs(3);
     // The first worker claims jobs and hangs; then its task is dropped, as a
     // crashed process would vanish (heartbeat and all).
     let (_stop, doomed) = spawn_worker(
@@ -441,26 +441,14 @@ async fn jobs_of_a_worker_that_vanished_are_reclaimed_and_completed() {
             Ok(())
         },
     );
-    eventually("the doomed worker holds jobs", WAIT, || {
-        let q = queue.clone();
-        async move { q.stats().await.unwrap().in_flight() == 16 }
+    until_stats("the doomed worker holds jobs", &queue, |s| {
+        s.in_flight() == 16
     })
     .await;
     doomed.abort();
     let seen = Seen::default();
-    let recorder = seen.clone();
-    let (stop, rescuer) = spawn_worker(&queue, fast().lease(lease), move |job: Job<u32>| {
-        let seen = recorder.clone();
-        async move {
-            seen.record(job.id());
-            Ok(())
-        }
-    });
-    eventually("all completed", WAIT, || {
-        let n = seen.len();
-        async move { n == 50 }
-    })
-    .await;
+    let (stop, rescuer) = spawn_worker(&queue, fast().lease(lease), seen.handler::<u32>());
+    until_stats("all completed", &queue, |s| s.completed() == 50).await;
     stop.cancel();
     let report = rescuer.await.unwrap();
     assert_eq!(report.reclaimed, 16);
@@ -472,7 +460,7 @@ async fn jobs_of_a_worker_that_vanished_are_reclaimed_and_completed() {
         (50, 0, 0)
     );
     assert_eq!(
-        redis.counters("reclaim").await.get("reclaimed:medium"),
+        redis.counters(&queue).await.get("reclaimed:medium"),
         Some(&16)
     );
 }
@@ -481,6 +469,10 @@ async fn jobs_of_a_worker_that_vanished_are_reclaimed_and_completed() {
 /// (completed, or dead-lettered after too many deliveries); returns how many
 /// times it ran and whether it completed. Without a heartbeat every run is
 /// reclaimed before it ends, so the job may bounce until dead-lettered.
+///
+/// The lease is long against a stalled CPU: with the heartbeat renewing
+/// every third of it, a stall would have to last two thirds of a lease
+/// (1.3 s) to let the other worker take the job.
 async fn long_job_runs(heartbeat: bool) -> (u32, bool) {
     let redis = TestRedis::start();
     let queue = redis.queue("lease").await;
@@ -488,14 +480,14 @@ async fn long_job_runs(heartbeat: bool) -> (u32, bool) {
         .enqueue(&"long", &EnqueueOptions::new())
         .await
         .unwrap();
-    let lease = Duration::from_millis(400);
+    let lease = Duration::from_secs(2);
     let runs = Arc::new(AtomicU32::new(0));
     let mut workers = Vec::new();
     for _ in 0..2 {
         let runs = runs.clone();
         workers.push(spawn_worker(
             &queue,
-            fast().lease(lease).heartbeat(heartbeat),
+            fast().lease(lease).heartbeat(heartbeat).max_deliveries(2),
             move |_: Job<String>| {
                 let runs = runs.clone();
                 async move {
@@ -506,16 +498,12 @@ async fn long_job_runs(heartbeat: bool) -> (u32, bool) {
             },
         ));
     }
-    eventually("the job finished", WAIT, || {
-        let q = queue.clone();
-        async move {
-            let stats = q.stats().await.unwrap();
-            stats.completed() + stats.dead_letters == 1
-        }
+    until_stats("the job finished", &queue, |s| {
+        s.completed() + s.dead_letters == 1
     })
     .await;
-    // Let any other run (without heartbeat) finish too.
-    tokio::time::sleep(lease * 4).await;
+    // Stopping a worker runs what it claimed to the end: every run counted
+    // below has finished, and its outcome is written.
     for (stop, handle) in workers {
         stop.cancel();
         handle.await.unwrap();
@@ -545,34 +533,28 @@ async fn a_poison_job_is_dead_lettered_after_exactly_max_deliveries() {
         .enqueue(&"hangs", &EnqueueOptions::new())
         .await
         .unwrap();
-    let starts = Arc::new(AtomicU32::new(0));
-    let counter = starts.clone();
-    // Each delivery hangs past the lease (as if its worker died); with no
-    // heartbeat the same worker reclaims it, until the delivery limit.
+    // Each delivery hangs (as if its worker died) until the job is
+    // dead-lettered; with no heartbeat the same worker reclaims it after
+    // each lease, until the delivery limit. No run can end early, however
+    // slow the machine: the counts below are exact.
+    let hang = Gate::default();
+    let held = hang.clone();
     let config = fast()
         .lease(Duration::from_millis(200))
         .heartbeat(false)
         .max_deliveries(3);
     let (stop, worker) = spawn_worker(&queue, config, move |_: Job<String>| {
-        let starts = counter.clone();
+        let held = held.clone();
         async move {
-            starts.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            held.pass().await;
             Ok(())
         }
     });
-    eventually("dead-lettered", WAIT, || {
-        let q = queue.clone();
-        async move { q.stats().await.unwrap().dead_letters == 1 }
-    })
-    .await;
+    until_stats("dead-lettered", &queue, |s| s.dead_letters == 1).await;
+    hang.open();
     stop.cancel();
     let report = worker.await.unwrap();
-    assert_eq!(
-        starts.load(Ordering::SeqCst),
-        3,
-        "ran once per delivery, up to the limit"
-    );
+    assert_eq!(hang.arrived(), 3, "ran once per delivery, up to the limit");
     let letter = &queue.dead_letters(None, 1).await.unwrap().letters[0];
     assert_eq!(letter.job_id, id);
     assert!(
@@ -596,34 +578,53 @@ async fn entries_deleted_while_pending_are_counted_as_lost_not_hidden() {
             .await
             .unwrap();
     }
-    let lease = Duration::from_millis(200);
-    let (stop, worker) = spawn_worker(
+    // One worker holds the five jobs (an hour-long lease: it never reclaims
+    // them itself, and no heartbeat touches them) ...
+    let hang = Gate::default();
+    let held = hang.clone();
+    let (hold, holder) = spawn_worker(
         &queue,
-        fast().lease(lease).heartbeat(false),
-        |_: Job<u32>| async {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            Ok(())
+        fast().lease(Duration::from_secs(3600)).heartbeat(false),
+        move |_: Job<u32>| {
+            let held = held.clone();
+            async move {
+                held.pass().await;
+                Ok(())
+            }
         },
     );
-    eventually("claimed", WAIT, || {
-        let q = queue.clone();
-        async move { q.stats().await.unwrap().in_flight() == 5 }
-    })
-    .await;
-    // Someone trims the stream under our feet.
+    until_stats("claimed", &queue, |s| s.in_flight() == 5).await;
+    // ... someone trims the stream under its feet ...
     let _: i64 = redis::cmd("XTRIM")
-        .arg(&["streamq:{trimmed}:low", "MAXLEN", "0"])
+        .arg(queue.keys().stream(Priority::Low))
+        .arg(&["MAXLEN", "0"])
         .query_async(&mut redis.raw().await)
         .await
         .unwrap();
+    // ... and a second worker, whose short lease lets it reclaim them, finds
+    // them gone.
+    let (stop, worker) = spawn_worker(
+        &queue,
+        fast().lease(Duration::from_millis(200)),
+        |_: Job<u32>| async { Ok(()) },
+    );
     eventually("loss reported", WAIT, || {
         let r = &redis;
-        async move { r.counters("trimmed").await.get("lost:low") == Some(&5) }
+        let q = &queue;
+        async move { r.counters(q).await.get("lost:low") == Some(&5) }
     })
     .await;
     stop.cancel();
     let report = worker.await.unwrap();
     assert_eq!(report.lost, 5);
+    hang.open();
+    hold.cancel();
+    let held = holder.await.unwrap();
+    assert_eq!(
+        (held.completed, held.ownership_lost),
+        (0, 5),
+        "the holder's late finishes were fenced"
+    );
     assert_eq!(queue.stats().await.unwrap().in_flight(), 0);
 }
 
@@ -657,24 +658,16 @@ async fn out_of_memory_refuses_enqueues_with_a_typed_error_while_acks_go_on() {
     // yet: it stays pending, then moves once memory is back.
     let raw = redis.raw().await;
     let seen = Seen::default();
-    let recorder = seen.clone();
-    let (stop, worker) = spawn_worker(&queue, fast(), move |job: Job<Vec<u8>>| {
-        let seen = recorder.clone();
-        async move {
-            seen.record(job.id());
-            Ok(())
-        }
-    });
-    let total = accepted.len();
-    eventually("acks drain the queue while full", WAIT, || {
-        let n = seen.len();
-        async move { n == total }
+    let (stop, worker) = spawn_worker(&queue, fast(), seen.handler::<Vec<u8>>());
+    // The completed counter is written by the batched ack, after the handler
+    // ran: wait on the counter itself.
+    let total = accepted.len() as u64;
+    let stats = until_stats("acks drain the queue while full", &queue, |s| {
+        s.completed() >= total
     })
     .await;
-    assert_eq!(
-        queue.stats().await.unwrap().completed() as usize,
-        accepted.len()
-    );
+    assert_eq!(stats.completed(), total);
+    assert_eq!(seen.len(), accepted.len());
     assert!(
         queue
             .enqueue(&payload, &EnqueueOptions::new())
@@ -710,19 +703,31 @@ async fn out_of_memory_refuses_enqueues_with_a_typed_error_while_acks_go_on() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
-    let (stop, worker) = spawn_worker(&queue, fast(), |job: Job<Vec<u8>>| async move {
-        if job.payload().len() == 8 {
-            Err(JobError::permanent("poison"))
-        } else {
-            Ok(())
+    let poison_ran = Arc::new(AtomicBool::new(false));
+    let ran = poison_ran.clone();
+    let (stop, worker) = spawn_worker(&queue, fast(), move |job: Job<Vec<u8>>| {
+        let ran = ran.clone();
+        async move {
+            if job.payload().len() == 8 {
+                ran.store(true, Ordering::SeqCst);
+                Err(JobError::permanent("poison"))
+            } else {
+                Ok(())
+            }
         }
     });
     let done = accepted.len() as u64 + 1 + 10;
-    eventually("the ten ordinary jobs completed while full", WAIT, || {
-        let q = queue.clone();
-        async move { q.stats().await.unwrap().completed() == done }
+    until_stats("the ten ordinary jobs completed while full", &queue, |s| {
+        s.completed() == done
     })
     .await;
+    wait_for("the poison job failed", || {
+        poison_ran.load(Ordering::SeqCst)
+    })
+    .await;
+    // Nothing to wait on for a move that must not happen: give the refused
+    // move time to be tried. Neither state below can change while Redis is
+    // full, so this pause can only make the check meaningful, never flaky.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stats = queue.stats().await.unwrap();
     assert_eq!(
@@ -751,8 +756,11 @@ async fn an_old_queue_name_with_a_custom_prefix_keeps_its_own_keys() {
         .enqueue(&1u8, &EnqueueOptions::new().delay(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(redis.len("tenant-a:{alerts}:delayed").await, 1);
-    assert_eq!(redis.len("streamq:{alerts}:delayed").await, 0);
+    assert_eq!(queue.keys(), &QueueKeys::new("tenant-a", "alerts").unwrap());
+    let tenant = QueueKeys::new("tenant-a", "alerts").unwrap();
+    let default = QueueKeys::new("streamq", "alerts").unwrap();
+    assert_eq!(redis.len(tenant.delayed()).await, 1);
+    assert_eq!(redis.len(default.delayed()).await, 0);
 }
 
 #[tokio::test]
@@ -797,39 +805,30 @@ async fn a_worker_started_while_redis_is_down_starts_once_it_is_back() {
     let queue = redis.queue("late").await;
     redis.server.kill();
     let seen = Seen::default();
-    let recorder = seen.clone();
-    let (stop, worker) = spawn_worker(&queue, fast(), move |job: Job<u32>| {
-        let seen = recorder.clone();
-        async move {
-            seen.record(job.id());
-            Ok(())
-        }
-    });
+    let (stop, worker) = spawn_worker(&queue, fast(), seen.handler::<u32>());
+    // A window for the worker to give up in, if it would (nothing to wait on
+    // while Redis is away); the outcome that matters is asserted below.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !worker.is_finished(),
         "the worker gave up while Redis was away"
     );
     redis.server.restart().unwrap();
-    let mut enqueued = None;
-    for _ in 0..50 {
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
         match queue.enqueue(&1u32, &EnqueueOptions::new()).await {
-            Ok(id) => {
-                enqueued = Some(id);
-                break;
-            }
+            Ok(id) => break id,
             Err(err) => {
                 assert!(err.is_retryable(), "{err}");
+                assert!(
+                    Instant::now() < deadline,
+                    "enqueue never worked once Redis was back: {err}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-    let id = enqueued.expect("enqueue works once Redis is back");
-    eventually("the job ran", WAIT, || {
-        let n = seen.count(&id);
-        async move { n == 1 }
-    })
-    .await;
+    };
+    wait_for("the job ran", || seen.count(&id) == 1).await;
     stop.cancel();
     assert_eq!(worker.await.unwrap().completed, 1);
 }

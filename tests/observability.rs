@@ -6,34 +6,14 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use streamq::{
-    EnqueueOptions, Health, HealthThresholds, Job, JobError, Priority, Queue, RetryBackoff,
-    WorkerConfig,
+use streamq::{EnqueueOptions, Health, HealthThresholds, Job, JobError, Priority, Queue};
+use support::{
+    Gate, Seen, TestRedis, WAIT, eventually, fast, spawn_worker, until_metrics, until_stats,
+    wait_for,
 };
-use support::{Seen, TestRedis, eventually, spawn_worker};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn fast() -> WorkerConfig {
-    WorkerConfig::new()
-        .backoff(RetryBackoff::Fixed(Duration::from_millis(20)))
-        .promote_interval(Duration::from_millis(20))
-        .reclaim_interval(Duration::from_millis(50))
-        .block(Duration::from_millis(200))
-}
-
-async fn until(what: &str, queue: &Queue, done: impl Fn(&streamq::QueueMetrics) -> bool) {
-    eventually(what, WAIT, || {
-        let q = queue.clone();
-        let done = &done;
-        async move { done(&q.metrics().await.unwrap()) }
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn every_counter_is_kept_per_priority_and_per_name() {
@@ -75,14 +55,21 @@ async fn every_counter_is_kept_per_priority_and_per_name() {
         .await
         .unwrap();
 
+    // Every completed run lasts at least RUN: a known lower bound that the
+    // run histogram must show, in the right unit.
+    const RUN: Duration = Duration::from_millis(20);
+    let started = Instant::now();
     let (stop, worker) = spawn_worker(&queue, fast(), |job: Job<String>| async move {
         match job.payload().as_str() {
             "flaky" if job.attempt() < 3 => Err(JobError::retry("not yet")),
             "doomed" => Err(JobError::retry("always")),
-            _ => Ok(()),
+            _ => {
+                tokio::time::sleep(RUN).await;
+                Ok(())
+            }
         }
     });
-    until("everything finished", &queue, |m| {
+    until_metrics("everything finished", &queue, |m| {
         m.total().completed == 6 && m.total().dead_lettered == 1
     })
     .await;
@@ -115,10 +102,15 @@ async fn every_counter_is_kept_per_priority_and_per_name() {
     assert_eq!((m.scheduled, m.deduplicated), (1, 1));
 
     // Histograms: one wait and one run per completed job, readable back.
+    // Bounds measured, not assumed: no run is shorter than RUN, none longer
+    // than this test so far (percentiles are bucket upper bounds, at most
+    // 2^(1/4) above the value).
+    let elapsed = started.elapsed();
     let latency = &m.latency["send"];
     assert_eq!((latency.wait.count(), latency.run.count()), (6, 6));
     let p50 = latency.run.percentile(0.5).unwrap();
-    assert!(p50 < Duration::from_secs(1), "{p50:?}");
+    assert!(p50 >= RUN, "{p50:?}");
+    assert!(p50 <= elapsed.mul_f64(1.2), "{p50:?} in {elapsed:?}");
     assert!(latency.wait.percentile(1.0).unwrap() >= latency.wait.percentile(0.5).unwrap());
     assert!(!m.latency.contains_key("bill"), "no completed bill job");
 }
@@ -133,25 +125,32 @@ async fn reclaims_lost_ownership_and_lost_entries_are_counted() {
             .await
             .unwrap();
     }
-    // Each job outlives the lease once, without a heartbeat: it is reclaimed,
-    // runs again, and the first run's finish is refused.
-    let runs = Arc::new(AtomicU32::new(0));
-    let counter = runs.clone();
+    // Each job's first run hangs past the lease, without a heartbeat: it is
+    // reclaimed, runs again and completes, and only then does the first run
+    // end, so its finish is refused. The lease is long enough that a second
+    // run (which completes at once) cannot itself be reclaimed under a
+    // stalled CPU: every count below is exact.
+    let first_runs = Gate::default();
+    let gate = first_runs.clone();
     let config = fast()
-        .lease(Duration::from_millis(200))
+        .lease(Duration::from_secs(2))
         .heartbeat(false)
         .concurrency(8);
     let (stop, worker) = spawn_worker(&queue, config, move |job: Job<u32>| {
-        let runs = counter.clone();
+        let gate = gate.clone();
         async move {
-            runs.fetch_add(1, Ordering::SeqCst);
             if job.deliveries() == 1 {
-                tokio::time::sleep(Duration::from_millis(600)).await;
+                gate.pass().await;
             }
             Ok(())
         }
     });
-    until("all completed", &queue, |m| {
+    until_metrics("all completed by a second run", &queue, |m| {
+        m.total().completed == 4
+    })
+    .await;
+    first_runs.open();
+    until_metrics("the first runs' finishes refused", &queue, |m| {
         m.total().completed == 4 && m.total().ownership_lost == 4
     })
     .await;
@@ -179,12 +178,12 @@ async fn per_name_metrics_can_be_switched_off() {
         .await
         .unwrap();
     let (stop, worker) = spawn_worker(&queue, fast(), |_: Job<u8>| async { Ok(()) });
-    until("done", &queue, |m| m.total().completed == 1).await;
+    until_metrics("done", &queue, |m| m.total().completed == 1).await;
     stop.cancel();
     worker.await.unwrap();
     let m = queue.metrics().await.unwrap();
     assert!(m.by_name.is_empty() && m.latency.is_empty(), "{m:?}");
-    assert_eq!(redis.len("streamq:{quiet}:latency").await, 0);
+    assert_eq!(redis.len(queue.keys().latency()).await, 0);
 }
 
 #[tokio::test]
@@ -194,29 +193,25 @@ async fn a_paused_queue_takes_enqueues_but_workers_wait_until_resumed() {
     queue.pause().await.unwrap();
     assert!(queue.is_paused().await.unwrap());
     let seen = Seen::default();
-    let recorder = seen.clone();
-    let (stop, worker) = spawn_worker(&queue, fast(), move |job: Job<u8>| {
-        let seen = recorder.clone();
-        async move {
-            seen.record(job.id());
-            Ok(())
-        }
-    });
+    let (stop, worker) = spawn_worker(&queue, fast(), seen.handler::<u8>());
     for i in 0..5u8 {
         queue.enqueue(&i, &EnqueueOptions::new()).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the worker has polled the paused queue many times since
+    // the jobs arrived (each pass runs the fetch and promote scripts).
+    let polled = redis.script_calls().await;
+    eventually("the worker polled the paused queue", WAIT, || {
+        let r = &redis;
+        async move { r.script_calls().await >= polled + 20 }
+    })
+    .await;
     assert_eq!(seen.len(), 0, "a paused queue was fetched from");
     let report = queue.inspect(&HealthThresholds::default()).await.unwrap();
     assert!(report.paused);
     assert_eq!(report.waiting(), 5);
 
     queue.resume().await.unwrap();
-    eventually("resumed and drained", WAIT, || {
-        let n = seen.len();
-        async move { n == 5 }
-    })
-    .await;
+    wait_for("resumed and drained", || seen.len() == 5).await;
     stop.cancel();
     worker.await.unwrap();
 }
@@ -242,9 +237,18 @@ async fn the_inspector_reports_state_consumers_and_health() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
     let strict = HealthThresholds::default().max_waiting(10);
+    eventually("the oldest job is 50 ms old", WAIT, || {
+        let q = &queue;
+        let strict = &strict;
+        async move {
+            let report = q.inspect(strict).await.unwrap();
+            report
+                .oldest_waiting()
+                .is_some_and(|age| age >= Duration::from_millis(50))
+        }
+    })
+    .await;
     let report = queue.inspect(&strict).await.unwrap();
     assert_eq!(report.waiting(), 30);
     assert_eq!(report.delayed, 1);
@@ -262,7 +266,7 @@ async fn the_inspector_reports_state_consumers_and_health() {
     );
 
     // A worker holding jobs shows up as a consumer with pending jobs.
-    let release = Arc::new(tokio::sync::Notify::new());
+    let release = Gate::default();
     let gate = release.clone();
     let (stop, worker) = spawn_worker(
         &queue,
@@ -274,32 +278,34 @@ async fn the_inspector_reports_state_consumers_and_health() {
             let gate = gate.clone();
             async move {
                 if *job.payload() < 2 {
-                    gate.notified().await;
+                    gate.pass().await;
                 }
                 Err(JobError::permanent("for the dead letters"))
             }
         },
     );
+    // Both slots held by the gated jobs: nothing else can be claimed, and
+    // once the acks of earlier jobs are written, two stay pending.
+    wait_for("both gated jobs run", || release.arrived() == 2).await;
+    let pending = |report: &streamq::QueueReport| {
+        report
+            .consumers
+            .iter()
+            .find(|c| c.name == "inspector-test")
+            .map(|c| c.pending)
+    };
     eventually("two held", WAIT, || {
-        let q = queue.clone();
+        let q = &queue;
         async move {
-            q.inspect(&HealthThresholds::default())
-                .await
-                .unwrap()
-                .in_flight()
-                == 2
+            let report = q.inspect(&HealthThresholds::default()).await.unwrap();
+            report.in_flight() == 2 && pending(&report) == Some(2)
         }
     })
     .await;
     let report = queue.inspect(&HealthThresholds::default()).await.unwrap();
-    let consumer = report
-        .consumers
-        .iter()
-        .find(|c| c.name == "inspector-test")
-        .unwrap();
-    assert_eq!(consumer.pending, 2);
-    release.notify_waiters();
-    release.notify_waiters();
+    assert_eq!(report.in_flight(), 2);
+    assert_eq!(pending(&report), Some(2));
+    release.release(2);
     eventually("all dead", WAIT, || {
         let q = queue.clone();
         async move {
@@ -354,11 +360,7 @@ async fn stalled_jobs_are_recovered_on_demand() {
             Ok(())
         },
     );
-    eventually("held", WAIT, || {
-        let q = queue.clone();
-        async move { q.stats().await.unwrap().in_flight() == 10 }
-    })
-    .await;
+    until_stats("held", &queue, |s| s.in_flight() == 10).await;
     doomed.abort();
     assert_eq!(
         queue
@@ -369,7 +371,21 @@ async fn stalled_jobs_are_recovered_on_demand() {
         0,
         "not idle long enough"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Recovery takes entries idle at least 50 ms: wait until all ten are.
+    eventually("all ten idle for 100 ms", WAIT, || {
+        let r = &redis;
+        let key = queue.keys().stream(Priority::High).to_owned();
+        async move {
+            let idle: Vec<redis::Value> = redis::cmd("XPENDING")
+                .arg(&key)
+                .arg(&["streamq", "IDLE", "100", "-", "+", "100"])
+                .query_async(&mut r.raw().await)
+                .await
+                .unwrap();
+            idle.len() == 10
+        }
+    })
+    .await;
     let recovered = queue
         .recover_stalled(Duration::from_millis(50))
         .await
@@ -379,23 +395,12 @@ async fn stalled_jobs_are_recovered_on_demand() {
     assert_eq!((stats.waiting(), stats.in_flight()), (10, 0));
 
     let seen = Seen::default();
-    let recorder = seen.clone();
     let (stop, worker) = spawn_worker(
         &queue,
         fast().lease(Duration::from_secs(3600)),
-        move |job: Job<u32>| {
-            let seen = recorder.clone();
-            async move {
-                seen.record(job.id());
-                Ok(())
-            }
-        },
+        seen.handler::<u32>(),
     );
-    eventually("recovered jobs ran", WAIT, || {
-        let n = seen.len();
-        async move { n == 10 }
-    })
-    .await;
+    wait_for("recovered jobs ran", || seen.len() == 10).await;
     stop.cancel();
     worker.await.unwrap();
     assert_eq!(
@@ -430,7 +435,7 @@ async fn prometheus_text_parses_back_with_the_same_numbers() {
             Ok(())
         }
     });
-    until("done", &queue, |m| {
+    until_metrics("done", &queue, |m| {
         m.total().completed == 5 && m.total().dead_lettered == 1
     })
     .await;
@@ -527,11 +532,7 @@ async fn the_trace_context_and_spans_reach_the_consumer() {
             Ok(())
         }
     });
-    eventually("ran", WAIT, || {
-        let done = got.lock().unwrap().is_some();
-        async move { done }
-    })
-    .await;
+    wait_for("ran", || got.lock().unwrap().is_some()).await;
     stop.cancel();
     worker.await.unwrap();
     let (traceparent, span) = got.lock().unwrap().clone().unwrap();

@@ -4,7 +4,7 @@
 mod support;
 
 use redis::AsyncCommands;
-use streamq::{EnqueueOptions, Error, Priority, Queue};
+use streamq::{EnqueueOptions, Error, Priority, Queue, QueueKeys};
 use support::TestRedis;
 
 #[tokio::test]
@@ -89,10 +89,9 @@ async fn bad_queue_names_are_typed_errors_before_any_connection() {
 async fn a_queue_key_of_the_wrong_type_is_a_typed_error() {
     let redis = TestRedis::start();
     let mut raw = redis.raw().await;
-    let _: () = raw
-        .set("streamq:{typed}:high", "not a stream")
-        .await
-        .unwrap();
+    let typed = QueueKeys::new("streamq", "typed").unwrap();
+    let high = typed.stream(Priority::High);
+    let _: () = raw.set(high, "not a stream").await.unwrap();
     let err = Queue::builder("typed")
         .connect(&redis.config())
         .await
@@ -103,7 +102,7 @@ async fn a_queue_key_of_the_wrong_type_is_a_typed_error() {
             found,
             expected,
         } => {
-            assert_eq!(key, "streamq:{typed}:high");
+            assert_eq!(key, high);
             assert_eq!(found, "string");
             assert_eq!(expected, "stream");
         }
@@ -112,8 +111,9 @@ async fn a_queue_key_of_the_wrong_type_is_a_typed_error() {
 
     // Broken after connect: the enqueue script's XADD meets the wrong type.
     let queue = redis.queue("later").await;
-    let _: () = raw.del("streamq:{later}:low").await.unwrap();
-    let _: () = raw.set("streamq:{later}:low", "x").await.unwrap();
+    let low = queue.keys().stream(Priority::Low);
+    let _: () = raw.del(low).await.unwrap();
+    let _: () = raw.set(low, "x").await.unwrap();
     let err = queue
         .enqueue(&1, &EnqueueOptions::new().priority(Priority::Low))
         .await

@@ -3,23 +3,10 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use streamq::{
-    EnqueueOptions, JobError, JobState, JobTracking, Priority, Queue, RetryBackoff, WorkerConfig,
-};
-use support::{TestRedis, eventually, spawn_worker};
-use tokio::sync::Notify;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn fast() -> WorkerConfig {
-    WorkerConfig::new()
-        .backoff(RetryBackoff::Fixed(Duration::from_millis(300)))
-        .promote_interval(Duration::from_millis(20))
-        .block(Duration::from_millis(200))
-}
+use streamq::{EnqueueOptions, JobError, JobState, JobTracking, Priority, Queue, RetryBackoff};
+use support::{Gate, TestRedis, WAIT, eventually, fast, spawn_worker, until_stats};
 
 async fn tracked(redis: &TestRedis, name: &str, tracking: JobTracking) -> Queue {
     redis.open(Queue::builder(name).track_jobs(tracking)).await
@@ -53,27 +40,29 @@ async fn a_job_is_found_waiting_then_active_with_progress_and_logs_then_complete
     assert_eq!((info.name.as_str(), info.attempts), ("report", 0));
     assert!(info.enqueued_ms.is_some() && info.started_ms.is_none());
 
-    let halfway = Arc::new(Notify::new());
-    let finish = Arc::new(Notify::new());
-    let (at_half, go) = (halfway.clone(), finish.clone());
+    let finish = Gate::default();
+    let go = finish.clone();
     let config = fast().consumer_name("tracker-test");
     let (stop, worker) = spawn_worker(&queue, config, move |job: streamq::Job<String>| {
-        let (at_half, go) = (at_half.clone(), go.clone());
+        let go = go.clone();
         async move {
             job.log("loading data");
             job.progress(50);
             job.log("x".repeat(5000));
-            at_half.notify_one();
-            go.notified().await;
+            go.pass().await;
             job.progress(100);
             Ok(())
         }
     });
-    halfway.notified().await;
+    // Progress and logs are written by the tracker after the handler sent
+    // them: wait on what Redis shows, logs included.
     eventually("progress recorded", WAIT, || {
         let q = queue.clone();
         let id = id.clone();
-        async move { q.job(id.as_str()).await.unwrap().unwrap().progress == Some(50) }
+        async move {
+            let info = q.job(id.as_str()).await.unwrap().unwrap();
+            info.progress == Some(50) && info.logs.len() == 2
+        }
     })
     .await;
     let info = queue.job(id.as_str()).await.unwrap().unwrap();
@@ -91,7 +80,7 @@ async fn a_job_is_found_waiting_then_active_with_progress_and_logs_then_complete
     assert_eq!(info.logs[0], "loading data");
     assert_eq!(info.logs[1].len(), 1024, "long lines are cut at 1 KiB");
 
-    finish.notify_one();
+    finish.release(1);
     eventually("completed", WAIT, || {
         let q = queue.clone();
         let id = id.clone();
@@ -128,22 +117,46 @@ async fn delayed_retried_and_dead_lettered_jobs_are_found() {
         )
         .await
         .unwrap();
-    let (stop, worker) = spawn_worker(&queue, fast(), |_: streamq::Job<String>| async {
+    // The retry waits an hour: the job stays delayed while the test looks,
+    // however slow the machine. The test then makes it due itself.
+    let config = fast().backoff(RetryBackoff::Fixed(Duration::from_secs(3600)));
+    let (stop, worker) = spawn_worker(&queue, config, |_: streamq::Job<String>| async {
         Err(JobError::retry("card declined"))
     });
-    eventually("retrying", WAIT, || {
+    // The delayed set (the retry script) and the error (the tracker) are
+    // written apart: wait for both.
+    eventually("retrying, with the error recorded", WAIT, || {
         let q = queue.clone();
         let id = doomed.clone();
         async move {
-            matches!(
-                state_of(&q, id.as_str()).await,
-                Some(JobState::Delayed { .. })
-            )
+            let info = q.job(id.as_str()).await.unwrap().unwrap();
+            matches!(info.state, JobState::Delayed { .. })
+                && info.error.as_deref() == Some("card declined")
         }
     })
     .await;
     let info = queue.job(doomed.as_str()).await.unwrap().unwrap();
+    assert!(matches!(info.state, JobState::Delayed { .. }), "{info:?}");
     assert_eq!(info.error.as_deref(), Some("card declined"));
+    // Due now: the worker promotes it and runs the last attempt.
+    let mut raw = redis.raw().await;
+    let delayed = queue.keys().delayed();
+    let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+        .arg(delayed)
+        .arg(&["0", "-1"])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // By score: the job due in ten minutes, then the retry due in an hour.
+    assert_eq!(members.len(), 2, "the job for later and the retry");
+    let retry = &members[1];
+    let _: i64 = redis::cmd("ZADD")
+        .arg(delayed)
+        .arg(&["XX", "0"])
+        .arg(retry)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     eventually("dead-lettered", WAIT, || {
         let q = queue.clone();
         let id = doomed.clone();
@@ -199,15 +212,12 @@ async fn without_retention_completed_jobs_are_forgotten_and_with_it_bounded_by_c
             fast().concurrency(1).prefetch(0),
             |_: streamq::Job<u32>| async { Ok(()) },
         );
-        eventually("drained", WAIT, || {
-            let q = queue.clone();
-            async move { q.stats().await.unwrap().completed() == 8 }
-        })
-        .await;
+        until_stats("drained", queue, |s| s.completed() == 8).await;
+        // A stopped worker has drained its tracker: every metadata write
+        // and deletion is in Redis once it returns.
         stop.cancel();
         worker.await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for id in &ids[0] {
         assert!(
             forget.job(id.as_str()).await.unwrap().is_none(),
@@ -222,7 +232,7 @@ async fn without_retention_completed_jobs_are_forgotten_and_with_it_bounded_by_c
         }
     }
     assert_eq!(kept, 3, "retention keeps the last 3 completed jobs");
-    assert_eq!(redis.len("streamq:{keep}:completed").await, 3);
+    assert_eq!(redis.len(&keep.keys().completed()).await, 3);
 }
 
 #[tokio::test]
@@ -235,18 +245,9 @@ async fn an_untracked_queue_knows_no_job_and_handlers_may_still_report() {
         job.log("ignored without tracking");
         Ok(())
     });
-    eventually("done", WAIT, || {
-        let q = queue.clone();
-        async move { q.stats().await.unwrap().completed() == 1 }
-    })
-    .await;
+    until_stats("done", &queue, |s| s.completed() == 1).await;
     stop.cancel();
     worker.await.unwrap();
     assert!(queue.job(id.as_str()).await.unwrap().is_none());
-    assert_eq!(
-        redis
-            .len(&format!("streamq:{{untracked}}:job:{id}:log"))
-            .await,
-        0
-    );
+    assert_eq!(redis.len(&queue.keys().job_log(id.as_str())).await, 0);
 }

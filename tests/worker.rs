@@ -4,12 +4,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streamq::{EnqueueOptions, Job, JobError, Priority, WorkerConfig};
-use support::{Seen, TestRedis, eventually, spawn_worker};
+use support::{Gate, Seen, TestRedis, WAIT, eventually, spawn_worker, until_stats, wait_for};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -45,11 +45,7 @@ async fn jobs_run_most_urgent_first() {
             }
         },
     );
-    eventually("all 100 jobs ran", Duration::from_secs(20), || {
-        let n = ran.lock().unwrap().len();
-        async move { n == 100 }
-    })
-    .await;
+    wait_for("all 100 jobs ran", || ran.lock().unwrap().len() == 100).await;
     stop.cancel();
     assert_eq!(worker.await.unwrap().completed, 100);
 
@@ -82,45 +78,45 @@ async fn a_late_critical_job_overtakes_waiting_low_ones() {
             .unwrap();
     }
     batch.send().await.unwrap();
+    // The first low job holds the only slot until the critical job is in:
+    // it arrives while low ones wait, whatever the machine's speed.
+    let first_done = Gate::default();
+    let gate = first_done.clone();
     let ran = Arc::new(Mutex::new(Vec::new()));
     let log = ran.clone();
     let (stop, worker) = spawn_worker(
         &queue,
         WorkerConfig::new().concurrency(1).prefetch(0),
         move |job: Job<u32>| {
-            let log = log.clone();
+            let (log, gate) = (log.clone(), gate.clone());
             async move {
                 log.lock().unwrap().push(job.priority());
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                if *job.payload() == 0 {
+                    gate.pass().await;
+                }
                 Ok(())
             }
         },
     );
-    eventually("a few low jobs ran", Duration::from_secs(10), || {
-        let n = ran.lock().unwrap().len();
-        async move { n >= 3 }
+    wait_for("the first low job runs", || first_done.arrived() == 1).await;
+    let waiting = until_stats("the rest wait", &queue, |s| {
+        (s.waiting(), s.in_flight()) == (19, 1)
     })
     .await;
-    let ran_before = ran.lock().unwrap().len();
+    assert_eq!(waiting.priorities[3].waiting, 19);
     queue
         .enqueue(&999u32, &EnqueueOptions::new().priority(Priority::Critical))
         .await
         .unwrap();
-    eventually("all ran", Duration::from_secs(10), || {
-        let n = ran.lock().unwrap().len();
-        async move { n == 21 }
-    })
-    .await;
+    first_done.release(1);
+    wait_for("all ran", || ran.lock().unwrap().len() == 21).await;
     stop.cancel();
     worker.await.unwrap();
     let ran = ran.lock().unwrap().clone();
     let critical_at = ran.iter().position(|p| *p == Priority::Critical).unwrap();
-    // Concurrency 1, no prefetch: at most the low job running when it arrived
-    // (and one being claimed at that instant) may start before it.
-    assert!(
-        critical_at <= ran_before + 1,
-        "critical job ran at {critical_at}, {ran_before} had run when it arrived"
-    );
+    // Concurrency 1, no prefetch: only the low job running when it arrived
+    // may start before it.
+    assert_eq!(critical_at, 1, "critical job ran at {critical_at}: {ran:?}");
 }
 
 #[tokio::test]
@@ -133,28 +129,34 @@ async fn the_concurrency_limit_holds_and_is_reached() {
     }
     batch.send().await.unwrap();
 
+    // The first jobs hold their slots until the limit is reached and the
+    // prefetched jobs are claimed beside them: reaching the limit does not
+    // depend on scheduling, and a worker running more than 7 would show it.
+    let hold = Gate::default();
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
-    let (r, p) = (running.clone(), peak.clone());
+    let (r, p, gate) = (running.clone(), peak.clone(), hold.clone());
     let (stop, worker) = spawn_worker(
         &queue,
         WorkerConfig::new().concurrency(7).prefetch(5),
         move |_job: Job<u32>| {
-            let (running, peak) = (r.clone(), p.clone());
+            let (running, peak, gate) = (r.clone(), p.clone(), gate.clone());
             async move {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                gate.pass().await;
                 running.fetch_sub(1, Ordering::SeqCst);
                 Ok(())
             }
         },
     );
-    eventually("queue drained", Duration::from_secs(30), || {
-        let queue = queue.clone();
-        async move { queue.stats().await.unwrap().completed() == 200 }
+    wait_for("seven running", || peak.load(Ordering::SeqCst) >= 7).await;
+    until_stats("running and prefetched jobs claimed", &queue, |s| {
+        s.in_flight() == 12
     })
     .await;
+    hold.open();
+    until_stats("queue drained", &queue, |s| s.completed() == 200).await;
     stop.cancel();
     assert_eq!(worker.await.unwrap().completed, 200);
     assert_eq!(peak.load(Ordering::SeqCst), 7, "peak concurrency");
@@ -200,11 +202,7 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
         WorkerConfig::new().concurrency(16),
         handler(seen.clone()),
     );
-    eventually("the worker is busy", Duration::from_secs(10), || {
-        let n = seen.len();
-        async move { n > 300 }
-    })
-    .await;
+    wait_for("the worker is busy", || seen.len() > 300).await;
     stop.cancel();
     let first = worker.await.unwrap();
     assert_eq!(
@@ -225,11 +223,7 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
         WorkerConfig::new().concurrency(16),
         handler(seen.clone()),
     );
-    eventually("the rest drained", Duration::from_secs(30), || {
-        let n = seen.len();
-        async move { n == 2000 }
-    })
-    .await;
+    wait_for("the rest drained", || seen.len() == 2000).await;
     stop.cancel();
     worker.await.unwrap();
 
@@ -285,7 +279,9 @@ async fn a_hundred_thousand_jobs_run_exactly_once() {
         }
         batch.send().await.unwrap();
     }
-    eventually("all processed", Duration::from_secs(120), || {
+    // A failsafe against a hang, not a speed bound: generous for a loaded
+    // machine.
+    eventually("all processed", WAIT * 5, || {
         let queue = queue.clone();
         async move { queue.stats().await.unwrap().completed() == 100_000 }
     })
@@ -320,38 +316,37 @@ async fn script_flush_under_load_surfaces_no_error_and_loses_nothing() {
     let redis = TestRedis::start();
     let queue = redis.queue("flush").await;
     let seen = Seen::default();
-    let recorder = seen.clone();
     let (stop, worker) = spawn_worker(
         &queue,
         WorkerConfig::new().concurrency(8),
-        move |job: Job<u32>| {
-            let seen = recorder.clone();
-            async move {
-                seen.record(job.id());
-                Ok(())
-            }
-        },
+        seen.handler::<u32>(),
     );
     let flusher_done = CancellationToken::new();
+    let flushes = Arc::new(AtomicU32::new(0));
     let flusher = {
-        let done = flusher_done.clone();
+        let (done, flushes) = (flusher_done.clone(), flushes.clone());
         let mut raw = redis.raw().await;
         tokio::spawn(async move {
-            let mut flushes = 0u32;
             while !done.is_cancelled() {
                 let _: () = redis::cmd("SCRIPT")
                     .arg("FLUSH")
                     .query_async(&mut raw)
                     .await
                     .unwrap();
-                flushes += 1;
+                flushes.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            flushes
         })
     };
     let mut sent = Vec::new();
     for round in 0..60u32 {
+        // At least one flush between rounds, however the tasks are
+        // scheduled: enqueues and the worker keep meeting NOSCRIPT.
+        let before = flushes.load(Ordering::SeqCst);
+        wait_for("a flush between rounds", || {
+            flushes.load(Ordering::SeqCst) > before
+        })
+        .await;
         // Mix single enqueues, one-call batches and multi-call pipelined batches.
         sent.push(queue.enqueue(&round, &EnqueueOptions::new()).await.unwrap());
         let mut batch = queue.batch();
@@ -367,13 +362,10 @@ async fn script_flush_under_load_surfaces_no_error_and_loses_nothing() {
         sent.extend(batch.send().await.unwrap());
     }
     let total = sent.len();
-    eventually("all processed", Duration::from_secs(60), || {
-        let n = seen.len();
-        async move { n == total }
-    })
-    .await;
+    wait_for("all processed", || seen.len() == total).await;
     flusher_done.cancel();
-    let flushes = flusher.await.unwrap();
+    flusher.await.unwrap();
+    let flushes = flushes.load(Ordering::SeqCst);
     assert!(flushes > 10, "only {flushes} flushes happened");
     stop.cancel();
     let report = worker.await.unwrap();
@@ -398,17 +390,13 @@ async fn a_failing_or_undecodable_job_is_dead_lettered_with_its_error() {
             job.payload()
         )))
     });
-    eventually("both dead-lettered", Duration::from_secs(10), || {
-        let queue = queue.clone();
-        async move { queue.stats().await.unwrap().dead_letters == 2 }
-    })
-    .await;
+    until_stats("both dead-lettered", &queue, |s| s.dead_letters == 2).await;
     stop.cancel();
     let report = worker.await.unwrap();
     assert_eq!((report.completed, report.dead_lettered), (0, 2));
     let mut raw = redis.raw().await;
     let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("streamq:{fail}:dead")
+        .arg(queue.keys().dead())
         .arg("-")
         .arg("+")
         .query_async(&mut raw)
@@ -435,9 +423,9 @@ async fn a_failing_or_undecodable_job_is_dead_lettered_with_its_error() {
 async fn buffered_jobs_start_as_slots_free_without_waiting_for_new_work() {
     let redis = TestRedis::start();
     let queue = redis.queue("buffered").await;
-    // Every idle wait and upkeep tick is a minute long: if buffered jobs had
-    // to wait for one, this test would time out.
-    let slow = Duration::from_secs(60);
+    // Every idle wait and upkeep tick is ten minutes long, far beyond WAIT:
+    // if buffered jobs had to wait for one, this test would time out.
+    let slow = Duration::from_secs(600);
     let config = WorkerConfig::new()
         .concurrency(1)
         .prefetch(8)
@@ -454,18 +442,19 @@ async fn buffered_jobs_start_as_slots_free_without_waiting_for_new_work() {
             Ok(())
         }
     });
-    // Let the worker reach its idle wait, then give it one burst.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the worker is in its idle wait (its blocking read), then
+    // give it one burst.
+    eventually("the worker blocks for new work", WAIT, || {
+        let r = &redis;
+        async move { r.info("clients").await["blocked_clients"] == "1" }
+    })
+    .await;
     let mut batch = queue.batch();
     for i in 0..9u32 {
         batch.push(&i, &EnqueueOptions::new()).unwrap();
     }
     batch.send().await.unwrap();
-    eventually("the whole burst ran", Duration::from_secs(20), || {
-        let n = seen.len();
-        async move { n == 9 }
-    })
-    .await;
+    wait_for("the whole burst ran", || seen.len() == 9).await;
     stop.cancel();
     assert_eq!(worker.await.unwrap().completed, 9);
 }

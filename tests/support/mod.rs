@@ -1,19 +1,33 @@
 //! The test harness: a private redis-server per test (from
 //! `STREAMQ_REDIS_SERVER`, else `redis-server` on PATH), killed on drop, its
 //! log printed when the test fails. Never the machine's shared instance.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+//!
+//! - `wait`: [`WAIT`], [`eventually`] and the waits built on it: each polls
+//!   the condition a test asserts next, never a sleep or an earlier side
+//!   effect.
+//! - `handlers`: [`fast`] worker settings, [`spawn_worker`], the [`Seen`]
+//!   record and the [`Gate`] that holds handlers.
+//!
+//! Key names come from [`streamq::QueueKeys`] (or `queue.keys()`), never
+//! spelled out by hand.
+#![allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+mod handlers;
+mod wait;
+
+pub use handlers::{Gate, Seen, fast, spawn_worker};
+pub use wait::{WAIT, eventually, until_metrics, until_stats, wait_for};
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use streamq::{
-    Job, JobError, JobId, LocalRedis, LocalRedisBuilder, Queue, QueueBuilder, RedisConfig, Worker,
-    WorkerConfig, WorkerReport,
-};
-use tokio_util::sync::CancellationToken;
+use streamq::{LocalRedis, LocalRedisBuilder, Queue, QueueBuilder, RedisConfig};
 
 pub struct TestRedis {
     pub server: LocalRedis,
@@ -71,13 +85,26 @@ impl TestRedis {
             .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
             .collect()
     }
+
+    /// Script calls the server has run (`EVALSHA` and `EVAL`): evidence that
+    /// a worker polled, for tests asserting that polling took nothing.
+    pub async fn script_calls(&self) -> u64 {
+        let stats = self.info("commandstats").await;
+        ["cmdstat_evalsha", "cmdstat_eval"]
+            .iter()
+            .filter_map(|cmd| stats.get(*cmd))
+            .filter_map(|v| v.strip_prefix("calls="))
+            .filter_map(|v| v.split(',').next())
+            .map(|n| n.parse::<u64>().unwrap())
+            .sum()
+    }
 }
 
 impl TestRedis {
     /// The queue's counters hash, as Redis holds it.
-    pub async fn counters(&self, queue: &str) -> HashMap<String, i64> {
+    pub async fn counters(&self, queue: &Queue) -> HashMap<String, i64> {
         redis::cmd("HGETALL")
-            .arg(format!("streamq:{{{queue}}}:stats"))
+            .arg(queue.keys().stats())
             .query_async(&mut self.raw().await)
             .await
             .expect("HGETALL")
@@ -114,61 +141,4 @@ impl Drop for TestRedis {
             );
         }
     }
-}
-
-/// Polls `check` until it returns true or `limit` passes; panics on timeout.
-/// For waiting on outcomes, never for asserting speed.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Records every job id a handler saw, with how many times.
-#[derive(Clone, Default)]
-pub struct Seen(Arc<Mutex<HashMap<JobId, u32>>>);
-
-impl Seen {
-    pub fn record(&self, id: &JobId) {
-        *self.0.lock().unwrap().entry(id.clone()).or_default() += 1;
-    }
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    pub fn duplicates(&self) -> Vec<(JobId, u32)> {
-        let seen = self.0.lock().unwrap();
-        seen.iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(id, n)| (id.clone(), *n))
-            .collect()
-    }
-    pub fn count(&self, id: &JobId) -> u32 {
-        self.0.lock().unwrap().get(id).copied().unwrap_or(0)
-    }
-    pub fn ids(&self) -> Vec<JobId> {
-        self.0.lock().unwrap().keys().cloned().collect()
-    }
-}
-
-pub fn spawn_worker<T, F, Fut>(
-    queue: &Queue,
-    config: WorkerConfig,
-    handler: F,
-) -> (CancellationToken, tokio::task::JoinHandle<WorkerReport>)
-where
-    T: serde::de::DeserializeOwned + Send + 'static,
-    F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), JobError>> + Send,
-{
-    let token = CancellationToken::new();
-    let worker = Worker::new(queue, config).unwrap();
-    let stop = token.clone();
-    let handle = tokio::spawn(async move { worker.run(handler, stop).await.unwrap() });
-    (token, handle)
 }
