@@ -85,7 +85,10 @@ async fn tls_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
         .connect_timeout(Duration::from_secs(2));
     let err = Queue::builder("tls").connect(&untrusted).await.unwrap_err();
     assert!(matches!(err, Error::Redis(_)), "{err}");
-    assert!(!err.is_retryable(), "no retry fixes an unknown issuer: {err}");
+    assert!(
+        !err.is_retryable(),
+        "no retry fixes an unknown issuer: {err}"
+    );
 }
 
 #[tokio::test]
