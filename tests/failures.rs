@@ -578,13 +578,18 @@ async fn entries_deleted_while_pending_are_counted_as_lost_not_hidden() {
             .await
             .unwrap();
     }
-    // One worker holds the five jobs (an hour-long lease: it never reclaims
-    // them itself, and no heartbeat touches them) ...
+    // One worker holds the five jobs (an hour-long lease and reclaim
+    // interval: after its first pass it never scans the pending list again,
+    // so the loss is the second worker's to find; no heartbeat touches
+    // them) ...
     let hang = Gate::default();
     let held = hang.clone();
     let (hold, holder) = spawn_worker(
         &queue,
-        fast().lease(Duration::from_secs(3600)).heartbeat(false),
+        fast()
+            .lease(Duration::from_secs(3600))
+            .reclaim_interval(Duration::from_secs(3600))
+            .heartbeat(false),
         move |_: Job<u32>| {
             let held = held.clone();
             async move {
