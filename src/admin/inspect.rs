@@ -66,7 +66,8 @@ pub enum Health {
     Errors(Vec<String>),
     /// Jobs are waiting and no live consumer is there to run them (none at
     /// all, or all idle past the thresholds' `consumer_timeout`). Not
-    /// reported while the queue is paused.
+    /// reported while the queue is paused. When the queue is also
+    /// backlogged, it is [`Health::Backlogged`] with this among its reasons.
     Stalled(Vec<String>),
     /// Redis could not be reached or read.
     Unavailable(String),
@@ -360,18 +361,6 @@ impl Queue {
 }
 
 fn judge(report: &QueueReport, t: &HealthThresholds) -> Health {
-    if report.waiting() > 0 && !report.paused && !report.consumers.iter().any(|c| c.live) {
-        let gone = report.consumers.len();
-        return Health::Stalled(vec![if gone == 0 {
-            format!("{} jobs waiting and no consumer", report.waiting())
-        } else {
-            format!(
-                "{} jobs waiting and no live consumer ({gone} idle longer than {:.0} s)",
-                report.waiting(),
-                t.consumer_timeout.as_secs_f64()
-            )
-        }]);
-    }
     if report.dead_letters > t.max_dead_letters {
         return Health::Errors(vec![format!(
             "{} dead letters (threshold {})",
@@ -396,9 +385,24 @@ fn judge(report: &QueueReport, t: &HealthThresholds) -> Health {
             t.max_oldest_waiting.as_secs_f64()
         ));
     }
-    if reasons.is_empty() {
-        Health::Healthy
-    } else {
-        Health::Backlogged(reasons)
+    let stalled = report.waiting() > 0 && !report.paused && !report.consumers.iter().any(|c| c.live);
+    if stalled {
+        let gone = report.consumers.len();
+        reasons.push(if gone == 0 {
+            format!("{} jobs waiting and no consumer", report.waiting())
+        } else {
+            format!(
+                "{} jobs waiting and no live consumer ({gone} idle longer than {:.0} s)",
+                report.waiting(),
+                t.consumer_timeout.as_secs_f64()
+            )
+        });
+    }
+    // Backlogged takes precedence (its reasons then include the missing
+    // consumer); stalled alone means work waits with nobody to do it.
+    match (reasons.len(), stalled) {
+        (0, _) => Health::Healthy,
+        (1, true) => Health::Stalled(reasons),
+        _ => Health::Backlogged(reasons),
     }
 }
