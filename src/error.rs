@@ -100,7 +100,9 @@ pub enum Error {
     },
     /// A dead-letter (stream entry) id that is not of the form
     /// `<milliseconds>-<sequence>`; nothing was read or changed.
-    #[error("invalid dead-letter id {0:?}: expected <milliseconds>-<sequence>, such as 1732212345678-0, as `dlq list` prints it")]
+    #[error(
+        "invalid dead-letter id {0:?}: expected <milliseconds>-<sequence>, such as 1732212345678-0, as `dlq list` prints it"
+    )]
     InvalidEntryId(String),
     /// The connection settings are unusable.
     #[error("invalid configuration: {0}")]

@@ -113,7 +113,11 @@ async fn job_prints_local_times_and_states_in_words() {
     let missing = streamq(&url, &["job", "-q", "jobs", "no-such-id"]);
     assert_eq!(missing.code, 1);
     assert!(missing.stdout.is_empty());
-    assert!(missing.stderr.contains("--track-jobs"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("--track-jobs"),
+        "{}",
+        missing.stderr
+    );
 }
 
 // 2. `bench` names its payload kind in words and its Redis once.
@@ -126,8 +130,15 @@ async fn bench_describes_its_run_in_words() {
     assert!(header.contains("1.0 KiB (random bytes)"), "{header}");
     assert!(!header.contains("Bytes)"), "{header}");
     assert_eq!(header.matches(" at ").count(), 0, "{header}");
-    assert!(header.ends_with(&format!("on 127.0.0.1:{}", redis.server.port())), "{header}");
-    assert!(run.stdout.starts_with("streamq bench summary"), "{}", run.stdout);
+    assert!(
+        header.ends_with(&format!("on 127.0.0.1:{}", redis.server.port())),
+        "{header}"
+    );
+    assert!(
+        run.stdout.starts_with("streamq bench summary"),
+        "{}",
+        run.stdout
+    );
 }
 
 // 3. Bad URLs say why, without a password.
@@ -143,7 +154,11 @@ fn bad_redis_urls_say_why() {
         assert!(run.stdout.is_empty(), "{url}: {run:?}");
         assert!(run.stderr.contains(why), "{url}: {}", run.stderr);
         assert!(run.stderr.contains("redis://HOST:PORT"), "{}", run.stderr);
-        assert!(!run.stderr.contains("InvalidClientConfig"), "{}", run.stderr);
+        assert!(
+            !run.stderr.contains("InvalidClientConfig"),
+            "{}",
+            run.stderr
+        );
     }
     let secret = streamq("redis://u:hunter2@h:99999", &["stats", "-q", "q"]);
     assert!(!secret.stderr.contains("hunter2"), "{}", secret.stderr);
@@ -156,19 +171,36 @@ fn stats_on_an_unreachable_redis_is_unavailable_and_exits_2() {
     let url = "redis://127.0.0.1:1";
     let table = streamq(url, &["stats", "-q", "q"]);
     assert_eq!(table.code, 2, "{table:?}");
-    assert!(table.stdout.starts_with("queue q: UNAVAILABLE"), "{}", table.stdout);
+    assert!(
+        table.stdout.starts_with("queue q: UNAVAILABLE"),
+        "{}",
+        table.stdout
+    );
     assert!(table.stdout.contains("127.0.0.1:1"), "{}", table.stdout);
-    assert!(table.stdout.contains("connection refused"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("connection refused"),
+        "{}",
+        table.stdout
+    );
 
     let json = streamq(url, &["stats", "-q", "q", "--json"]);
     assert_eq!(json.code, 2);
     let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
     assert_eq!(value["health"], "unavailable");
-    assert!(value["reasons"][0].as_str().unwrap().contains("127.0.0.1:1"));
+    assert!(
+        value["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:1")
+    );
 
     let other = streamq(url, &["dlq", "-q", "q", "list"]);
     assert_eq!(other.code, 1);
-    assert!(other.stderr.contains("cannot reach redis at 127.0.0.1:1"), "{}", other.stderr);
+    assert!(
+        other.stderr.contains("cannot reach redis at 127.0.0.1:1"),
+        "{}",
+        other.stderr
+    );
 }
 
 // 5. Passwords: missing and wrong are told apart and explained.
@@ -176,16 +208,34 @@ fn stats_on_an_unreachable_redis_is_unavailable_and_exits_2() {
 async fn missing_and_wrong_passwords_are_explained() {
     let redis = TestRedis::with(streamq::LocalRedis::builder().config("requirepass", ["s3cret"]));
     let port = redis.server.port();
-    let none = streamq(&format!("redis://127.0.0.1:{port}"), &["dlq", "-q", "q", "list"]);
+    let none = streamq(
+        &format!("redis://127.0.0.1:{port}"),
+        &["dlq", "-q", "q", "list"],
+    );
     assert_eq!(none.code, 1);
     assert!(none.stderr.contains("needs a password"), "{}", none.stderr);
     assert!(none.stderr.contains("REDIS_PASSWORD"), "{}", none.stderr);
-    assert!(!none.stderr.contains("HELLO must be called"), "{}", none.stderr);
+    assert!(
+        !none.stderr.contains("HELLO must be called"),
+        "{}",
+        none.stderr
+    );
 
-    let wrong = streamq(&format!("redis://:nope@127.0.0.1:{port}"), &["dlq", "-q", "q", "list"]);
+    let wrong = streamq(
+        &format!("redis://:nope@127.0.0.1:{port}"),
+        &["dlq", "-q", "q", "list"],
+    );
     assert_eq!(wrong.code, 1);
-    assert!(wrong.stderr.contains("refused the user name or password"), "{}", wrong.stderr);
-    assert!(!wrong.stderr.contains("AuthenticationFailed"), "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("refused the user name or password"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(
+        !wrong.stderr.contains("AuthenticationFailed"),
+        "{}",
+        wrong.stderr
+    );
 
     let mut right = command();
     right
@@ -286,7 +336,11 @@ async fn dlq_shows_the_clis_own_payloads_and_refuses_missing_ids() {
     let again = streamq(&url, &["dlq", "-q", "d", "requeue", id]);
     assert_eq!(again.code, 1, "{again:?}");
     assert!(again.stdout.is_empty());
-    assert!(again.stderr.contains(&format!("no dead letter {id}")), "{}", again.stderr);
+    assert!(
+        again.stderr.contains(&format!("no dead letter {id}")),
+        "{}",
+        again.stderr
+    );
 }
 
 // 8. Reading never creates keys; an unknown queue says so.
@@ -296,8 +350,16 @@ async fn reading_an_unknown_queue_creates_nothing() {
     let url = redis.server.url();
     let stats = streamq(&url, &["stats", "-q", "nosuchqueue"]);
     assert_eq!(stats.code, 2, "{stats:?}");
-    assert!(stats.stdout.starts_with("queue nosuchqueue: UNKNOWN"), "{}", stats.stdout);
-    assert!(stats.stdout.contains("streamq:{nosuchqueue}:*"), "{}", stats.stdout);
+    assert!(
+        stats.stdout.starts_with("queue nosuchqueue: UNKNOWN"),
+        "{}",
+        stats.stdout
+    );
+    assert!(
+        stats.stdout.contains("streamq:{nosuchqueue}:*"),
+        "{}",
+        stats.stdout
+    );
     let json = streamq(&url, &["stats", "-q", "nosuchqueue", "--json"]);
     let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(value["health"], "unknown");
@@ -318,7 +380,14 @@ async fn reading_an_unknown_queue_creates_nothing() {
 async fn produce_stdin_sends_a_slow_line_without_waiting_for_more() {
     let redis = TestRedis::start();
     let mut child = command()
-        .args(["produce", "--redis", &redis.server.url(), "-q", "s", "--stdin"])
+        .args([
+            "produce",
+            "--redis",
+            &redis.server.url(),
+            "-q",
+            "s",
+            "--stdin",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -394,8 +463,9 @@ async fn the_environment_names_redis_and_the_cli_says_which() {
     let run: Run = cmd.output().unwrap().into();
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
-        run.stderr
-            .contains(&format!("using redis at 127.0.0.1:{port} (from REDIS_HOST, REDIS_PORT)")),
+        run.stderr.contains(&format!(
+            "using redis at 127.0.0.1:{port} (from REDIS_HOST, REDIS_PORT)"
+        )),
         "{}",
         run.stderr
     );
@@ -406,16 +476,28 @@ async fn the_environment_names_redis_and_the_cli_says_which() {
         .env("STREAMQ_REDIS_URL", redis.server.url())
         .env("REDIS_URL", "redis://127.0.0.1:1");
     let run: Run = cmd.output().unwrap().into();
-    assert!(run.stderr.contains("(from STREAMQ_REDIS_URL)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("(from STREAMQ_REDIS_URL)"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stdout.starts_with("queue env:"), "{}", run.stdout);
 
     let mut cmd = command();
     cmd.args(["stats", "-q", "env"]);
     let run: Run = cmd.output().unwrap().into();
-    assert!(run.stderr.contains("(the default: no --redis"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("(the default: no --redis"),
+        "{}",
+        run.stderr
+    );
 
     let flagged = streamq(&redis.server.url(), &["stats", "-q", "env"]);
-    assert!(!flagged.stderr.contains("using redis"), "{}", flagged.stderr);
+    assert!(
+        !flagged.stderr.contains("using redis"),
+        "{}",
+        flagged.stderr
+    );
 }
 
 // 12. A wrong key type names the key, in `stats` and at open.
@@ -432,15 +514,29 @@ async fn wrong_key_types_are_named() {
     let stats = streamq(&url, &["stats", "-q", "w"]);
     assert_eq!(stats.code, 2, "{stats:?}");
     assert!(
-        stats.stdout.contains("key \"streamq:{w}:latency\" holds a string, expected a hash"),
+        stats
+            .stdout
+            .contains("key \"streamq:{w}:latency\" holds a string, expected a hash"),
         "{}",
         stats.stdout
     );
-    assert!(!stats.stdout.contains("Pipeline failure"), "{}", stats.stdout);
+    assert!(
+        !stats.stdout.contains("Pipeline failure"),
+        "{}",
+        stats.stdout
+    );
     let produce = streamq(&url, &["produce", "-q", "w"]);
     assert_eq!(produce.code, 1);
-    assert!(produce.stderr.contains("streamq:{w}:latency"), "{}", produce.stderr);
-    assert!(produce.stderr.contains("another queue name or --prefix"), "{}", produce.stderr);
+    assert!(
+        produce.stderr.contains("streamq:{w}:latency"),
+        "{}",
+        produce.stderr
+    );
+    assert!(
+        produce.stderr.contains("another queue name or --prefix"),
+        "{}",
+        produce.stderr
+    );
     // Nothing was enqueued.
     assert_eq!(dbsize(&redis).await, 1);
 }
@@ -455,7 +551,11 @@ async fn no_colour_codes_off_a_terminal() {
         .env("RUST_LOG", "streamq=debug");
     let run: Run = cmd.output().unwrap().into();
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("DEBUG"), "some log lines: {}", run.stderr);
+    assert!(
+        run.stderr.contains("DEBUG"),
+        "some log lines: {}",
+        run.stderr
+    );
     assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
     let usage: Run = command().args(["stats"]).output().unwrap().into();
     assert_eq!(usage.code, 2);
@@ -515,8 +615,8 @@ fn help_offers_only_what_matters() {
     for needle in ["Exit codes:", "141", "NO_COLOR", "REDIS_HOST"] {
         assert!(top.contains(needle), "{needle}: {top}");
     }
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     assert!(!readme.contains("job --queue alerts --track-jobs"));
 }
 
@@ -526,11 +626,22 @@ fn help_offers_only_what_matters() {
 async fn stalled_queues_and_dead_consumers() {
     let redis = TestRedis::start();
     let url = redis.server.url();
-    assert_eq!(streamq(&url, &["produce", "-q", "st", "--count", "5"]).code, 0);
+    assert_eq!(
+        streamq(&url, &["produce", "-q", "st", "--count", "5"]).code,
+        0
+    );
     let stats = streamq(&url, &["stats", "-q", "st"]);
     assert_eq!(stats.code, 2);
-    assert!(stats.stdout.starts_with("queue st: STALLED"), "{}", stats.stdout);
-    assert!(stats.stdout.contains("5 jobs waiting and no consumer"), "{}", stats.stdout);
+    assert!(
+        stats.stdout.starts_with("queue st: STALLED"),
+        "{}",
+        stats.stdout
+    );
+    assert!(
+        stats.stdout.contains("5 jobs waiting and no consumer"),
+        "{}",
+        stats.stdout
+    );
 
     let mut raw = redis.raw().await;
     let stream = "streamq:{st}:medium";
@@ -565,29 +676,55 @@ async fn stalled_queues_and_dead_consumers() {
         .await
         .unwrap();
     let timeout = ["--consumer-timeout-secs", "0.2"];
-    eventually("both consumers idle past the timeout", Duration::from_secs(10), || async {
-        let run = streamq(&url, &["stats", "-q", "st", timeout[0], timeout[1]]);
-        run.stdout
-            .contains("4 jobs waiting and no live consumer (2 idle longer than 0 s)")
-    })
+    eventually(
+        "both consumers idle past the timeout",
+        Duration::from_secs(10),
+        || async {
+            let run = streamq(&url, &["stats", "-q", "st", timeout[0], timeout[1]]);
+            run.stdout
+                .contains("4 jobs waiting and no live consumer (2 idle longer than 0 s)")
+        },
+    )
     .await;
-    let json = streamq(&url, &["stats", "-q", "st", "--json", timeout[0], timeout[1]]);
+    let json = streamq(
+        &url,
+        &["stats", "-q", "st", "--json", timeout[0], timeout[1]],
+    );
     let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(value["health"], "stalled");
     assert_eq!(value["consumers"][0]["live"], false);
 
     let recover = streamq(
         &url,
-        &["recover", "-q", "st", "--idle-ms", "3600000", "--prune-after-secs", "0.2"],
+        &[
+            "recover",
+            "-q",
+            "st",
+            "--idle-ms",
+            "3600000",
+            "--prune-after-secs",
+            "0.2",
+        ],
     );
     assert_eq!(recover.code, 0, "{recover:?}");
-    assert!(recover.stdout.contains("removed 1 consumers"), "{}", recover.stdout);
+    assert!(
+        recover.stdout.contains("removed 1 consumers"),
+        "{}",
+        recover.stdout
+    );
     assert!(recover.stdout.contains("dead-empty"), "{}", recover.stdout);
     let after = streamq(&url, &["stats", "-q", "st", timeout[0], timeout[1]]);
-    assert!(after.stdout.contains("consumer dead-holding"), "{}", after.stdout);
+    assert!(
+        after.stdout.contains("consumer dead-holding"),
+        "{}",
+        after.stdout
+    );
     assert!(!after.stdout.contains("dead-empty"), "{}", after.stdout);
     assert!(after.stdout.contains("gone?"), "{}", after.stdout);
-    assert_eq!(redis.queue("st").await.stats().await.unwrap().in_flight(), 1);
+    assert_eq!(
+        redis.queue("st").await.stats().await.unwrap().in_flight(),
+        1
+    );
 }
 
 // 18. The 1 MiB limit can be raised.
@@ -595,13 +732,28 @@ async fn stalled_queues_and_dead_consumers() {
 async fn produce_can_raise_the_payload_limit() {
     let redis = TestRedis::start();
     let url = redis.server.url();
-    let refused = streamq(&url, &["produce", "-q", "big", "--payload-bytes", "1048576"]);
+    let refused = streamq(
+        &url,
+        &["produce", "-q", "big", "--payload-bytes", "1048576"],
+    );
     assert_eq!(refused.code, 1);
-    assert!(refused.stderr.contains("--max-payload-bytes"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--max-payload-bytes"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(dbsize(&redis).await, 0);
     let raised = streamq(
         &url,
-        &["produce", "-q", "big", "--payload-bytes", "1048576", "--max-payload-bytes", "2000000"],
+        &[
+            "produce",
+            "-q",
+            "big",
+            "--payload-bytes",
+            "1048576",
+            "--max-payload-bytes",
+            "2000000",
+        ],
     );
     assert_eq!(raised.code, 0, "{raised:?}");
     assert_eq!(redis.len("streamq:{big}:medium").await, 1);
@@ -636,7 +788,11 @@ fn an_empty_server_variable_counts_as_unset() {
         .env("STREAMQ_REDIS_SERVER", "");
     let run: Run = cmd.output().unwrap().into();
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("200 processed of 200 enqueued"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("200 processed of 200 enqueued"),
+        "{}",
+        run.stdout
+    );
 }
 
 // 20. `demo` and `bench` never send their load to REDIS_URL's server.
@@ -645,7 +801,8 @@ async fn demo_ignores_redis_url_and_says_so() {
     let redis = TestRedis::start();
     for sub in ["demo", "bench"] {
         let mut cmd = command();
-        cmd.args([sub, "--jobs", "200"]).env("REDIS_URL", redis.server.url());
+        cmd.args([sub, "--jobs", "200"])
+            .env("REDIS_URL", redis.server.url());
         let run: Run = cmd.output().unwrap().into();
         assert_eq!(run.code, 0, "{run:?}");
         assert!(
@@ -655,7 +812,11 @@ async fn demo_ignores_redis_url_and_says_so() {
             "{}",
             run.stderr
         );
-        assert!(run.stderr.contains("--redis \"$REDIS_URL\""), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("--redis \"$REDIS_URL\""),
+            "{}",
+            run.stderr
+        );
     }
     assert_eq!(dbsize(&redis).await, 0);
 }
@@ -692,14 +853,22 @@ fn without_redis_server_the_demo_fetches_one_or_says_what_to_install() {
     let run: Run = cmd.output().unwrap().into();
     if run.code == 0 {
         assert!(run.stdout.contains("valkey"), "{}", run.stdout);
-        assert!(run.stdout.contains("300 processed of 300 enqueued"), "{}", run.stdout);
+        assert!(
+            run.stdout.contains("300 processed of 300 enqueued"),
+            "{}",
+            run.stdout
+        );
         // A second run uses the cache and says nothing about fetching.
         let again: Run = cmd.output().unwrap().into();
         assert_eq!(again.code, 0, "{again:?}");
         assert!(!again.stderr.contains("fetching"), "{}", again.stderr);
     } else {
         // Offline: the message says what to install.
-        assert!(run.stderr.contains("To fix: install redis-server"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("To fix: install redis-server"),
+            "{}",
+            run.stderr
+        );
     }
 
     // No python3 either: still a message that says what to install.
@@ -712,15 +881,23 @@ fn without_redis_server_the_demo_fetches_one_or_says_what_to_install() {
         .env(streamq::CACHE_ENV, target.join("streamq-test-cache-empty"));
     let run: Run = cmd.output().unwrap().into();
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("python3 is not on the PATH"), "{}", run.stderr);
-    assert!(run.stderr.contains("apt-get install redis-server"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("python3 is not on the PATH"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("apt-get install redis-server"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// The shell commands the README shows: lines of its `sh` blocks, and `$ `
 /// lines of its `text` blocks, without the `cargo` lines (CI runs those).
 fn readme_commands() -> Vec<String> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let mut commands = Vec::new();
     let mut block: Option<&str> = None;
     for line in readme.lines() {
@@ -763,7 +940,10 @@ async fn every_readme_command_runs() {
     );
     let mut seeded = false;
     for line in &commands {
-        assert!(line.starts_with("streamq ") || line.contains("| streamq "), "{line}");
+        assert!(
+            line.starts_with("streamq ") || line.contains("| streamq "),
+            "{line}"
+        );
         if line.contains(" dlq ") && !seeded {
             // Give `dlq show 1732212345678-0` its letter.
             let _: String = redis::cmd("XADD")
@@ -816,7 +996,11 @@ async fn every_readme_command_runs() {
             run.stderr
         );
         if follows {
-            assert_eq!(redis.len("streamq:{alerts}:medium").await, before + 1, "{line}");
+            assert_eq!(
+                redis.len("streamq:{alerts}:medium").await,
+                before + 1,
+                "{line}"
+            );
         }
         if line.contains("--json") {
             let _: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
@@ -843,7 +1027,15 @@ fn docs_cite_nothing_a_user_cannot_follow() {
             }
         }
     }
-    let forbidden = ["issue 4", "(issue ", "seed 0", "the seeds", "../shared", "/work/", "REDIS-NOTES"];
+    let forbidden = [
+        "issue 4",
+        "(issue ",
+        "seed 0",
+        "the seeds",
+        "../shared",
+        "/work/",
+        "REDIS-NOTES",
+    ];
     for path in texts {
         let text = std::fs::read_to_string(&path).unwrap();
         for word in forbidden {

@@ -240,7 +240,10 @@ impl Queue {
         let exists = check_types(&typed, &found)?;
         let mut replies = Vec::with_capacity(rest.len());
         for (i, value) in rest.into_iter().enumerate() {
-            let key = keys.streams().get(i / 4).map_or(keys.dead(), String::as_str);
+            let key = keys
+                .streams()
+                .get(i / 4)
+                .map_or(keys.dead(), String::as_str);
             // Where the stream or its group is missing, the reply means
             // "nothing".
             let stream_missing = i < 16 && !exists.get(i / 4).copied().unwrap_or(false);
@@ -385,7 +388,8 @@ fn judge(report: &QueueReport, t: &HealthThresholds) -> Health {
             t.max_oldest_waiting.as_secs_f64()
         ));
     }
-    let stalled = report.waiting() > 0 && !report.paused && !report.consumers.iter().any(|c| c.live);
+    let stalled =
+        report.waiting() > 0 && !report.paused && !report.consumers.iter().any(|c| c.live);
     if stalled {
         let gone = report.consumers.len();
         reasons.push(if gone == 0 {

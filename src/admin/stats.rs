@@ -101,8 +101,11 @@ impl Queue {
         for (i, value) in raw.into_iter().enumerate() {
             let (key, expected) = match keys.streams().get(i / 4) {
                 Some(stream) => (stream.as_str(), "stream"),
-                None => [(keys.stats(), "hash"), (keys.dead(), "stream"), (keys.delayed(), "zset")]
-                    [(i - 16).min(2)],
+                None => [
+                    (keys.stats(), "hash"),
+                    (keys.dead(), "stream"),
+                    (keys.delayed(), "zset"),
+                ][(i - 16).min(2)],
             };
             if i < 16 && i % 4 == 0 {
                 let found: String =

@@ -273,7 +273,10 @@ fn explain_bad_url(url: &str, err: &redis::RedisError) -> String {
                 if parsed.scheme() != "unix" && parsed.host_str().is_none_or(str::is_empty) {
                     format!("bad redis url {shown:?}: no host; {FORMS}")
                 } else {
-                    format!("bad redis url {shown:?}: {}", err.detail().unwrap_or("does not parse"))
+                    format!(
+                        "bad redis url {shown:?}: {}",
+                        err.detail().unwrap_or("does not parse")
+                    )
                 }
             }
             other => format!("bad redis url {shown:?}: unknown scheme {other:?}; {FORMS}"),
@@ -486,7 +489,10 @@ mod tests {
             ("REDIS_URL", "redis://b:2"),
         ]))
         .expect("urls");
-        assert_eq!((both.origin(), both.address().as_str()), ("STREAMQ_REDIS_URL", "a:1"));
+        assert_eq!(
+            (both.origin(), both.address().as_str()),
+            ("STREAMQ_REDIS_URL", "a:1")
+        );
         let empty = RedisConfig::from_vars(env(&[("REDIS_URL", "")])).expect("empty is unset");
         assert!(empty.is_default());
     }
@@ -501,7 +507,10 @@ mod tests {
         assert!(why("redis://127.0.0.1:99999").contains("invalid port number"));
         assert!(why("http://h:1").contains("unknown scheme \"http\""));
         let secret = why("redis://u:hunter2@h:99999");
-        assert!(!secret.contains("hunter2") && secret.contains("u:***@"), "{secret}");
+        assert!(
+            !secret.contains("hunter2") && secret.contains("u:***@"),
+            "{secret}"
+        );
     }
 
     #[test]

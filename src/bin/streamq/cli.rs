@@ -250,9 +250,9 @@ pub(crate) fn explain(err: &streamq::Error, config: &RedisConfig) -> CliError {
             "{err}. Raise the limit with --max-payload-bytes (workers and `dlq` need it too), \
              or send smaller payloads."
         ),
-        E::OutOfMemory(_) => format!(
-            "{err} (redis at {at}). Raise its maxmemory, or drain or purge queues."
-        ),
+        E::OutOfMemory(_) => {
+            format!("{err} (redis at {at}). Raise its maxmemory, or drain or purge queues.")
+        }
         _ => err.to_string(),
     };
     CliError {
@@ -317,7 +317,8 @@ impl Target {
     pub(crate) fn url_or_private(url: Option<&str>, command: &str) -> Result<Target, CliError> {
         match url {
             Some(url) => {
-                let config = RedisConfig::from_url(url).map_err(|e| CliError::new(e.to_string()))?;
+                let config =
+                    RedisConfig::from_url(url).map_err(|e| CliError::new(e.to_string()))?;
                 Ok(Target {
                     description: config.address(),
                     config,
@@ -335,7 +336,8 @@ impl Target {
                     }
                 }
                 let local = LocalRedis::start().map_err(|e| CliError::new(e.to_string()))?;
-                let config = RedisConfig::from_url(&local.url()).map_err(|e| CliError::new(e.to_string()))?;
+                let config = RedisConfig::from_url(&local.url())
+                    .map_err(|e| CliError::new(e.to_string()))?;
                 Ok(Target {
                     description: format!("a private redis-server at 127.0.0.1:{}", local.port()),
                     config,

@@ -23,8 +23,8 @@ const CLOSED_PIPE: u8 = 141;
 
 fn main() -> ExitCode {
     // Colour only for a person at a terminal, and never with NO_COLOR set.
-    let colour =
-        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

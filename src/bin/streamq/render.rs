@@ -223,7 +223,10 @@ mod tests {
         assert_eq!(duration(Duration::from_millis(3_240)), "3.2 s");
         assert_eq!(duration(Duration::from_secs(245)), "4 min 05 s");
         assert_eq!(duration(Duration::from_secs(7_380)), "2 h 03 min");
-        assert_eq!(duration(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3 d 4 h");
+        assert_eq!(
+            duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
+            "3 d 4 h"
+        );
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1024), "1.0 KiB");
         assert_eq!(bytes(3 << 20), "3.0 MiB");
@@ -246,7 +249,10 @@ mod tests {
         let text = rmp_serde::to_vec(&serde_bytes::ByteBuf::from(b"xxx".to_vec())).expect("enc");
         assert_eq!(show(&text), Value::String("xxx".into()));
         let binary = rmp_serde::to_vec(&serde_bytes::ByteBuf::from(vec![0xff, 0])).expect("enc");
-        assert_eq!(show(&binary), serde_json::json!({"bytes": 2, "hex": "ff00"}));
+        assert_eq!(
+            show(&binary),
+            serde_json::json!({"bytes": 2, "hex": "ff00"})
+        );
         let map = rmp_serde::to_vec_named(&serde_json::json!({"a": [1, "b"]})).expect("enc");
         assert_eq!(show(&map), serde_json::json!({"a": [1, "b"]}));
     }

@@ -216,7 +216,9 @@ fn print_table(
             .get(&p.priority)
             .copied()
             .unwrap_or_default();
-        let oldest = p.oldest_waiting.map_or_else(|| "-".to_owned(), render::duration);
+        let oldest = p
+            .oldest_waiting
+            .map_or_else(|| "-".to_owned(), render::duration);
         outln!(
             "{:<9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
             p.priority.as_str(),
@@ -235,7 +237,8 @@ fn print_table(
     });
     outln!(
         "delayed {}{next}, dead letters {}",
-        report.delayed, report.dead_letters
+        report.delayed,
+        report.dead_letters
     );
     if report.consumers.is_empty() {
         outln!("consumers: none");
