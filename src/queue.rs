@@ -84,7 +84,7 @@ impl Default for JobTracking {
 
 impl JobTracking {
     /// Keep metadata of the last `count` completed jobs, each for at most
-    /// `age` (the seeds' `removeOnComplete`, inverted).
+    /// `age` (like BullMQ's `removeOnComplete: { count, age }`).
     pub fn keep_completed(mut self, count: u64, age: std::time::Duration) -> JobTracking {
         self.keep_completed = count;
         self.keep_finished = age;
@@ -183,7 +183,9 @@ impl QueueBuilder {
     }
 
     /// Validates the settings, connects, checks the server version and the
-    /// queue's keys, and creates the consumer groups (idempotently).
+    /// types of the queue's keys. Writes nothing: a queue that does not
+    /// exist yet reads as empty, the first enqueue creates its streams, and
+    /// workers create the consumer group when they start.
     ///
     /// # Errors
     ///
@@ -219,7 +221,7 @@ impl QueueBuilder {
                 conn,
             }),
         };
-        queue.ensure_groups().await?;
+        queue.key_types().await?;
         Ok(queue)
     }
 }
@@ -275,41 +277,71 @@ impl Queue {
         self.inner.conn.clone()
     }
 
-    /// Checks every queue key's type, then creates the consumer group on each
-    /// priority stream from its first entry. Run at connect, and again by
-    /// workers when Redis says the group is gone.
-    pub(crate) async fn ensure_groups(&self) -> Result<(), Error> {
-        let mut conn = self.conn();
+    /// The queue's fixed keys with the type each must have, in the order
+    /// [`Queue::key_types`] reports them.
+    pub(crate) fn typed_keys(&self) -> Vec<(&str, &'static str)> {
         let keys = self.keys();
-        let mut pipe = redis::pipe();
-        for key in keys.streams() {
-            pipe.cmd("TYPE").arg(key);
-        }
-        pipe.cmd("TYPE").arg(keys.stats());
-        pipe.cmd("TYPE").arg(keys.delayed());
-        pipe.cmd("TYPE").arg(keys.dead());
-        let types: Vec<String> = pipe.query_async(&mut conn).await?;
-        let expected = keys
-            .streams()
+        keys.streams()
             .iter()
             .map(|k| (k.as_str(), "stream"))
             .chain([
                 (keys.stats(), "hash"),
                 (keys.delayed(), "zset"),
                 (keys.dead(), "stream"),
-            ]);
-        let mut streams_found = Vec::new();
-        for ((key, expected), found) in expected.zip(types) {
-            if found != "none" && found != expected {
-                return Err(Error::WrongKeyType {
-                    key: key.to_owned(),
-                    found,
-                    expected,
-                });
-            }
-            streams_found.push(found == "stream");
+                (keys.latency(), "hash"),
+                (keys.paused(), "string"),
+            ])
+            .collect()
+    }
+
+    /// Reads the type of every fixed queue key (one round trip, no writes)
+    /// and checks it: `Ok(exists)` per key, in [`Queue::typed_keys`] order,
+    /// or [`Error::WrongKeyType`] naming the first key that holds something
+    /// else.
+    pub(crate) async fn key_types(&self) -> Result<Vec<bool>, Error> {
+        let expected = self.typed_keys();
+        let mut pipe = redis::pipe();
+        for (key, _) in &expected {
+            pipe.cmd("TYPE").arg(*key);
         }
-        for (key, exists) in keys.streams().iter().zip(streams_found) {
+        let types: Vec<String> = pipe.query_async(&mut self.conn()).await?;
+        check_types(&expected, &types)
+    }
+
+    /// Whether any of the queue's fixed keys exists: `false` for a name
+    /// nothing was ever enqueued to (or a wrong prefix).
+    ///
+    /// # Errors
+    ///
+    /// Connection and permission errors; [`Error::WrongKeyType`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    pub async fn exists(&self) -> Result<bool, Error> {
+        Ok(self.key_types().await?.into_iter().any(|e| e))
+    }
+
+    /// Turns a `WRONGTYPE` that Redis reported without a key name (from a
+    /// script) into one that names the key, when a key of the queue has the
+    /// wrong type; any other error is returned as it is.
+    pub(crate) async fn name_wrong_key(&self, err: Error) -> Error {
+        match err {
+            Error::WrongKeyType { ref key, .. } if key == "?" => match self.key_types().await {
+                Err(named @ Error::WrongKeyType { .. }) => named,
+                _ => err,
+            },
+            other => other,
+        }
+    }
+
+    /// Checks every queue key's type, then creates the consumer group on each
+    /// priority stream from its first entry. Run by workers when they start,
+    /// and again when Redis says the group is gone; never by readers.
+    pub(crate) async fn ensure_groups(&self) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let exists = self.key_types().await?;
+        for (key, exists) in self.keys().streams().iter().zip(exists) {
             // Creating is a write Redis refuses when full, even for a group
             // that exists; a worker must still start then, to drain.
             if exists && has_group(&mut conn, key).await? {
@@ -330,6 +362,27 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+/// Checks `TYPE` answers against the types expected: whether each key
+/// exists, or the first mismatch as [`Error::WrongKeyType`].
+pub(crate) fn check_types(
+    expected: &[(&str, &'static str)],
+    found: &[String],
+) -> Result<Vec<bool>, Error> {
+    expected
+        .iter()
+        .zip(found)
+        .map(|((key, expected), found)| match found.as_str() {
+            "none" => Ok(false),
+            f if f == *expected => Ok(true),
+            _ => Err(Error::WrongKeyType {
+                key: (*key).to_owned(),
+                found: found.clone(),
+                expected,
+            }),
+        })
+        .collect()
 }
 
 /// Whether the stream `key` has streamq's consumer group.

@@ -141,7 +141,7 @@ async fn an_acl_user_limited_to_the_queue_prefix_can_run_it_and_nothing_else() {
     .unwrap();
     let err = Queue::builder("alerts").connect(&wrong).await.unwrap_err();
     assert!(
-        matches!(err, Error::Redis(ref e) if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code().is_some()),
+        matches!(err, Error::Authentication { missing: false }),
         "{err}"
     );
 }

@@ -109,6 +109,21 @@ impl DeadLetter {
     }
 }
 
+/// Checks that `id` is a stream entry id, `<ms>` or `<ms>-<seq>`, before it
+/// reaches Redis (which would answer with a bare "Invalid stream ID").
+fn check_entry_id(id: &str) -> Result<(), Error> {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match id.split_once('-') {
+        Some((ms, seq)) => digits(ms) && digits(seq),
+        None => digits(id),
+    } && id.split('-').all(|part| part.parse::<u64>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidEntryId(id.to_owned()))
+    }
+}
+
 /// One page of dead letters, oldest first.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -128,7 +143,8 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// Connection and permission errors.
+    /// [`Error::InvalidEntryId`] when `after` is not a stream entry id;
+    /// connection and permission errors.
     ///
     /// # Cancel safety
     ///
@@ -138,6 +154,9 @@ impl Queue {
         after: Option<&str>,
         count: usize,
     ) -> Result<DeadLetterPage, Error> {
+        if let Some(after) = after {
+            check_entry_id(after)?;
+        }
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let mut letters = self.read_dead(&start, "+", count + 1).await?;
         let next = if letters.len() > count {
@@ -153,12 +172,14 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// Connection and permission errors.
+    /// [`Error::InvalidEntryId`] when `id` is not a stream entry id;
+    /// connection and permission errors.
     ///
     /// # Cancel safety
     ///
     /// Cancel-safe: it only reads.
     pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, Error> {
+        check_entry_id(id)?;
         Ok(self.read_dead(id, id, 1).await?.pop())
     }
 
@@ -168,12 +189,14 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// Connection errors, [`Error::OutOfMemory`].
+    /// [`Error::InvalidEntryId`] when `id` is not a stream entry id;
+    /// connection errors, [`Error::OutOfMemory`].
     ///
     /// # Cancel safety
     ///
     /// Cancel-safe: requeueing is atomic and skips letters already gone.
     pub async fn requeue_dead_letter(&self, id: &str) -> Result<bool, Error> {
+        check_entry_id(id)?;
         let letters = self.read_dead(id, id, 1).await?;
         Ok(self.requeue(&letters).await? == 1)
     }

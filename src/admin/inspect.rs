@@ -14,7 +14,8 @@ use crate::error::Error;
 use crate::priority::Priority;
 use crate::protocol::fields::{fields, number, our_group, text};
 use crate::protocol::keys::GROUP;
-use crate::queue::Queue;
+use crate::protocol::reply;
+use crate::queue::{Queue, check_types};
 use crate::time::now_ms;
 
 /// One priority stream, as the inspector saw it.
@@ -44,6 +45,13 @@ pub struct ConsumerReport {
     pub idle: Duration,
     /// Jobs it holds.
     pub pending: u64,
+    /// Whether it fetched or renewed a lease within the thresholds'
+    /// `consumer_timeout`. Running workers do one or the other every few
+    /// seconds (an idle wait is at most the worker's block time, 5 s by
+    /// default; heartbeats come every third of the lease), so a consumer
+    /// idle longer is a worker that died or hangs. `streamq recover`
+    /// removes such consumers once they hold no job.
+    pub live: bool,
 }
 
 /// How a queue is doing, by the thresholds given to [`Queue::inspect`].
@@ -56,17 +64,23 @@ pub enum Health {
     Backlogged(Vec<String>),
     /// Jobs are failing: more dead letters than allowed.
     Errors(Vec<String>),
+    /// Jobs are waiting and no live consumer is there to run them (none at
+    /// all, or all idle past the thresholds' `consumer_timeout`). Not
+    /// reported while the queue is paused. When the queue is also
+    /// backlogged, it is [`Health::Backlogged`] with this among its reasons.
+    Stalled(Vec<String>),
     /// Redis could not be reached or read.
     Unavailable(String),
 }
 
 impl Health {
-    /// `healthy`, `backlogged`, `errors` or `unavailable`.
+    /// `healthy`, `backlogged`, `errors`, `stalled` or `unavailable`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Health::Healthy => "healthy",
             Health::Backlogged(_) => "backlogged",
             Health::Errors(_) => "errors",
+            Health::Stalled(_) => "stalled",
             Health::Unavailable(_) => "unavailable",
         }
     }
@@ -75,7 +89,7 @@ impl Health {
     pub fn reasons(&self) -> Vec<String> {
         match self {
             Health::Healthy => Vec::new(),
-            Health::Backlogged(r) | Health::Errors(r) => r.clone(),
+            Health::Backlogged(r) | Health::Errors(r) | Health::Stalled(r) => r.clone(),
             Health::Unavailable(r) => vec![r.clone()],
         }
     }
@@ -91,6 +105,10 @@ pub struct HealthThresholds {
     pub max_oldest_waiting: Duration,
     /// Errors above this many dead letters. Default: 0.
     pub max_dead_letters: u64,
+    /// A consumer idle longer than this is not live (see
+    /// [`ConsumerReport::live`]); jobs waiting with no live consumer make
+    /// the queue [`Health::Stalled`]. Default: 60 s.
+    pub consumer_timeout: Duration,
 }
 
 impl Default for HealthThresholds {
@@ -99,6 +117,7 @@ impl Default for HealthThresholds {
             max_waiting: 10_000,
             max_oldest_waiting: Duration::from_secs(60),
             max_dead_letters: 0,
+            consumer_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -121,6 +140,12 @@ impl HealthThresholds {
         self.max_dead_letters = letters;
         self
     }
+
+    /// Sets `consumer_timeout`.
+    pub fn consumer_timeout(mut self, idle: Duration) -> HealthThresholds {
+        self.consumer_timeout = idle;
+        self
+    }
 }
 
 /// Everything the inspector knows about one queue.
@@ -129,6 +154,10 @@ impl HealthThresholds {
 pub struct QueueReport {
     /// The queue's name.
     pub queue: String,
+    /// Whether any of the queue's keys exists. `false` for a name nothing
+    /// was ever enqueued to (or the wrong key prefix): everything reads as
+    /// zero, and nothing was created by looking.
+    pub exists: bool,
     /// Whether workers are told to stop fetching.
     pub paused: bool,
     /// One entry per priority, most urgent first.
@@ -178,7 +207,15 @@ impl Queue {
     /// Cancel-safe: it only reads.
     pub async fn inspect(&self, thresholds: &HealthThresholds) -> Result<QueueReport, Error> {
         let keys = self.keys();
+        let typed = self.typed_keys();
+        // Errors come back per command: a stream without the group (no
+        // worker ever started) reads as nothing in flight, never as a failure,
+        // and nothing is created by looking.
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (key, _) in &typed {
+            pipe.cmd("TYPE").arg(*key);
+        }
         for key in keys.streams() {
             pipe.cmd("XLEN").arg(key);
             pipe.cmd("XPENDING").arg(key).arg(GROUP);
@@ -193,7 +230,29 @@ impl Queue {
             .arg("WITHSCORES");
         pipe.cmd("XLEN").arg(keys.dead());
         pipe.cmd("EXISTS").arg(keys.paused());
-        let replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let mut replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let rest = replies.split_off(typed.len().min(replies.len()));
+        let mut found = Vec::with_capacity(typed.len());
+        for (value, (key, expected)) in replies.into_iter().zip(&typed) {
+            let value = reply::pipeline_item(value, key, expected)?;
+            found.push(redis::from_redis_value::<String>(value).unwrap_or_default());
+        }
+        let exists = check_types(&typed, &found)?;
+        let mut replies = Vec::with_capacity(rest.len());
+        for (i, value) in rest.into_iter().enumerate() {
+            let key = keys
+                .streams()
+                .get(i / 4)
+                .map_or(keys.dead(), String::as_str);
+            // Where the stream or its group is missing, the reply means
+            // "nothing".
+            let stream_missing = i < 16 && !exists.get(i / 4).copied().unwrap_or(false);
+            replies.push(if stream_missing || reply::is_nogroup_item(&value) {
+                Value::Nil
+            } else {
+                reply::pipeline_item(value, key, "stream")?
+            });
+        }
         let (per_stream, rest) = replies.split_at(16.min(replies.len()));
         let count = |v: Option<&Value>| -> u64 {
             v.and_then(|v| redis::from_redis_value_ref(v).ok())
@@ -269,6 +328,7 @@ impl Queue {
         };
         let mut report = QueueReport {
             queue: self.name().to_owned(),
+            exists: exists.iter().any(|e| *e),
             paused: count(rest.get(3)) == 1,
             priorities,
             consumers: consumers
@@ -277,6 +337,7 @@ impl Queue {
                     name,
                     idle,
                     pending,
+                    live: idle <= thresholds.consumer_timeout,
                 })
                 .collect(),
             delayed: count(rest.first()),
@@ -327,9 +388,25 @@ fn judge(report: &QueueReport, t: &HealthThresholds) -> Health {
             t.max_oldest_waiting.as_secs_f64()
         ));
     }
-    if reasons.is_empty() {
-        Health::Healthy
-    } else {
-        Health::Backlogged(reasons)
+    let stalled =
+        report.waiting() > 0 && !report.paused && !report.consumers.iter().any(|c| c.live);
+    if stalled {
+        let gone = report.consumers.len();
+        reasons.push(if gone == 0 {
+            format!("{} jobs waiting and no consumer", report.waiting())
+        } else {
+            format!(
+                "{} jobs waiting and no live consumer ({gone} idle longer than {:.0} s)",
+                report.waiting(),
+                t.consumer_timeout.as_secs_f64()
+            )
+        });
+    }
+    // Backlogged takes precedence (its reasons then include the missing
+    // consumer); stalled alone means work waits with nobody to do it.
+    match (reasons.len(), stalled) {
+        (0, _) => Health::Healthy,
+        (1, true) => Health::Stalled(reasons),
+        _ => Health::Backlogged(reasons),
     }
 }

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::job_id::JobId;
 use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
+use crate::protocol::reply;
 use crate::queue::Queue;
 use crate::time::now_ms;
 
@@ -140,7 +141,10 @@ impl Queue {
     /// Whether a stream entry is claimed, waiting, or gone.
     async fn live_state(&self, priority: Priority, entry: &str) -> Result<JobState, Error> {
         let stream = self.keys().stream(priority);
-        let (pending, exists): (Vec<Value>, Vec<Value>) = redis::pipe()
+        // Errors per command: a stream without the group (no worker has
+        // started yet) means nothing is in flight there.
+        let (pending, exists): (Value, Value) = redis::pipe()
+            .ignore_errors()
             .cmd("XPENDING")
             .arg(stream)
             .arg(GROUP)
@@ -153,6 +157,16 @@ impl Queue {
             .arg(entry)
             .query_async(&mut self.conn())
             .await?;
+        let pending = match pending {
+            ref nogroup if reply::is_nogroup_item(nogroup) => Vec::new(),
+            other => redis::from_redis_value::<Vec<Value>>(reply::pipeline_item(
+                other, stream, "stream",
+            )?)
+            .unwrap_or_default(),
+        };
+        let exists: Vec<Value> =
+            redis::from_redis_value(reply::pipeline_item(exists, stream, "stream")?)
+                .unwrap_or_default();
         if let Some(Value::Array(p)) = pending.first() {
             let owner: String = p
                 .get(1)

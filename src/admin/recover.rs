@@ -1,10 +1,14 @@
 //! Recovering stalled jobs on demand (an operator's `streamq recover`),
 //! rather than waiting for a worker's reclaimer.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use redis::Value;
 
 use crate::error::Error;
 use crate::priority::Priority;
+use crate::protocol::fields;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
@@ -48,7 +52,16 @@ impl Queue {
                     .arg(priority.lua_index())
                     .arg(min_idle_ms)
                     .arg(RECOVER_CHUNK);
-                let mut body = reply::done(script, call.invoke(&mut self.conn()).await?)?;
+                let answer = match call.invoke(&mut self.conn()).await {
+                    Ok(answer) => answer,
+                    Err(err) => match Error::from(err) {
+                        // No group on this stream: no worker ever ran, so
+                        // nothing can be stalled there.
+                        err if reply::is_nogroup(&err) => break,
+                        err => return Err(err),
+                    },
+                };
+                let mut body = reply::done(script, answer)?;
                 let (recovered, lost, scanned) = (body.count()?, body.count()?, body.count()?);
                 total.recovered += recovered as u64;
                 total.lost += lost as u64;
@@ -58,5 +71,66 @@ impl Queue {
             }
         }
         Ok(total)
+    }
+
+    /// Removes consumers that have been idle for at least `min_idle` and
+    /// hold no job from the queue's consumer group, and returns their
+    /// names. A consumer holding jobs is never removed (`XGROUP
+    /// DELCONSUMER` would drop its pending entries): recover its jobs
+    /// first. Use a time well above the workers' block time and lease (a
+    /// running worker is never idle that long), such as a few minutes.
+    ///
+    /// # Errors
+    ///
+    /// Connection and permission errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: each removal is atomic and checks, inside Redis, that the
+    /// consumer holds nothing.
+    pub async fn prune_consumers(&self, min_idle: Duration) -> Result<Vec<String>, Error> {
+        let exists = self.key_types().await?;
+        let mut consumers: BTreeMap<String, (Duration, u64)> = BTreeMap::new();
+        for (key, exists) in self.keys().streams().iter().zip(exists) {
+            if !exists {
+                continue;
+            }
+            let list: Value = match redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(key)
+                .arg(GROUP)
+                .query_async(&mut self.conn())
+                .await
+            {
+                Ok(list) => list,
+                Err(err) => match Error::from(err) {
+                    err if reply::is_nogroup(&err) => continue,
+                    err => return Err(err),
+                },
+            };
+            if let Value::Array(list) = list {
+                for consumer in list.iter().filter_map(fields::fields) {
+                    let name = fields::text(&consumer, "name").unwrap_or_default();
+                    let idle = Duration::from_millis(fields::number(&consumer, "idle"));
+                    let entry = consumers.entry(name).or_insert((idle, 0));
+                    entry.0 = entry.0.min(idle);
+                    entry.1 += fields::number(&consumer, "pending");
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        for (name, (idle, pending)) in consumers {
+            if idle < min_idle || pending > 0 {
+                continue;
+            }
+            let script = &scripts().retire_consumer;
+            let mut call = script.call(self.keys(), &[] as &[&str]);
+            call.arg(GROUP).arg(&name);
+            let kept = reply::done(script, call.invoke(&mut self.conn()).await?)?.int()?;
+            if kept == 0 {
+                removed.push(name);
+            }
+        }
+        Ok(removed)
     }
 }

@@ -8,7 +8,8 @@ use redis::Value;
 use crate::error::Error;
 use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
-use crate::queue::Queue;
+use crate::protocol::reply;
+use crate::queue::{Queue, check_types};
 
 /// A snapshot of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +82,12 @@ impl Queue {
     /// Cancel-safe: it only reads.
     pub async fn stats(&self) -> Result<QueueStats, Error> {
         let keys = self.keys();
+        // Errors come back per command: a stream nobody has worked on has no
+        // group yet, and reads as nothing in flight.
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for key in keys.streams() {
+            pipe.cmd("TYPE").arg(key);
             pipe.cmd("XLEN").arg(key);
             pipe.cmd("XPENDING").arg(key).arg(GROUP);
             pipe.cmd("XINFO").arg("GROUPS").arg(key);
@@ -90,7 +95,32 @@ impl Queue {
         pipe.cmd("HGETALL").arg(keys.stats());
         pipe.cmd("XLEN").arg(keys.dead());
         pipe.cmd("ZCARD").arg(keys.delayed());
-        let mut replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let raw: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let mut replies = Vec::with_capacity(raw.len());
+        let mut stream_exists = true;
+        for (i, value) in raw.into_iter().enumerate() {
+            let (key, expected) = match keys.streams().get(i / 4) {
+                Some(stream) => (stream.as_str(), "stream"),
+                None => [
+                    (keys.stats(), "hash"),
+                    (keys.dead(), "stream"),
+                    (keys.delayed(), "zset"),
+                ][(i - 16).min(2)],
+            };
+            if i < 16 && i % 4 == 0 {
+                let found: String =
+                    redis::from_redis_value(reply::pipeline_item(value, key, expected)?)
+                        .unwrap_or_default();
+                stream_exists = check_types(&[(key, expected)], &[found])?[0];
+                continue;
+            }
+            let missing = i < 16 && !stream_exists;
+            replies.push(if missing || reply::is_nogroup_item(&value) {
+                Value::Nil
+            } else {
+                reply::pipeline_item(value, key, expected)?
+            });
+        }
         let delayed = redis::from_redis_value(replies.pop().unwrap_or(Value::Nil)).unwrap_or(0);
         let dead_letters =
             redis::from_redis_value(replies.pop().unwrap_or(Value::Nil)).unwrap_or(0);

@@ -19,6 +19,7 @@ use crate::protocol::{fields, reply};
 #[derive(Clone)]
 pub struct RedisConfig {
     info: ConnectionInfo,
+    origin: String,
     connect_timeout: Duration,
     response_timeout: Duration,
     tls_root_cert: Option<Vec<u8>>,
@@ -28,6 +29,7 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("addr", &self.info.addr().to_string())
+            .field("origin", &self.origin)
             .field("db", &self.info.redis_settings().db())
             .field("user", &self.info.redis_settings().username())
             .field("connect_timeout", &self.connect_timeout)
@@ -43,17 +45,27 @@ impl RedisConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the URL cannot be parsed.
+    /// [`Error::Config`] when the URL cannot be parsed, saying why (never
+    /// repeating a password).
     pub fn from_url(url: &str) -> Result<RedisConfig, Error> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| ConfigError::single(format!("bad redis url: {e}")))?;
-        Ok(RedisConfig::from_info(info))
+        RedisConfig::from_url_with_origin(url, "the URL given")
     }
 
-    /// Reads the connection from the environment: `REDIS_URL` when set,
-    /// otherwise `REDIS_HOST` (default `127.0.0.1`), `REDIS_PORT` (6379),
-    /// `REDIS_PASSWORD`, `REDIS_DB` (0) and `REDIS_USE_SSL` (`true`/`1`/`yes`).
+    fn from_url_with_origin(url: &str, origin: &str) -> Result<RedisConfig, Error> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| ConfigError::single(explain_bad_url(url, &e)))?;
+        let mut config = RedisConfig::from_info(info);
+        config.origin = origin.to_owned();
+        Ok(config)
+    }
+
+    /// Reads the connection from the environment, first match wins:
+    /// `STREAMQ_REDIS_URL`, then `REDIS_URL`, then `REDIS_HOST` (default
+    /// `127.0.0.1`), `REDIS_PORT` (6379), `REDIS_PASSWORD`, `REDIS_DB` (0)
+    /// and `REDIS_USE_SSL` (`true`/`1`/`yes`). With none of them set it is
+    /// `redis://127.0.0.1:6379`, and [`RedisConfig::is_default`] says so.
+    /// Empty variables count as unset.
     ///
     /// # Errors
     ///
@@ -62,10 +74,50 @@ impl RedisConfig {
         RedisConfig::from_vars(|name| std::env::var(name).ok())
     }
 
-    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<RedisConfig, Error> {
-        if let Some(url) = var("REDIS_URL").filter(|u| !u.is_empty()) {
-            return RedisConfig::from_url(&url);
+    /// The one precedence the library and the `streamq` command share: the
+    /// URL given (a command-line flag, say) when there is one, else
+    /// [`RedisConfig::from_env`], else the default `redis://127.0.0.1:6379`.
+    /// [`RedisConfig::origin`] tells which it was.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the URL or a variable does not parse.
+    pub fn resolve(url: Option<&str>) -> Result<RedisConfig, Error> {
+        match url.filter(|u| !u.is_empty()) {
+            Some(url) => RedisConfig::from_url(url),
+            None => RedisConfig::from_env(),
         }
+    }
+
+    /// Where the settings came from, for messages: `the URL given`,
+    /// `STREAMQ_REDIS_URL`, `REDIS_URL`, the `REDIS_*` variables that were
+    /// set (`REDIS_HOST, REDIS_PORT`), or `the default`.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Whether nothing named a server: no URL given and no variable set, so
+    /// this is the default `127.0.0.1:6379`, which may be anyone's Redis.
+    pub fn is_default(&self) -> bool {
+        self.origin == DEFAULT_ORIGIN
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<RedisConfig, Error> {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        for name in ["STREAMQ_REDIS_URL", "REDIS_URL"] {
+            if let Some(url) = var(name) {
+                return RedisConfig::from_url_with_origin(&url, name);
+            }
+        }
+        let set: Vec<&str> = ENV_VARS
+            .into_iter()
+            .filter(|name| var(name).is_some())
+            .collect();
+        let origin = if set.is_empty() {
+            DEFAULT_ORIGIN.to_owned()
+        } else {
+            set.join(", ")
+        };
         let mut check = ConfigCheck::default();
         let host = var("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
         let port = parse_var(&mut check, "REDIS_PORT", var("REDIS_PORT"), 6379u16);
@@ -100,12 +152,15 @@ impl RedisConfig {
             settings = settings.set_password(password);
         }
         info = info.set_redis_settings(settings);
-        Ok(RedisConfig::from_info(info))
+        let mut config = RedisConfig::from_info(info);
+        config.origin = origin;
+        Ok(config)
     }
 
     fn from_info(info: ConnectionInfo) -> RedisConfig {
         RedisConfig {
             info: info.set_tcp_settings(TcpSettings::default().set_nodelay(true)),
+            origin: "the URL given".to_owned(),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             tls_root_cert: None,
@@ -186,6 +241,63 @@ impl RedisConfig {
             .client()?
             .get_multiplexed_async_connection_with_config(&config)
             .await?)
+    }
+}
+
+/// [`RedisConfig::origin`] when nothing named a server.
+const DEFAULT_ORIGIN: &str = "the default";
+
+/// The variables [`RedisConfig::from_env`] reads when no URL is set.
+const ENV_VARS: [&str; 5] = [
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
+    "REDIS_USE_SSL",
+];
+
+/// Why a Redis URL does not parse, in words, without its password.
+fn explain_bad_url(url: &str, err: &redis::RedisError) -> String {
+    const FORMS: &str = "use redis://HOST:PORT, rediss://HOST:PORT (TLS) or unix:///PATH/TO/SOCKET";
+    let shown = redact_url(url);
+    if url.trim().is_empty() {
+        return format!("the redis url is empty: {FORMS}");
+    }
+    match url::Url::parse(url) {
+        Err(url::ParseError::RelativeUrlWithoutBase) => {
+            format!("bad redis url {shown:?}: not a URL (no scheme); {FORMS}")
+        }
+        Err(e) => format!("bad redis url {shown:?}: {e}; {FORMS}"),
+        Ok(parsed) => match parsed.scheme() {
+            "redis" | "rediss" | "valkey" | "valkeys" | "unix" | "redis+unix" => {
+                if parsed.scheme() != "unix" && parsed.host_str().is_none_or(str::is_empty) {
+                    format!("bad redis url {shown:?}: no host; {FORMS}")
+                } else {
+                    format!(
+                        "bad redis url {shown:?}: {}",
+                        err.detail().unwrap_or("does not parse")
+                    )
+                }
+            }
+            other => format!("bad redis url {shown:?}: unknown scheme {other:?}; {FORMS}"),
+        },
+    }
+}
+
+/// A URL with its password replaced by `***`, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let hidden = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{}://{hidden}@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -361,6 +473,44 @@ mod tests {
             Error::Config(c) => assert_eq!(c.problems().len(), 3, "{c}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn origins_say_where_settings_came_from() {
+        let default = RedisConfig::from_vars(env(&[])).expect("default");
+        assert!(default.is_default());
+        assert_eq!(default.address(), "127.0.0.1:6379");
+        let hosted = RedisConfig::from_vars(env(&[("REDIS_HOST", "h"), ("REDIS_PORT", "7")]))
+            .expect("host and port");
+        assert_eq!(hosted.origin(), "REDIS_HOST, REDIS_PORT");
+        assert_eq!(hosted.address(), "h:7");
+        let both = RedisConfig::from_vars(env(&[
+            ("STREAMQ_REDIS_URL", "redis://a:1"),
+            ("REDIS_URL", "redis://b:2"),
+        ]))
+        .expect("urls");
+        assert_eq!(
+            (both.origin(), both.address().as_str()),
+            ("STREAMQ_REDIS_URL", "a:1")
+        );
+        let empty = RedisConfig::from_vars(env(&[("REDIS_URL", "")])).expect("empty is unset");
+        assert!(empty.is_default());
+    }
+
+    #[test]
+    fn bad_urls_say_why_without_the_password() {
+        let why = |url: &str| match RedisConfig::from_url(url) {
+            Err(Error::Config(c)) => c.to_string(),
+            other => panic!("{url}: {other:?}"),
+        };
+        assert!(why("notaurl").contains("not a URL"), "{}", why("notaurl"));
+        assert!(why("redis://127.0.0.1:99999").contains("invalid port number"));
+        assert!(why("http://h:1").contains("unknown scheme \"http\""));
+        let secret = why("redis://u:hunter2@h:99999");
+        assert!(
+            !secret.contains("hunter2") && secret.contains("u:***@"),
+            "{secret}"
+        );
     }
 
     #[test]

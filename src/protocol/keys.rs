@@ -166,6 +166,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_key_tables_in_docs_and_here_match_the_names_built() {
+        let keys = QueueKeys::new("streamq", "q").expect("valid names");
+        let built: [(&str, String); 13] = [
+            ("stream", keys.stream(Priority::Critical).to_owned()),
+            ("stream", keys.stream(Priority::High).to_owned()),
+            ("stream", keys.stream(Priority::Medium).to_owned()),
+            ("stream", keys.stream(Priority::Low).to_owned()),
+            ("hash", keys.stats().to_owned()),
+            ("zset", keys.delayed().to_owned()),
+            ("stream", keys.dead().to_owned()),
+            ("string", keys.dedup("<key>")),
+            ("hash", keys.latency().to_owned()),
+            ("string", keys.paused().to_owned()),
+            ("hash", keys.job("<id>")),
+            ("list", keys.job_log("<id>")),
+            ("zset", keys.completed()),
+        ];
+        let design = include_str!("../../docs/design.md");
+        let here = include_str!("keys.rs");
+        for (kind, key) in built {
+            let row = format!("| `{key}` | {kind} |");
+            assert!(design.contains(&row), "docs/design.md lacks the row {row}");
+            let generic = key.replacen("streamq:{q}", "<prefix>:{<queue>}", 1);
+            if ["high", "medium", "low"]
+                .iter()
+                .any(|p| generic.ends_with(p))
+            {
+                continue; // one row here: "(also `high`, `medium`, `low`)"
+            }
+            let padded = here
+                .lines()
+                .any(|l| l.contains(&format!("`{generic}`")) && l.contains(&format!("| {kind}")));
+            assert!(padded, "the table in keys.rs lacks {generic} ({kind})");
+        }
+    }
+
+    #[test]
     fn keys_share_one_hash_tag() {
         let keys = QueueKeys::new("streamq", "alerts").expect("valid names");
         assert_eq!(keys.stream(Priority::Critical), "streamq:{alerts}:critical");

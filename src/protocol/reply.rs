@@ -174,6 +174,11 @@ impl From<RedisError> for Error {
         match err.code() {
             Some("OOM") => Error::OutOfMemory(detail()),
             Some("NOPERM") => Error::NoPermission(detail()),
+            Some("NOAUTH") => Error::Authentication { missing: true },
+            Some("WRONGPASS") => Error::Authentication { missing: false },
+            _ if err.kind() == redis::ErrorKind::AuthenticationFailed => {
+                Error::Authentication { missing: false }
+            }
             Some("WRONGTYPE") => Error::WrongKeyType {
                 key: "?".to_owned(),
                 found: "value of another type".to_owned(),
@@ -212,6 +217,36 @@ fn is_tls_refusal(err: &RedisError) -> bool {
         .or_else(|| source.downcast_ref::<std::io::Error>());
     io.and_then(std::io::Error::get_ref)
         .is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+/// One reply of a pipeline sent with `ignore_errors`: the value, or the
+/// error Redis answered for that command, typed as [`From<RedisError>`]
+/// does, except that `WRONGTYPE` names `key`.
+pub(crate) fn pipeline_item(
+    value: Value,
+    key: &str,
+    expected: &'static str,
+) -> Result<Value, Error> {
+    match value {
+        Value::ServerError(err) => {
+            let err = RedisError::from(err);
+            match Error::from(err) {
+                Error::WrongKeyType { found, .. } => Err(Error::WrongKeyType {
+                    key: key.to_owned(),
+                    found,
+                    expected,
+                }),
+                other => Err(other),
+            }
+        }
+        other => Ok(other),
+    }
+}
+
+/// Whether a pipeline item is `NOGROUP`: the stream or its group does not
+/// exist (yet): a queue nobody has worked on reads as empty.
+pub(crate) fn is_nogroup_item(value: &Value) -> bool {
+    matches!(value, Value::ServerError(err) if err.code() == "NOGROUP")
 }
 
 /// `NOSCRIPT`: the script is not in the server's cache; it did not run.
@@ -310,6 +345,14 @@ mod tests {
             Error::WrongKeyType { .. }
         ));
         assert!(Error::from(server("LOADING")).is_retryable());
+        assert!(matches!(
+            Error::from(server("NOAUTH")),
+            Error::Authentication { missing: true }
+        ));
+        assert!(matches!(
+            Error::from(server("WRONGPASS")),
+            Error::Authentication { missing: false }
+        ));
         assert!(is_nogroup(&Error::from(server("NOGROUP"))));
         assert!(is_busygroup(&server("BUSYGROUP")));
         assert!(is_noscript(&server("NOSCRIPT")));

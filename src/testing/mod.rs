@@ -3,3 +3,4 @@
 
 pub mod bench;
 pub(crate) mod local_redis;
+pub(crate) mod server_binary;

@@ -211,12 +211,22 @@ fn decode<T: DeserializeOwned>(
             ),
         ));
     }
-    let envelope =
-        Envelope::decode(bytes).map_err(|e| poison("", 1, format!("undecodable job: {e}")))?;
+    // `Error::Decode` says "cannot decode job: ..."; the dead letter says
+    // what could not be decoded once.
+    let why = |e: Error| match e {
+        Error::Decode(detail) => detail,
+        other => other.to_string(),
+    };
+    let envelope = Envelope::decode(bytes)
+        .map_err(|e| poison("", 1, format!("undecodable job: {}", why(e))))?;
     let attempt = envelope.attempt + 1;
-    let payload = envelope
-        .payload::<T>(max_bytes)
-        .map_err(|e| poison(&envelope.id, attempt, format!("undecodable payload: {e}")))?;
+    let payload = envelope.payload::<T>(max_bytes).map_err(|e| {
+        poison(
+            &envelope.id,
+            attempt,
+            format!("undecodable payload: {}", why(e)),
+        )
+    })?;
     let job = Job {
         id: envelope.id.into_owned().into(),
         name: envelope.name.into_owned(),

@@ -450,6 +450,7 @@ impl Finisher {
                 Ok(value) => return Some(value),
                 Err(err) if started.elapsed() < GIVE_UP_AFTER => {
                     let delay = backoff.next_delay();
+                    let err = self.queue.name_wrong_key(err).await;
                     tracing::warn!(%err, what, retry_in = ?delay, "finishing a job failed; retrying");
                     tokio::time::sleep(delay).await;
                 }

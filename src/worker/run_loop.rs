@@ -132,6 +132,7 @@ impl Worker {
                 Ok(()) => backoff.reset(),
                 Err(err) => {
                     let delay = backoff.next_delay();
+                    let err = self.queue.name_wrong_key(err).await;
                     tracing::warn!(queue = self.queue.name(), %err, retry_in = ?delay, "fetching jobs failed");
                     if reply::is_nogroup(&err) {
                         if let Err(err) = self.queue.ensure_groups().await {

@@ -1,4 +1,4 @@
-//! Small operator commands: `metrics`, `recover`, `pause`, `resume`.
+//! Small operator commands: `metrics`, `job`, `recover`, `pause`, `resume`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use serde_json::json;
 use streamq::JobState;
 
 use crate::cli::QueueArgs;
+use crate::render::{self, outln};
 use crate::stats::ThresholdArgs;
 
 #[derive(Debug, Args)]
@@ -22,9 +23,9 @@ pub(crate) struct MetricsArgs {
 pub(crate) struct JobArgs {
     #[command(flatten)]
     queue: QueueArgs,
-    /// The job's id, as enqueue printed it.
+    /// The job's id, as `streamq produce` printed it.
     id: String,
-    /// Print one JSON object.
+    /// Print one JSON object (times in Unix ms).
     #[arg(long)]
     json: bool,
 }
@@ -37,11 +38,19 @@ pub(crate) struct RecoverArgs {
     /// the workers' lease.
     #[arg(long, default_value_t = 30_000)]
     idle_ms: u64,
+    /// Remove consumers idle this long (seconds) that hold no job: workers
+    /// that died. Running workers are never idle this long. 0 keeps all.
+    #[arg(long, default_value_t = 300.0)]
+    prune_after_secs: f64,
 }
 
 pub(crate) async fn metrics(args: MetricsArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let queue = args.queue.open().await?;
-    print!("{}", queue.prometheus(&args.thresholds.thresholds()).await?);
+    let text = queue
+        .prometheus(&args.thresholds.thresholds())
+        .await
+        .map_err(|e| args.queue.explain(&e))?;
+    outln!("{}", text.trim_end());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -49,8 +58,31 @@ pub(crate) async fn recover(args: RecoverArgs) -> Result<ExitCode, Box<dyn std::
     let queue = args.queue.open().await?;
     let done = queue
         .recover_stalled(Duration::from_millis(args.idle_ms))
-        .await?;
-    println!("recovered {}, lost {}", done.recovered, done.lost);
+        .await
+        .map_err(|e| args.queue.explain(&e))?;
+    outln!(
+        "queue {}: {} stalled jobs put back in line, {} lost (deleted from the stream by someone else)",
+        queue.name(),
+        done.recovered,
+        done.lost
+    );
+    if args.prune_after_secs > 0.0 {
+        let after = Duration::from_secs_f64(args.prune_after_secs);
+        let removed = queue.prune_consumers(after).await?;
+        if removed.is_empty() {
+            outln!(
+                "no consumer idle over {} without jobs to remove",
+                render::duration(after)
+            );
+        } else {
+            outln!(
+                "removed {} consumers idle over {} that held no job: {}",
+                removed.len(),
+                render::duration(after),
+                removed.join(", ")
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -61,83 +93,98 @@ pub(crate) async fn pause(
     let queue = args.open().await?;
     if on {
         queue.pause().await?;
-        println!(
-            "{} paused: workers stop fetching; enqueueing goes on",
+        outln!(
+            "queue {} paused: workers stop fetching; enqueueing goes on. `streamq resume -q {}` undoes it.",
+            queue.name(),
             queue.name()
         );
     } else {
         queue.resume().await?;
-        println!("{} resumed", queue.name());
+        outln!("queue {} resumed: workers fetch again", queue.name());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn job(args: JobArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let queue = args.queue.open().await?;
-    let Some(info) = queue.job(&args.id).await? else {
+    let Some(info) = queue
+        .job(&args.id)
+        .await
+        .map_err(|e| args.queue.explain(&e))?
+    else {
         eprintln!(
-            "no job {} in queue {} (unknown, expired, or the queue does not track jobs)",
+            "streamq: no job {} in queue {}: unknown id, its record expired, or its producer did not \
+             use --track-jobs (QueueBuilder::track_jobs)",
             args.id,
             queue.name()
         );
         return Ok(ExitCode::FAILURE);
     };
-    let (state, detail) = match &info.state {
-        JobState::Waiting { priority } => ("waiting", json!({ "priority": priority.as_str() })),
+    let detail = match &info.state {
+        JobState::Waiting { priority } => json!({ "priority": priority.as_str() }),
         JobState::Active {
             owner,
             idle,
             deliveries,
-        } => (
-            "active",
-            json!({ "owner": owner, "idle_ms": idle.as_millis() as u64, "deliveries": deliveries }),
-        ),
-        JobState::Delayed { due_ms } => ("delayed", json!({ "due_ms": due_ms })),
+        } => {
+            json!({ "owner": owner, "idle_ms": idle.as_millis() as u64, "deliveries": deliveries })
+        }
+        JobState::Delayed { due_ms } => json!({ "due_ms": due_ms }),
         JobState::DeadLettered {
             error,
             dead_letter_id,
-        } => (
-            "dead_lettered",
-            json!({ "error": error, "dead_letter_id": dead_letter_id }),
-        ),
-        JobState::Completed => ("completed", json!({})),
-        JobState::Unknown => ("unknown", json!({})),
-        _ => ("unknown", json!({})),
+        } => json!({ "error": error, "dead_letter_id": dead_letter_id }),
+        _ => json!({}),
     };
-    let value = json!({
-        "id": info.id.as_str(),
-        "name": info.name,
-        "state": state,
-        "detail": detail,
-        "enqueued_ms": info.enqueued_ms,
-        "started_ms": info.started_ms,
-        "finished_ms": info.finished_ms,
-        "attempts": info.attempts,
-        "progress": info.progress,
-        "error": info.error,
-        "logs": info.logs,
-    });
     if args.json {
-        println!("{value}");
+        let value = json!({
+            "id": info.id.as_str(),
+            "name": info.name,
+            "state": render::job_state_name(&info.state),
+            "detail": detail,
+            "enqueued_ms": info.enqueued_ms,
+            "started_ms": info.started_ms,
+            "finished_ms": info.finished_ms,
+            "attempts": info.attempts,
+            "progress": info.progress,
+            "error": info.error,
+            "logs": info.logs,
+        });
+        outln!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let name = if info.name.is_empty() {
+        "unnamed".to_owned()
     } else {
-        println!(
-            "job {} ({}): {state} {detail}",
-            info.id,
-            if info.name.is_empty() {
-                "unnamed"
-            } else {
-                &info.name
-            }
+        info.name.clone()
+    };
+    let time = |ms: Option<u64>| ms.map_or_else(|| "-".to_owned(), render::time_ms);
+    outln!("job {} ({name}) in queue {}", info.id, queue.name());
+    outln!("  state      {}", render::job_state(&info.state));
+    outln!("  enqueued   {}", time(info.enqueued_ms));
+    outln!("  started    {}", time(info.started_ms));
+    outln!("  finished   {}", time(info.finished_ms));
+    outln!("  attempts   {}", info.attempts);
+    if let Some(progress) = info.progress {
+        outln!("  progress   {progress}%");
+    }
+    if let Some(error) = &info.error {
+        outln!("  last error {error}");
+    }
+    if let JobState::DeadLettered {
+        dead_letter_id: Some(id),
+        ..
+    } = &info.state
+    {
+        outln!(
+            "  next       `streamq dlq -q {} show {id}`, then `requeue {id}` to run it again",
+            queue.name()
         );
-        println!(
-            "  enqueued {:?}, started {:?}, finished {:?}, attempts {}, progress {:?}",
-            info.enqueued_ms, info.started_ms, info.finished_ms, info.attempts, info.progress
-        );
-        if let Some(error) = &info.error {
-            println!("  last error: {error}");
-        }
+    }
+    if !info.logs.is_empty() {
+        outln!("  log");
         for line in &info.logs {
-            println!("  | {line}");
+            outln!("    | {line}");
         }
     }
     Ok(ExitCode::SUCCESS)

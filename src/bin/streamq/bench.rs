@@ -4,7 +4,6 @@
 //! each job's intended send time to its handler's start, Redis memory and
 //! client CPU.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,12 +16,16 @@ use serde::{Deserialize, Serialize};
 use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Target;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{Target, explain};
+use crate::render::{self, outln};
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Redis to use; default: a private redis-server started for the run.
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis to use; default: a private redis-server started for the run
+    /// (REDIS_URL is not used: the bench writes hundreds of thousands of jobs).
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Payload bytes per job.
     #[arg(long, default_value_t = 1024)]
@@ -74,15 +77,28 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Measure the raw baseline instead: plain pipelined XADD, XREADGROUP,
-    /// XACK + XDEL, with no scripts (see `streamq bench --help`).
+    /// XACK + XDEL, with no scripts, what Redis itself sustains for the
+    /// same jobs (takes --jobs, --payload-bytes, --producers, --workers,
+    /// --batch).
     #[arg(long, conflicts_with_all = ["rate", "duration", "backlog", "compress_above"])]
     raw: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum PayloadKind {
+    /// Incompressible random bytes.
     Bytes,
+    /// JSON-like alert records.
     Json,
+}
+
+impl PayloadKind {
+    fn describe(self) -> &'static str {
+        match self {
+            PayloadKind::Bytes => "random bytes",
+            PayloadKind::Json => "JSON-like alerts",
+        }
+    }
 }
 
 /// A priority mix such as `70,20,8,2`.
@@ -224,7 +240,7 @@ struct Report {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let target = Target::url_or_private(args.redis.as_deref())?;
+    let target = Target::url_or_private(args.redis.as_deref(), "bench")?;
     if args.raw {
         return raw(&args, &target).await;
     }
@@ -235,7 +251,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     if let Some(threshold) = args.compress_above {
         builder = builder.compress_above(threshold);
     }
-    let queue = builder.connect(&target.config).await?;
+    let queue = builder
+        .connect(&target.config)
+        .await
+        .map_err(|e| explain(&e, &target.config))?;
     if !queue.stats().await?.is_idle() {
         return Err(format!("queue {} is not empty; use another --queue", args.queue).into());
     }
@@ -249,13 +268,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     };
     if !args.json {
         eprintln!(
-            "streamq bench: {} jobs of {} B ({:?}), {} producers{}, {} workers x {}, batch {}; {} {} at {}",
+            "streamq bench: {} jobs of {} ({}), {} producers{}, {} workers x {}, batch {}; {} {} on {}",
             jobs_goal.map_or_else(
-                || format!("{}s of", args.duration.unwrap_or(0.0)),
+                || format!("{} s of", args.duration.unwrap_or(0.0)),
                 |n| n.to_string()
             ),
-            args.payload_bytes,
-            args.payload,
+            render::bytes(args.payload_bytes as u64),
+            args.payload.describe(),
             args.producers,
             args.rate
                 .map_or(String::new(), |r| format!(" at {r:.0} jobs/s")),
@@ -346,9 +365,23 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let mut sampler = Sampler::default();
     let mut enqueue_done = None;
     let mut bytes_per_queued_job = None;
-    let mut last = (Instant::now(), 0u64);
+    // Drawn only on a terminal; nothing at all when stderr is a file or pipe.
+    let progress = ProgressBar::new(jobs_goal.unwrap_or(0)).with_style(
+        ProgressStyle::with_template("  {bar:30} {pos:>9} processed  {per_sec:>12}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let interrupted = crate::cli::shutdown_signal();
+    tokio::pin!(interrupted);
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = &mut interrupted => {
+                progress.abandon();
+                eprintln!("streamq bench: interrupted; no result");
+                stop_workers.cancel();
+                return Ok(ExitCode::FAILURE);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
         sampler.sample(&queue).await;
         let enqueued = tally.enqueued.load(Ordering::Relaxed);
         let processed = tally.processed.load(Ordering::Relaxed);
@@ -363,15 +396,16 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
                 start_workers(&mut workers)?;
             }
         }
-        if !args.json && last.0.elapsed() >= Duration::from_secs(1) {
-            let rate = (processed - last.1) as f64 / last.0.elapsed().as_secs_f64();
-            last = (Instant::now(), processed);
-            eprint!(
-                "\r  enqueued {enqueued:>9}, processed {processed:>9} ({rate:>7.0} jobs/s), waiting {:>7}, redis {:>7.1} MB   ",
+        if !args.json {
+            if let Some(goal) = jobs_goal {
+                progress.set_length(goal);
+            }
+            progress.set_position(processed);
+            progress.set_message(format!(
+                "enqueued {enqueued}, waiting {}, redis {}",
                 sampler.last_waiting,
-                sampler.last_memory as f64 / 1e6
-            );
-            let _ = std::io::stderr().flush();
+                render::bytes(sampler.last_memory)
+            ));
         }
         if enqueue_done.is_some() && processed >= enqueued {
             break;
@@ -383,9 +417,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     for worker in workers {
         worker.await??;
     }
-    if !args.json {
-        eprintln!();
-    }
+    progress.finish_and_clear();
     let memory_after = used_memory(&queue).await?;
 
     let jobs = tally.processed.load(Ordering::Relaxed);
@@ -430,9 +462,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         track_jobs: args.track_jobs,
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        print_summary(&report);
+        print_summary(&report)?;
     }
     let goal_met = jobs_goal.is_none_or(|goal| jobs == goal);
     Ok(
@@ -464,9 +496,9 @@ async fn raw(args: &BenchArgs, target: &Target) -> Result<ExitCode, Box<dyn std:
         "client_cpu_s_per_1k_jobs": report.client_cpu_s_per_1k_jobs,
     });
     if args.json {
-        println!("{json}");
+        outln!("{json}");
     } else {
-        println!(
+        outln!(
             "raw baseline: {} jobs of {} B, {:.0} jobs/s end to end, {:.1} us client cpu per job",
             report.jobs,
             args.payload_bytes,
@@ -477,35 +509,42 @@ async fn raw(args: &BenchArgs, target: &Target) -> Result<ExitCode, Box<dyn std:
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_summary(r: &Report) {
-    println!("streamq bench summary ({})", r.redis_version);
-    println!("  jobs                {} x {} B", r.jobs, r.payload_bytes);
-    println!(
+fn print_summary(r: &Report) -> Result<(), Box<dyn std::error::Error>> {
+    outln!("streamq bench summary ({})", r.redis_version);
+    outln!("  jobs                {} x {} B", r.jobs, r.payload_bytes);
+    outln!(
         "  throughput          enqueue {:.0}/s, process {:.0}/s, end to end {:.0}/s",
-        r.enqueue_jobs_per_s, r.process_jobs_per_s, r.e2e_jobs_per_s
+        r.enqueue_jobs_per_s,
+        r.process_jobs_per_s,
+        r.e2e_jobs_per_s
     );
-    println!(
+    outln!(
         "  volume              {:.1} MB/s = {:.0} GB/day",
-        r.mb_per_s, r.gb_per_day
+        r.mb_per_s,
+        r.gb_per_day
     );
-    println!(
+    outln!(
         "  latency (intended send to start)  p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        r.p50_ms, r.p99_ms, r.p999_ms, r.max_ms
+        r.p50_ms,
+        r.p99_ms,
+        r.p999_ms,
+        r.max_ms
     );
-    println!("  most jobs waiting   {}", r.max_waiting);
-    println!(
+    outln!("  most jobs waiting   {}", r.max_waiting);
+    outln!(
         "  redis memory        {:.1} MB before, {:.1} MB peak, {:.1} MB after",
         r.redis_used_memory_before_bytes as f64 / 1e6,
         r.redis_used_memory_peak_bytes as f64 / 1e6,
         r.redis_used_memory_after_bytes as f64 / 1e6
     );
     if let Some(per_job) = r.redis_bytes_per_queued_job {
-        println!("  memory per queued job  {per_job:.0} B");
+        outln!("  memory per queued job  {per_job:.0} B");
     }
-    println!(
+    outln!(
         "  client cpu          {:.1} us per job",
         r.client_cpu_s_per_1k_jobs * 1000.0
     );
+    Ok(())
 }
 
 struct Producer {

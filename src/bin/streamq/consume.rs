@@ -15,12 +15,14 @@ use serde::de::IgnoredAny;
 use streamq::{Job, JobError, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::QueueArgs;
+use crate::cli::{JobArgs, QueueArgs, shutdown_signal};
 
 #[derive(Debug, Args)]
 pub(crate) struct ConsumeArgs {
     #[command(flatten)]
     queue: QueueArgs,
+    #[command(flatten)]
+    job: JobArgs,
     /// Jobs running at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -60,7 +62,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> Result<ExitCode, Box<dyn std::erro
     if !(0.0..=1.0).contains(&args.fail_rate) {
         return Err(format!("--fail-rate {} is not between 0 and 1", args.fail_rate).into());
     }
-    let queue = args.queue.open().await?;
+    let queue = args.queue.open_with(|b| args.job.apply(b)).await?;
     let mut config = WorkerConfig::new()
         .concurrency(args.concurrency)
         .prefetch(args.prefetch)
@@ -73,7 +75,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> Result<ExitCode, Box<dyn std::erro
     }
     let worker = Worker::new(&queue, config)?;
     eprintln!(
-        "streamq consume: consumer {} on queue {}",
+        "streamq consume: consumer {} on queue {}; Ctrl-C or SIGTERM stops it after the jobs it holds",
         worker.consumer(),
         queue.name()
     );
@@ -108,9 +110,11 @@ pub(crate) async fn run(args: ConsumeArgs) -> Result<ExitCode, Box<dyn std::erro
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run(handler, stop.clone()));
     let mut last = (0u64, Instant::now());
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut signal => break,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
         let now = handled.load(Ordering::Relaxed);

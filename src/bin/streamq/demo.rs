@@ -1,7 +1,6 @@
 //! `streamq demo`: the main job. Producers enqueue simulated alerts of mixed
 //! severity while a worker pool processes them; then a summary.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,12 +12,16 @@ use serde::{Deserialize, Serialize};
 use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Target;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{Target, explain};
+use crate::render::{self, outln};
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Redis to use; default: a private redis-server started for the run.
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis to use; default: a private redis-server started for the run
+    /// (REDIS_URL is not used: the demo writes 100,000 jobs).
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Alerts to enqueue.
     #[arg(long, default_value_t = 100_000)]
@@ -64,15 +67,16 @@ struct Tally {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let target = Target::url_or_private(args.redis.as_deref())?;
+    let target = Target::url_or_private(args.redis.as_deref(), "demo")?;
     let queue = Queue::builder("streamq-demo")
         .connect(&target.config)
-        .await?;
+        .await
+        .map_err(|e| explain(&e, &target.config))?;
     let server = queue.server().clone();
     eprintln!(
-        "streamq demo: {} alerts of {} B, {} workers x {} concurrency, {} producers; {} {} at {}",
+        "streamq demo: {} alerts of {}, {} workers x {} concurrency, {} producers; {} {} on {}",
         args.jobs,
-        args.payload_bytes,
+        render::bytes(args.payload_bytes as u64),
         args.workers,
         args.concurrency,
         args.producers,
@@ -139,20 +143,30 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
     }
 
     let mut peak_memory = 0;
-    let mut last = (Instant::now(), 0u64);
+    // Drawn only on a terminal; nothing at all when stderr is a file or pipe.
+    let progress = ProgressBar::new(args.jobs).with_style(
+        ProgressStyle::with_template(
+            "  {bar:30} {pos:>9}/{len} jobs  {per_sec:>12}  eta {eta}  redis {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let interrupted = crate::cli::shutdown_signal();
+    tokio::pin!(interrupted);
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            _ = &mut interrupted => {
+                progress.abandon();
+                eprintln!("streamq demo: interrupted; stopping the workers");
+                stop.cancel();
+                return Ok(ExitCode::FAILURE);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
         let processed = tally.processed.load(Ordering::Relaxed);
         let (memory, peak) = used_memory(&queue).await?;
         peak_memory = peak_memory.max(peak).max(memory);
-        let rate = (processed - last.1) as f64 / last.0.elapsed().as_secs_f64();
-        last = (Instant::now(), processed);
-        eprint!(
-            "\r  processed {processed:>9} / {} ({rate:>8.0} jobs/s), redis memory {:>7.1} MB   ",
-            args.jobs,
-            memory as f64 / 1e6
-        );
-        let _ = std::io::stderr().flush();
+        progress.set_position(processed);
+        progress.set_message(render::bytes(memory));
         if processed >= args.jobs || started.elapsed() > Duration::from_secs(300) {
             break;
         }
@@ -166,7 +180,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
         0 => started.elapsed(),
         done => Duration::from_micros(done.saturating_sub(started_us)),
     };
-    eprintln!();
+    progress.finish_and_clear();
     for p in producers {
         p.await??;
     }
@@ -191,19 +205,19 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
         .lock()
         .map_err(|_| "latency histogram poisoned")?;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    println!("streamq demo summary");
-    println!("  server            {} {}", server.server, server.version);
-    println!(
+    outln!("streamq demo summary");
+    outln!("  server            {} {}", server.server, server.version);
+    outln!(
         "  jobs              {processed} processed of {} enqueued, {once} exactly once",
         args.jobs
     );
-    println!("  elapsed           {secs:.2} s (enqueue and processing overlapped)");
-    println!("  throughput        {jobs_per_s:.0} jobs/s, {mb_per_s:.1} MB/s of payload");
-    println!(
+    outln!("  elapsed           {secs:.2} s (enqueue and processing overlapped)");
+    outln!("  throughput        {jobs_per_s:.0} jobs/s, {mb_per_s:.1} MB/s of payload");
+    outln!(
         "  equivalent to     {:.0} GB/day (the floor is 600 GB/day)",
         mb_per_s * 86_400.0 / 1000.0
     );
-    println!(
+    outln!(
         "  enqueue to start  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (producers run flat out, so this includes queueing)",
         ms(0.5),
         ms(0.99),
@@ -214,15 +228,15 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
         .zip(&tally.per_priority)
         .map(|(p, n)| format!("{p} {}", n.load(Ordering::Relaxed)))
         .collect();
-    println!("  by priority       {}", by_priority.join(", "));
-    println!(
+    outln!("  by priority       {}", by_priority.join(", "));
+    outln!(
         "  redis memory      {:.1} MB before, {:.1} MB peak, {:.1} MB after drain",
         baseline_memory as f64 / 1e6,
         peak_memory as f64 / 1e6,
         after_drain as f64 / 1e6
     );
     let completed: u64 = reports.iter().map(|r| r.completed).sum();
-    println!(
+    outln!(
         "  workers           {} completed, {} dead-lettered",
         completed,
         reports.iter().map(|r| r.dead_lettered).sum::<u64>()

@@ -6,37 +6,42 @@ use clap::{Args, Subcommand};
 use streamq::DeadLetter;
 
 use crate::cli::QueueArgs;
+use crate::render::{self, Shown, outln};
 
 #[derive(Debug, Args)]
 pub(crate) struct DlqArgs {
     #[command(flatten)]
     queue: QueueArgs,
+    /// The largest payload shown, in bytes (default 1 MiB, as producers).
+    #[arg(long, value_name = "BYTES")]
+    max_payload_bytes: Option<usize>,
     #[command(subcommand)]
     action: Action,
 }
 
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// List dead letters, oldest first.
+    /// List dead letters, oldest first: letter id, job id, priority,
+    /// attempts, when it failed, error.
     List {
         /// How many.
         #[arg(long, default_value_t = 20)]
         count: usize,
         /// Start after this dead-letter id (from a previous page).
-        #[arg(long)]
+        #[arg(long, value_name = "ID")]
         after: Option<String>,
-        /// One JSON object per line.
+        /// One JSON object per line (times in Unix ms).
         #[arg(long)]
         json: bool,
     },
-    /// Show one dead letter in full.
+    /// Show one dead letter in full, payload included, as JSON.
     Show {
-        /// The dead-letter id.
+        /// The dead-letter id, as `dlq list` prints it (1732212345678-0).
         id: String,
     },
     /// Move dead letters back to their priority, attempts reset.
     Requeue {
-        /// The dead-letter id.
+        /// The dead-letter id, as `dlq list` prints it.
         #[arg(required_unless_present = "all")]
         id: Option<String>,
         /// Every dead letter.
@@ -48,50 +53,93 @@ enum Action {
 }
 
 pub(crate) async fn run(args: DlqArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let queue = args.queue.open().await?;
+    let limit = args.max_payload_bytes;
+    let queue = args
+        .queue
+        .open_with(|builder| match limit {
+            Some(bytes) => builder.max_payload_bytes(bytes),
+            None => builder,
+        })
+        .await?;
+    let name = queue.name().to_owned();
+    let explain = |e: streamq::Error| args.queue.explain(&e);
     match args.action {
         Action::List { count, after, json } => {
-            let page = queue.dead_letters(after.as_deref(), count).await?;
+            let page = queue
+                .dead_letters(after.as_deref(), count)
+                .await
+                .map_err(explain)?;
+            if page.letters.is_empty() && !json {
+                eprintln!("queue {name}: no dead letters");
+            }
             for letter in &page.letters {
                 if json {
-                    println!("{}", to_json(letter));
+                    outln!("{}", to_json(letter));
                 } else {
-                    println!(
-                        "{}  {}  {:<8}  attempts {}  {}",
-                        letter.id, letter.job_id, letter.priority, letter.attempts, letter.error
+                    outln!(
+                        "{}  {:<36}  {:<8}  attempts {}  failed {}  {}",
+                        letter.id,
+                        job_id(letter),
+                        letter.priority,
+                        letter.attempts,
+                        render::relative_ms(letter.failed_ms),
+                        letter.error
                     );
                 }
             }
             if let Some(next) = page.next {
-                eprintln!("more: --after {next}");
+                eprintln!("more: streamq dlq -q {name} list --after {next}");
             }
         }
-        Action::Show { id } => match queue.dead_letter(&id).await? {
-            Some(letter) => println!("{}", serde_json::to_string_pretty(&to_json(&letter))?),
+        Action::Show { id } => match queue.dead_letter(&id).await.map_err(explain)? {
+            Some(letter) => outln!("{}", serde_json::to_string_pretty(&to_json(&letter))?),
             None => {
-                eprintln!("no dead letter {id}");
+                eprintln!(
+                    "streamq: no dead letter {id} in queue {name} (requeued or purged already?); \
+                     `streamq dlq -q {name} list` shows the ones there are"
+                );
                 return Ok(ExitCode::FAILURE);
             }
         },
         Action::Requeue { id, all } => {
-            let moved = if all {
-                queue.requeue_all_dead_letters().await?
+            if all {
+                let moved = queue.requeue_all_dead_letters().await.map_err(explain)?;
+                outln!("queue {name}: {moved} dead letters requeued, attempts reset");
             } else {
                 let id = id.ok_or("give a dead-letter id or --all")?;
-                u64::from(queue.requeue_dead_letter(&id).await?)
-            };
-            println!("requeued {moved}");
+                if !queue.requeue_dead_letter(&id).await.map_err(explain)? {
+                    eprintln!(
+                        "streamq: no dead letter {id} in queue {name} (requeued or purged already?); \
+                         `streamq dlq -q {name} list` shows the ones there are"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                outln!("queue {name}: dead letter {id} requeued, attempts reset");
+            }
         }
-        Action::Purge => println!("purged {}", queue.purge_dead_letters().await?),
+        Action::Purge => {
+            let purged = queue.purge_dead_letters().await.map_err(explain)?;
+            outln!("queue {name}: {purged} dead letters deleted");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The job id, or why there is none (an envelope that never decoded).
+fn job_id(letter: &DeadLetter) -> &str {
+    if letter.job_id.as_str().is_empty() {
+        "(no job id: unreadable job)"
+    } else {
+        letter.job_id.as_str()
+    }
+}
+
 fn to_json(letter: &DeadLetter) -> serde_json::Value {
-    let payload = letter
-        .payload::<serde_json::Value>()
-        .unwrap_or_else(|e| serde_json::Value::String(format!("<undecodable: {e}>")));
-    serde_json::json!({
+    let (payload, payload_error) = match letter.payload::<Shown>() {
+        Ok(Shown(value)) => (value, None),
+        Err(e) => (serde_json::Value::Null, Some(e.to_string())),
+    };
+    let mut value = serde_json::json!({
         "id": letter.id,
         "job_id": letter.job_id.as_str(),
         "name": letter.name,
@@ -101,5 +149,9 @@ fn to_json(letter: &DeadLetter) -> serde_json::Value {
         "enqueued_ms": letter.enqueued_ms,
         "failed_ms": letter.failed_ms,
         "payload": payload,
-    })
+    });
+    if let Some(error) = payload_error {
+        value["payload_error"] = serde_json::Value::String(error);
+    }
+    value
 }

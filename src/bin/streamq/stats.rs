@@ -8,6 +8,7 @@ use serde_json::json;
 use streamq::{Health, HealthThresholds, QueueMetrics, QueueReport};
 
 use crate::cli::QueueArgs;
+use crate::render::{self, outln};
 
 #[derive(Debug, Args)]
 pub(crate) struct StatsArgs {
@@ -35,6 +36,10 @@ pub(crate) struct ThresholdArgs {
     /// Errors above this many dead letters.
     #[arg(long, default_value_t = 0)]
     max_dead_letters: u64,
+    /// A consumer idle longer than this (seconds) counts as gone; jobs
+    /// waiting with no live consumer make the queue stalled.
+    #[arg(long, default_value_t = 60.0)]
+    consumer_timeout_secs: f64,
 }
 
 impl ThresholdArgs {
@@ -43,50 +48,89 @@ impl ThresholdArgs {
             .max_waiting(self.max_waiting)
             .max_oldest_waiting(Duration::from_secs_f64(self.max_oldest_secs.max(0.0)))
             .max_dead_letters(self.max_dead_letters)
+            .consumer_timeout(Duration::from_secs_f64(self.consumer_timeout_secs.max(0.0)))
     }
 }
 
 pub(crate) async fn run(args: StatsArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let queue = args.queue.open().await?;
+    let name = args.queue.name().to_owned();
+    let queue = match args.queue.open().await {
+        Ok(queue) => queue,
+        Err(err) if err.unavailable => {
+            show_unavailable(&name, &err.to_string(), args.json)?;
+            return Ok(ExitCode::from(2));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let config = args.queue.redis_quiet()?;
     let thresholds = args.thresholds.thresholds();
     loop {
-        let shown = match (queue.inspect(&thresholds).await, queue.metrics().await) {
-            (Ok(report), Ok(metrics)) => {
+        let healthy = match (queue.inspect(&thresholds).await, queue.metrics().await) {
+            (Ok(report), _) if !report.exists => {
+                let reason = format!(
+                    "no queue {name:?} at {}: no keys match {}. Check the name and --prefix; \
+                     a queue appears with its first job",
+                    config.address(),
+                    args.queue.keys_pattern()
+                );
                 if args.json {
-                    println!("{}", to_json(&report, &metrics));
-                } else {
-                    print_table(&report, &metrics);
-                }
-                report.health
-            }
-            (Err(err), _) | (_, Err(err)) => {
-                let health = Health::Unavailable(err.to_string());
-                if args.json {
-                    println!(
+                    outln!(
                         "{}",
-                        json!({"queue": queue.name(), "health": "unavailable", "reasons": health.reasons()})
+                        json!({"queue": name, "health": "unknown", "reasons": [reason]})
                     );
                 } else {
-                    println!("{}: unavailable: {err}", queue.name());
+                    outln!("queue {name}: UNKNOWN");
+                    outln!("  ! {reason}");
                 }
-                health
+                false
+            }
+            (Ok(report), Ok(metrics)) => {
+                if args.json {
+                    outln!("{}", to_json(&report, &metrics));
+                } else {
+                    print_table(&report, &metrics)?;
+                }
+                matches!(report.health, Health::Healthy)
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                let err = crate::cli::explain(&err, &config);
+                show_unavailable(&name, &err.to_string(), args.json)?;
+                false
             }
         };
         let Some(every) = args.watch else {
-            return Ok(if matches!(shown, Health::Healthy) {
+            return Ok(if healthy {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
             });
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = crate::cli::shutdown_signal() => return Ok(ExitCode::SUCCESS),
             _ = tokio::time::sleep(Duration::from_secs_f64(every.max(0.1))) => {}
         }
         if !args.json {
-            println!();
+            outln!();
         }
     }
+}
+
+/// `unavailable`, as a line or as JSON, with why.
+fn show_unavailable(
+    name: &str,
+    why: &str,
+    as_json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if as_json {
+        outln!(
+            "{}",
+            json!({"queue": name, "health": "unavailable", "reasons": [why]})
+        );
+    } else {
+        outln!("queue {name}: UNAVAILABLE");
+        outln!("  ! {why}");
+    }
+    Ok(())
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -123,7 +167,7 @@ fn to_json(report: &QueueReport, metrics: &QueueMetrics) -> serde_json::Value {
     let consumers: Vec<_> = report
         .consumers
         .iter()
-        .map(|c| json!({"name": c.name, "idle_ms": ms(Some(c.idle)), "pending": c.pending}))
+        .map(|c| json!({"name": c.name, "idle_ms": ms(Some(c.idle)), "pending": c.pending, "live": c.live}))
         .collect();
     json!({
         "queue": report.queue,
@@ -141,17 +185,20 @@ fn to_json(report: &QueueReport, metrics: &QueueMetrics) -> serde_json::Value {
     })
 }
 
-fn print_table(report: &QueueReport, metrics: &QueueMetrics) {
+fn print_table(
+    report: &QueueReport,
+    metrics: &QueueMetrics,
+) -> Result<(), Box<dyn std::error::Error>> {
     let paused = if report.paused { "  PAUSED" } else { "" };
-    println!(
+    outln!(
         "queue {}: {}{paused}",
         report.queue,
         report.health.as_str().to_uppercase()
     );
     for reason in report.health.reasons() {
-        println!("  ! {reason}");
+        outln!("  ! {reason}");
     }
-    println!(
+    outln!(
         "{:<9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
         "priority",
         "waiting",
@@ -171,8 +218,8 @@ fn print_table(report: &QueueReport, metrics: &QueueMetrics) {
             .unwrap_or_default();
         let oldest = p
             .oldest_waiting
-            .map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
-        println!(
+            .map_or_else(|| "-".to_owned(), render::duration);
+        outln!(
             "{:<9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
             p.priority.as_str(),
             p.waiting,
@@ -186,37 +233,39 @@ fn print_table(report: &QueueReport, metrics: &QueueMetrics) {
         );
     }
     let next = report.next_due_ms.map_or_else(String::new, |due| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        format!(
-            " (next due in {:.1}s)",
-            due.saturating_sub(now) as f64 / 1000.0
-        )
+        format!(" (next due {})", render::relative_ms(due))
     });
-    println!(
+    outln!(
         "delayed {}{next}, dead letters {}",
-        report.delayed, report.dead_letters
+        report.delayed,
+        report.dead_letters
     );
     if report.consumers.is_empty() {
-        println!("consumers: none");
+        outln!("consumers: none");
     }
     for c in &report.consumers {
-        println!(
-            "consumer {:<40} pending {:>6}  idle {:.1}s",
+        let state = if c.live {
+            String::new()
+        } else if c.pending == 0 {
+            "  (gone? `streamq recover` removes it)".to_owned()
+        } else {
+            "  (gone? its jobs are reclaimed after the lease)".to_owned()
+        };
+        outln!(
+            "consumer {:<40} pending {:>6}  idle {}{state}",
             c.name,
             c.pending,
-            c.idle.as_secs_f64()
+            render::duration(c.idle)
         );
     }
     for (name, latency) in &metrics.latency {
         let p = |h: &streamq::LatencyHistogram, q: f64| {
             h.percentile(q).map_or_else(
                 || "-".to_owned(),
-                |d| format!("{:.2}ms", d.as_secs_f64() * 1e3),
+                |d| format!("{:.2} ms", d.as_secs_f64() * 1e3),
             )
         };
-        println!(
+        outln!(
             "job {:<16} wait p50 {} p99 {}   run p50 {} p99 {}   ({} done)",
             if name.is_empty() { "(unnamed)" } else { name },
             p(&latency.wait, 0.5),
@@ -226,4 +275,5 @@ fn print_table(report: &QueueReport, metrics: &QueueMetrics) {
             latency.run.count()
         );
     }
+    Ok(())
 }
