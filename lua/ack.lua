@@ -23,15 +23,18 @@
   KEYS[2..5] streams             critical, high, medium, low
   KEYS[6]    latency hash        HINCRBY "wait:<bucket>:<name>", "run:<bucket>:<name>",
                                  "wait_sum:<name>", "run_sum:<name>" (us)
+  KEYS[7..]  result keys         strings: a completed job's result (see ARGV)
   ARGV[1]    group
   ARGV[2]    consumer            the owner the entries must still have
   ARGV[3]    per-name metrics    1 = keep counters and histograms per name
-  ARGV[4..]  eight per job:      priority index (1..4), entry id, job name,
+  ARGV[4]    result ttl          ms a kept result lives
+  ARGV[5..]  ten per job:        priority index (1..4), entry id, job name,
                                  wait bucket, run bucket, wait (us, ready to
                                  start), run (us, start to finish), reclaims
-                                 (deliveries - 1); sorted by priority, then id,
-                                 for the ranged read (any order is correct,
-                                 just slower)
+                                 (deliveries - 1), result key index into KEYS
+                                 (0 = no result), result bytes (opaque);
+                                 sorted by priority, then id, for the ranged
+                                 read (any order is correct, just slower)
 
   Returns    {OK, lost}          lost: the entry ids not acknowledged, owned
                                  by another consumer or no longer pending at
@@ -41,7 +44,8 @@ local stats, latency = KEYS[1], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
 local by_name = ARGV[3] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
-local STRIDE = 8
+local FIRST, STRIDE = 5, 10
+local result_ttl = ARGV[4]
 local OK = 0
 
 local completed, lost = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
@@ -58,7 +62,7 @@ end
 -- Group the batch by stream, then fence each stream's ids with one ranged
 -- XPENDING for this consumer.
 local asked = { {}, {}, {}, {} }
-for i = 4, #ARGV, STRIDE do
+for i = FIRST, #ARGV, STRIDE do
   table.insert(asked[tonumber(ARGV[i])], i)
 end
 
@@ -83,7 +87,7 @@ for p = 1, 4 do
         mine[id] = pending[1] ~= nil and pending[1][2] == consumer
       end
       if mine[id] then
-        table.insert(owned[p], id)
+        table.insert(owned[p], i)
         completed[p] = completed[p] + 1
         if by_name then
           local s = for_name(ARGV[i + 2])
@@ -108,10 +112,24 @@ for p = 1, 4 do
 end
 
 for p = 1, 4 do
-  local ids = owned[p]
+  local ids = {}
+  for _, i in ipairs(owned[p]) do
+    ids[#ids + 1] = ARGV[i + 1]
+  end
   if #ids > 0 then
     redis.call('XACK', KEYS[1 + p], group, unpack(ids))
     redis.call('XDEL', KEYS[1 + p], unpack(ids))
+  end
+end
+
+-- Results of the acknowledged jobs, through pcall: a full Redis still
+-- completes the jobs (their results are then not kept).
+for p = 1, 4 do
+  for _, i in ipairs(owned[p]) do
+    local key_index = tonumber(ARGV[i + 8])
+    if key_index > 0 then
+      redis.pcall('SET', KEYS[key_index], ARGV[i + 9], 'PX', result_ttl)
+    end
   end
 end
 

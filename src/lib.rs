@@ -12,7 +12,9 @@
 //! - **Working.** A [`Worker`] runs your [`Handler`] (any async closure
 //!   taking a [`Job`]) over the queue, most urgent [`Priority`] first, with
 //!   bounded concurrency, leases, retries with [`RetryBackoff`], dead
-//!   letters, and graceful shutdown through a cancellation token.
+//!   letters, and graceful shutdown through a cancellation token. What a
+//!   handler returns can be kept ([`KeepResults`]) and read back with
+//!   [`Queue::job_result`] or [`Queue::wait_for_result`].
 //! - **Operating.** Off the hot path: [`Queue::stats`], [`Queue::inspect`]
 //!   with [`Health`], [`Queue::metrics`], [`Queue::prometheus`], dead letters
 //!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
@@ -73,6 +75,7 @@ mod protocol;
 mod queue;
 
 mod producer;
+mod results;
 mod worker;
 
 mod admin;
@@ -84,7 +87,7 @@ pub mod testing;
 pub use error::{ConfigError, Error};
 pub use protocol::connection::{MIN_REDIS, MIN_VALKEY, RedisConfig, ServerInfo, Version};
 pub use protocol::keys::{MAX_NAME_LEN, QueueKeys};
-pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, JobTracking, Queue, QueueBuilder};
+pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, JobTracking, KeepResults, Queue, QueueBuilder};
 
 // Producing.
 pub use job_id::JobId;

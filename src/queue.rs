@@ -54,6 +54,42 @@ pub(crate) struct QueueSettings {
     pub(crate) compress_above: Option<usize>,
     pub(crate) metrics: bool,
     pub(crate) tracking: Option<JobTracking>,
+    pub(crate) results: Option<KeepResults>,
+}
+
+/// How handlers' results are kept ([`QueueBuilder::keep_results`]). Every
+/// field's doc ends with its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeepResults {
+    /// How long a result stays readable after its job completed. Default: 24 h.
+    pub ttl: std::time::Duration,
+    /// The largest result kept, in bytes of MessagePack; a larger one is
+    /// dropped with a warning (the job still completes). Default: 64 KiB.
+    pub max_bytes: usize,
+}
+
+impl Default for KeepResults {
+    fn default() -> Self {
+        KeepResults {
+            ttl: std::time::Duration::from_secs(24 * 3600),
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl KeepResults {
+    /// Results readable for `ttl` after their job completed.
+    pub fn ttl(mut self, ttl: std::time::Duration) -> KeepResults {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Results of at most `bytes` kept.
+    pub fn max_bytes(mut self, bytes: usize) -> KeepResults {
+        self.max_bytes = bytes;
+        self
+    }
 }
 
 /// Per-job tracking: metadata, progress and logs readable by job id
@@ -175,6 +211,16 @@ impl QueueBuilder {
         self
     }
 
+    /// Keep what handlers return ([`crate::Handler`]'s `R`) as each job's
+    /// result, readable by id ([`Queue::job_result`], or awaited with
+    /// [`Queue::wait_for_result`]). Results are written atomically with the
+    /// job's acknowledgement. Workers decide: set it on the queue handle the
+    /// workers use. Default: results are not kept.
+    pub fn keep_results(mut self, policy: KeepResults) -> QueueBuilder {
+        self.settings.results = Some(policy);
+        self
+    }
+
     /// Keep about this many dead letters, trimming the oldest. Default: no
     /// bound; dead letters are never trimmed.
     pub fn max_dead_letters(mut self, entries: u64) -> QueueBuilder {
@@ -207,6 +253,12 @@ impl QueueBuilder {
         check.require(self.settings.max_backlog != Some(0), || {
             "max backlog must be at least 1".to_owned()
         });
+        if let Some(results) = self.settings.results {
+            check.positive("result max bytes", results.max_bytes);
+            check.require(results.ttl >= std::time::Duration::from_millis(1), || {
+                "result ttl must be at least 1 ms".to_owned()
+            });
+        }
         check.finish()?;
 
         let mut conn = redis.connection_manager().await?;
@@ -240,6 +292,7 @@ impl Queue {
                 compress_above: None,
                 metrics: true,
                 tracking: None,
+                results: None,
             },
         }
     }

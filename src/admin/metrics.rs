@@ -38,6 +38,9 @@ pub struct Counts {
     pub ownership_lost: u64,
     /// Dead letters moved back to the queue (per priority only).
     pub requeued: u64,
+    /// Unfinished jobs handed back by workers shutting down (per priority
+    /// only).
+    pub released: u64,
 }
 
 impl Counts {
@@ -52,6 +55,7 @@ impl Counts {
             "lost" => &mut self.lost,
             "ownership_lost" => &mut self.ownership_lost,
             "requeued" => &mut self.requeued,
+            "released" => &mut self.released,
             _ => return,
         };
         *slot += n;
@@ -210,7 +214,7 @@ impl QueueMetrics {
 }
 
 impl Counts {
-    fn fields(&self) -> [(&'static str, u64); 9] {
+    fn fields(&self) -> [(&'static str, u64); 10] {
         [
             ("enqueued", self.enqueued),
             ("completed", self.completed),
@@ -221,6 +225,7 @@ impl Counts {
             ("lost", self.lost),
             ("ownership_lost", self.ownership_lost),
             ("requeued", self.requeued),
+            ("released", self.released),
         ]
     }
 }

@@ -14,7 +14,7 @@
 //! | `streamq_job_wait_seconds`, `streamq_job_run_seconds` | histogram | `name` |
 //!
 //! Counters: `enqueued`, `completed`, `failed`, `retried`, `dead_lettered`,
-//! `reclaimed`, `lost`, `ownership_lost`, `requeued`.
+//! `reclaimed`, `lost`, `ownership_lost`, `requeued`, `released`.
 
 use std::fmt::Write;
 
@@ -47,7 +47,7 @@ type Gauge = (&'static str, &'static str, fn(&PriorityReport) -> f64);
 /// A counter family: its name part, its help, and how to read it.
 type Counter = (&'static str, &'static str, fn(&Counts) -> u64);
 
-const COUNTERS: [Counter; 9] = [
+const COUNTERS: [Counter; 10] = [
     ("enqueued", "Jobs added to the queue.", |c| c.enqueued),
     ("completed", "Jobs completed and acknowledged.", |c| {
         c.completed
@@ -73,6 +73,11 @@ const COUNTERS: [Counter; 9] = [
     ("requeued", "Dead letters moved back to the queue.", |c| {
         c.requeued
     }),
+    (
+        "released",
+        "Unfinished jobs handed back by workers shutting down.",
+        |c| c.released,
+    ),
 ];
 
 /// Renders a report and metrics; the same input always gives the same text.
@@ -154,7 +159,7 @@ pub(crate) fn render(report: &QueueReport, metrics: &QueueMetrics) -> String {
     }
     if !metrics.by_name.is_empty() {
         for (counter, help, get) in COUNTERS {
-            if matches!(counter, "lost" | "requeued") {
+            if matches!(counter, "lost" | "requeued" | "released") {
                 continue;
             }
             out.family(

@@ -15,6 +15,7 @@
 //! | `<prefix>:{<queue>}:job:<id>` | hash   | a tracked job's metadata (with `track_jobs`) |
 //! | `<prefix>:{<queue>}:job:<id>:log` | list | a tracked job's log lines |
 //! | `<prefix>:{<queue>}:completed` | zset  | ids of retained completed jobs, scored by finish ms |
+//! | `<prefix>:{<queue>}:result:<id>` | string | a completed job's result, MessagePack (with `keep_results`) |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -115,6 +116,11 @@ impl QueueKeys {
     /// The index of retained completed jobs.
     pub fn completed(&self) -> String {
         format!("{}:completed", self.base)
+    }
+
+    /// A completed job's result.
+    pub fn result(&self, id: &str) -> String {
+        format!("{}:result:{id}", self.base)
     }
 
     /// The key recording which job took an idempotency key.

@@ -68,6 +68,7 @@ pub(crate) struct Scripts {
     pub(crate) heartbeat: Script,
     pub(crate) requeue_dead: Script,
     pub(crate) recover: Script,
+    pub(crate) release: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -81,6 +82,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     heartbeat: Script::new("heartbeat", include_str!("../../lua/heartbeat.lua")),
     requeue_dead: Script::new("requeue_dead", include_str!("../../lua/requeue_dead.lua")),
     recover: Script::new("recover", include_str!("../../lua/recover.lua")),
+    release: Script::new("release", include_str!("../../lua/release.lua")),
     retire_consumer: Script::new(
         "retire_consumer",
         include_str!("../../lua/retire_consumer.lua"),
@@ -195,6 +197,7 @@ mod tests {
             &s.heartbeat,
             &s.requeue_dead,
             &s.recover,
+            &s.release,
         ]
     }
 

@@ -41,6 +41,7 @@ pub struct WorkerConfig {
     pub(crate) max_deliveries: u32,
     pub(crate) backoff: RetryBackoff,
     pub(crate) on_dead_letter: Option<DeadLetterHook>,
+    pub(crate) shutdown_grace: Duration,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -58,6 +59,7 @@ impl fmt::Debug for WorkerConfig {
             .field("max_deliveries", &self.max_deliveries)
             .field("backoff", &self.backoff)
             .field("on_dead_letter", &self.on_dead_letter.is_some())
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish()
     }
 }
@@ -77,6 +79,7 @@ impl Default for WorkerConfig {
             max_deliveries: 5,
             backoff: RetryBackoff::default(),
             on_dead_letter: None,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -171,6 +174,16 @@ impl WorkerConfig {
         hook: impl Fn(&DeadLettered) + Send + Sync + 'static,
     ) -> WorkerConfig {
         self.on_dead_letter = Some(Arc::new(hook));
+        self
+    }
+
+    /// How long running jobs may take to finish once shutdown starts. Jobs
+    /// claimed but not started are handed back to the queue at once; running
+    /// ones are asked to stop ([`crate::Job::stopped`]) and given this long;
+    /// those still running then are dropped and handed back, so another
+    /// worker runs them at once rather than after their lease. Default: 30 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> WorkerConfig {
+        self.shutdown_grace = grace;
         self
     }
 

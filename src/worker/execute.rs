@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::config::RetryBackoff;
@@ -20,13 +22,15 @@ use super::run_loop::JobContext;
 use super::tracker::TrackEvent;
 use crate::error::Error;
 use crate::protocol::envelope::Envelope;
+use crate::queue::KeepResults;
 use crate::time::{micros, now_us};
 
 /// Decodes, runs and reports one claimed job.
-pub(super) async fn run_job<T, H>(claimed: Claimed, context: Arc<JobContext<H>>)
+pub(super) async fn run_job<T, R, H>(claimed: Claimed, context: Arc<JobContext<H>>)
 where
     T: DeserializeOwned + Send + 'static,
-    H: Handler<T>,
+    R: Serialize + Send + 'static,
+    H: Handler<T, R>,
 {
     let mut report = Report {
         name: String::new(),
@@ -37,6 +41,7 @@ where
     let outcome = match decode::<T>(&claimed, context.max_payload_bytes) {
         Err(poison) => poison,
         Ok((mut job, ready_us)) => {
+            job.stop = context.stopping.clone();
             report.name.clone_from(&job.name);
             report.job_id = job.id.to_string();
             if let Some(tracker) = &context.tracker {
@@ -98,7 +103,7 @@ struct Report {
 
 /// Runs the handler (with its timeout, catching panics) and decides the
 /// job's outcome.
-async fn run_handler<T, H>(
+async fn run_handler<T, R, H>(
     claimed: &Claimed,
     context: &JobContext<H>,
     job: Job<T>,
@@ -106,7 +111,8 @@ async fn run_handler<T, H>(
 ) -> Outcome
 where
     T: DeserializeOwned + Send + 'static,
-    H: Handler<T>,
+    R: Serialize + Send + 'static,
+    H: Handler<T, R>,
 {
     let (attempt, max_attempts, timeout) = (job.attempt, job.max_attempts, job.timeout);
     let run = AssertUnwindSafe(context.handler.handle(job)).catch_unwind();
@@ -124,13 +130,21 @@ where
         )))
     });
     match result {
-        Ok(()) => Outcome::Completed,
+        Ok(value) => Outcome::Completed {
+            result: keep_result(&value, context.results, job_id),
+        },
         Err(err) if err.is_permanent() => Outcome::Dead {
             job_id: job_id.to_owned(),
             attempts: attempt,
             error: err.message().to_owned(),
             failed_run: true,
         },
+        // Stopped early because the worker is shutting down: not a failed
+        // attempt, so the job goes back to the queue as it was.
+        Err(err) if context.stopping.is_cancelled() => {
+            tracing::info!(job = job_id, error = %err, "job stopped for shutdown; handing it back");
+            Outcome::Release
+        }
         Err(err) if attempt >= max_attempts => Outcome::Dead {
             job_id: job_id.to_owned(),
             attempts: attempt,
@@ -140,6 +154,40 @@ where
         Err(err) => retry_outcome(claimed, &context.backoff, attempt, job_id.to_owned(), &err),
     }
 }
+
+/// The bytes to keep as a job's result: its MessagePack encoding, unless
+/// the queue keeps no results, the handler returned nothing (`()`), or the
+/// result is over the size limit (then it is dropped, with a warning).
+fn keep_result<R: Serialize>(
+    value: &R,
+    policy: Option<KeepResults>,
+    job_id: &str,
+) -> Option<Vec<u8>> {
+    let policy = policy?;
+    let bytes = match rmp_serde::to_vec_named(value) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            tracing::warn!(job = job_id, %err, "cannot encode the job's result; it is not kept");
+            return None;
+        }
+    };
+    if bytes == NO_RESULT {
+        return None;
+    }
+    if bytes.len() > policy.max_bytes {
+        tracing::warn!(
+            job = job_id,
+            bytes = bytes.len(),
+            limit = policy.max_bytes,
+            "the job's result is over the size limit; it is not kept"
+        );
+        return None;
+    }
+    Some(bytes)
+}
+
+/// MessagePack `nil`: what `()` encodes to.
+const NO_RESULT: &[u8] = &[0xc0];
 
 /// The next attempt of a job that failed attempt `attempt`.
 fn retry_outcome(
@@ -238,6 +286,7 @@ fn decode<T: DeserializeOwned>(
         timeout: envelope.timeout_ms.map(Duration::from_millis),
         traceparent: envelope.trace.map(Cow::into_owned),
         tracker: None,
+        stop: CancellationToken::new(),
         payload,
     };
     Ok((job, envelope.ready_us))

@@ -240,6 +240,15 @@ impl PriorityBuffer {
         self.len
     }
 
+    /// Takes every buffered job out, most urgent first.
+    pub(crate) fn drain(&mut self) -> Vec<Claimed> {
+        self.len = 0;
+        self.lanes
+            .iter_mut()
+            .flat_map(|lane| lane.drain(..))
+            .collect()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::config::{DeadLettered, WorkerConfig};
-use super::lease::Holdings;
+use super::lease::{Holdings, hand_back};
 use super::tracker::{TrackEvent, Tracker};
 use crate::backoff::Backoff;
 use crate::error::Error;
@@ -23,14 +23,18 @@ use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
 use crate::protocol::latency;
 use crate::protocol::reply;
-use crate::protocol::scripts::{ScriptCall, scripts};
+use crate::protocol::scripts::{COMMON_KEYS, ScriptCall, scripts};
 use crate::queue::Queue;
-use crate::time::now_ms;
+use crate::time::{millis, now_ms};
 
 /// How one run of a job ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Completed,
+    /// Done; `result`: the bytes to keep as its result, if any.
+    Completed { result: Option<Vec<u8>> },
+    /// Not finished, to be handed back to the queue as it is (the worker is
+    /// shutting down): no attempt spent.
+    Release,
     /// Failed, with attempts left: run again at `due_ms` with this envelope.
     Retry {
         envelope: Vec<u8>,
@@ -75,6 +79,7 @@ pub(crate) struct Counters {
     pub(crate) panicked: AtomicU64,
     pub(crate) reclaimed: AtomicU64,
     pub(crate) lost: AtomicU64,
+    pub(crate) released: AtomicU64,
 }
 
 impl Counters {
@@ -189,9 +194,11 @@ impl Finisher {
                 _ = sleep_until_some(next_due) => {}
             }
             let mut acks = Vec::with_capacity(batch.len());
+            let mut releases = Vec::new();
             for finished in batch.drain(..) {
                 match finished.outcome {
-                    Outcome::Completed => acks.push(finished),
+                    Outcome::Completed { .. } => acks.push(finished),
+                    Outcome::Release => releases.push((finished.priority, finished.entry_id)),
                     _ => {
                         self.apply_or_defer(Deferred::new(finished), &mut deferred)
                             .await;
@@ -201,13 +208,16 @@ impl Finisher {
             if !acks.is_empty() {
                 self.ack(&mut acks).await;
                 for finished in &acks {
-                    self.holdings.release(&finished.entry_id);
+                    self.holdings.forget(&finished.entry_id);
                 }
+            }
+            if !releases.is_empty() {
+                self.release(&releases).await;
             }
             self.retry_due(&mut deferred, Instant::now()).await;
         }
-        // Shutting down: a last chance for deferred moves, then they stay
-        // pending (unheld) for another worker to reclaim.
+        // Shutting down: a last chance for deferred moves; the jobs of those
+        // that still fail stay held, for the worker to hand back.
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while !deferred.is_empty() && Instant::now() < deadline {
             let due = deferred.iter().map(|d| d.due).min().unwrap_or(deadline);
@@ -218,9 +228,20 @@ impl Finisher {
             tracing::error!(
                 queue = self.queue.name(),
                 entry = d.finished.entry_id,
-                "could not finish a failed job before shutdown; it stays pending and will be reclaimed"
+                "could not finish a failed job before shutdown; it will be handed back or reclaimed"
             );
-            self.holdings.release(&d.finished.entry_id);
+        }
+    }
+
+    /// Hands back jobs their handlers stopped early for shutdown.
+    async fn release(&mut self, entries: &[(Priority, String)]) {
+        match hand_back(&self.queue, &self.consumer, &self.holdings, entries).await {
+            Ok(n) => Counters::add(&self.counters.released, n as u64),
+            Err(err) => tracing::warn!(
+                queue = self.queue.name(),
+                %err,
+                "could not hand jobs back; they will be reclaimed after their lease"
+            ),
         }
     }
 
@@ -236,7 +257,7 @@ impl Finisher {
     /// Tries a retry or dead-letter move once; defers it on a Redis error.
     async fn apply_or_defer(&mut self, mut item: Deferred, deferred: &mut Vec<Deferred>) {
         let result = match &item.finished.outcome {
-            Outcome::Completed => return,
+            Outcome::Completed { .. } | Outcome::Release => return,
             Outcome::Retry {
                 envelope,
                 due_ms,
@@ -277,7 +298,7 @@ impl Finisher {
             }
         };
         match result {
-            Ok(()) => self.holdings.release(&item.finished.entry_id),
+            Ok(()) => self.holdings.forget(&item.finished.entry_id),
             Err(err) => {
                 let delay = item.backoff();
                 tracing::warn!(queue = self.queue.name(), entry = item.finished.entry_id, %err, retry_in = ?delay, "could not move a failed job yet; it stays pending and held");
@@ -290,11 +311,30 @@ impl Finisher {
         // Sorted, each stream's ids form one range the script reads at once.
         acks.sort_unstable_by_key(|f| (f.priority, stream_id_order(&f.entry_id)));
         let keys = self.queue.keys();
-        let mut call = scripts().ack.call(keys, &[keys.latency()]);
+        let settings = self.queue.settings();
+        let mut extra = vec![keys.latency().to_owned()];
+        let mut result_keys = Vec::with_capacity(acks.len());
+        for f in acks.iter() {
+            match &f.outcome {
+                Outcome::Completed { result: Some(_) } if !f.job_id.is_empty() => {
+                    extra.push(keys.result(&f.job_id));
+                    result_keys.push(COMMON_KEYS + extra.len());
+                }
+                _ => result_keys.push(0),
+            }
+        }
+        let mut call = scripts().ack.call(keys, &extra);
         call.arg(GROUP)
             .arg(&self.consumer)
-            .arg(u8::from(self.queue.settings().metrics));
-        for f in acks.iter() {
+            .arg(u8::from(settings.metrics))
+            .arg(settings.results.map_or(0, |r| millis(r.ttl)));
+        for (f, result_key) in acks.iter().zip(result_keys) {
+            let result = match &f.outcome {
+                Outcome::Completed {
+                    result: Some(bytes),
+                } => bytes.as_slice(),
+                _ => &[],
+            };
             call.arg(f.priority.lua_index())
                 .arg(&f.entry_id)
                 .arg(&f.name)
@@ -302,7 +342,9 @@ impl Finisher {
                 .arg(latency::bucket(f.run_us))
                 .arg(f.wait_us)
                 .arg(f.run_us)
-                .arg(f.deliveries.saturating_sub(1));
+                .arg(f.deliveries.saturating_sub(1))
+                .arg(result_key)
+                .arg(result);
         }
         let span =
             tracing::debug_span!("streamq.ack", queue = self.queue.name(), jobs = acks.len());

@@ -6,6 +6,8 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use super::tracker::{MAX_LOG_LINE, TrackEvent, Tracker};
 use crate::job_id::JobId;
 use crate::priority::Priority;
@@ -23,6 +25,7 @@ pub struct Job<T> {
     pub(crate) timeout: Option<Duration>,
     pub(crate) traceparent: Option<String>,
     pub(crate) tracker: Option<Tracker>,
+    pub(crate) stop: CancellationToken,
     pub(crate) payload: T,
 }
 
@@ -41,8 +44,16 @@ impl<T> Job<T> {
             timeout: None,
             traceparent: None,
             tracker: None,
+            stop: CancellationToken::new(),
             payload,
         }
+    }
+
+    /// Uses `token` as the job's stop signal (for tests of handlers that
+    /// watch [`Job::stopped`]).
+    pub fn with_stop_signal(mut self, token: CancellationToken) -> Job<T> {
+        self.stop = token;
+        self
     }
 
     /// Sets the priority (for tests).
@@ -145,6 +156,27 @@ impl<T> Job<T> {
         }
     }
 
+    /// Whether the worker has asked this job to stop: it is shutting down.
+    /// See [`Job::stopped`].
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Completes when the worker asks this job to stop because it is
+    /// shutting down. A handler may finish anyway within the worker's
+    /// [`WorkerConfig::shutdown_grace`](crate::WorkerConfig::shutdown_grace);
+    /// or it may stop early by returning a retryable [`JobError`], and the
+    /// job is then handed back to the queue at once without spending an
+    /// attempt. Handlers still running when the grace period ends are
+    /// dropped and their jobs handed back the same way.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: made for `tokio::select!`.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await;
+    }
+
     /// The payload.
     pub fn payload(&self) -> &T {
         &self.payload
@@ -200,21 +232,24 @@ impl fmt::Display for JobError {
 impl std::error::Error for JobError {}
 
 /// Processes jobs. Implemented for every `Fn(Job<T>) -> impl Future<Output =
-/// Result<(), JobError>>`, so an async closure is a handler.
+/// Result<R, JobError>>`, so an async closure is a handler.
 ///
-/// Returning `Ok` completes the job; an error is retried or dead-lettered
-/// by its [`JobError`]; a panic counts as a retryable failure.
-pub trait Handler<T>: Send + Sync + 'static {
+/// Returning `Ok` completes the job, and its value `R` is its result: kept
+/// for [`crate::Queue::job_result`] when the queue keeps results
+/// ([`crate::QueueBuilder::keep_results`]); `()` is no result. An error is
+/// retried or dead-lettered by its [`JobError`]; a panic counts as a
+/// retryable failure.
+pub trait Handler<T, R = ()>: Send + Sync + 'static {
     /// Runs one job.
-    fn handle(&self, job: Job<T>) -> impl Future<Output = Result<(), JobError>> + Send;
+    fn handle(&self, job: Job<T>) -> impl Future<Output = Result<R, JobError>> + Send;
 }
 
-impl<T, F, Fut> Handler<T> for F
+impl<T, R, F, Fut> Handler<T, R> for F
 where
     F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), JobError>> + Send,
+    Fut: Future<Output = Result<R, JobError>> + Send,
 {
-    fn handle(&self, job: Job<T>) -> impl Future<Output = Result<(), JobError>> + Send {
+    fn handle(&self, job: Job<T>) -> impl Future<Output = Result<R, JobError>> + Send {
         self(job)
     }
 }

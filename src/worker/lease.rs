@@ -1,5 +1,6 @@
-//! Leases: which entries this worker holds (claimed, not yet finished), and
-//! the heartbeat that keeps them from being reclaimed while it lives.
+//! Leases: which entries this worker holds (claimed, not yet finished), the
+//! heartbeat that keeps them from being reclaimed while it lives, and the
+//! hand-back of those it will not finish.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,11 +24,13 @@ impl Holdings {
         self.lock().insert(entry_id.to_owned(), priority);
     }
 
-    pub(crate) fn release(&self, entry_id: &str) {
+    /// Stops holding an entry: it was finished, or handed back.
+    pub(crate) fn forget(&self, entry_id: &str) {
         self.lock().remove(entry_id);
     }
 
-    fn snapshot(&self) -> Vec<(Priority, String)> {
+    /// Every entry held now.
+    pub(crate) fn snapshot(&self) -> Vec<(Priority, String)> {
         self.lock().iter().map(|(id, p)| (*p, id.clone())).collect()
     }
 
@@ -83,4 +86,45 @@ pub(crate) async fn heartbeat(
             }
         }
     }
+}
+
+/// Hands entries back to the queue at once (the `release` script): each one
+/// this consumer still owns becomes a new waiting entry that any worker can
+/// fetch now, with its attempt count unchanged. They are no longer held
+/// afterwards, handed back or not. Returns how many were handed back; on a
+/// Redis error (out of memory, say) the rest stay pending and are reclaimed
+/// after their lease.
+pub(crate) async fn hand_back(
+    queue: &Queue,
+    consumer: &str,
+    holdings: &Holdings,
+    entries: &[(Priority, String)],
+) -> Result<usize, Error> {
+    let script = &scripts().release;
+    let mut conn = queue.conn();
+    let mut handed_back = 0;
+    for chunk in entries.chunks(HEARTBEAT_CHUNK) {
+        let mut call = script.call(queue.keys(), &[] as &[&str]);
+        call.arg(GROUP).arg(consumer);
+        for (priority, id) in chunk {
+            call.arg(priority.lua_index()).arg(id);
+        }
+        let result = match call.invoke(&mut conn).await {
+            Ok(reply) => reply::done(script, reply).and_then(|mut body| body.lost()),
+            Err(err) => Err(Error::from(err)),
+        };
+        for (_, id) in chunk {
+            holdings.forget(id);
+        }
+        let lost = result?;
+        handed_back += chunk.len() - lost.len();
+        if !lost.is_empty() {
+            tracing::debug!(
+                queue = queue.name(),
+                lost = lost.len(),
+                "jobs to hand back were taken over by another worker already"
+            );
+        }
+    }
+    Ok(handed_back)
 }

@@ -27,6 +27,7 @@ mod tracker;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -62,6 +63,9 @@ pub struct WorkerReport {
     pub reclaimed: u64,
     /// Pending jobs Redis reported deleted (trimmed by someone): lost.
     pub lost: u64,
+    /// Jobs handed back to the queue unfinished at shutdown, for another
+    /// worker to run at once.
+    pub released: u64,
 }
 
 /// Runs a handler over one queue. Start as many workers as you like, in one
@@ -97,9 +101,12 @@ impl Worker {
         &self.consumer
     }
 
-    /// Processes jobs until `shutdown` is cancelled, then stops fetching,
-    /// runs the jobs it has already claimed, finishes everything and leaves
-    /// the consumer group if it owns nothing there.
+    /// Processes jobs until `shutdown` is cancelled, then shuts down
+    /// gracefully: it stops fetching, hands the jobs it claimed but did not
+    /// start back to the queue at once, asks running jobs to stop
+    /// ([`Job::stopped`]) and gives them [`WorkerConfig::shutdown_grace`] to
+    /// finish, hands back those still running, acknowledges everything that
+    /// finished, and leaves the consumer group if it owns nothing there.
     ///
     /// Along the way it promotes due retries and scheduled jobs, reclaims
     /// jobs whose worker died, and renews the leases of what it holds. Redis
@@ -117,14 +124,15 @@ impl Worker {
     /// Not cancel-safe: dropping the future abandons claimed jobs, which
     /// stay pending until another worker reclaims them after the lease.
     /// Cancel `shutdown` instead.
-    pub async fn run<T, H>(
+    pub async fn run<T, R, H>(
         self,
         handler: H,
         shutdown: CancellationToken,
     ) -> Result<WorkerReport, Error>
     where
         T: DeserializeOwned + Send + 'static,
-        H: Handler<T>,
+        R: Serialize + Send + 'static,
+        H: Handler<T, R>,
     {
         if !self.start(&shutdown).await? {
             return Ok(WorkerReport::default());
@@ -171,6 +179,8 @@ impl Worker {
             counters: counters.clone(),
             backoff: self.config.backoff,
             max_payload_bytes: self.queue.settings().max_payload_bytes,
+            stopping: CancellationToken::new(),
+            results: self.queue.settings().results,
         });
 
         let mut lane = Lane {
@@ -179,13 +189,35 @@ impl Worker {
             running: JoinSet::new(),
             holdings,
         };
-        self.fetch_loop(&mut lane, &context, &shutdown).await;
+        self.fetch_loop::<T, R, H>(&mut lane, &context, &shutdown)
+            .await;
 
-        // Shutting down: run what was claimed, then flush every outcome.
+        // Shutting down. Jobs not started go back to the queue now; running
+        // ones are asked to stop and get the grace period to finish.
+        let waiting: Vec<_> = lane
+            .buffer
+            .drain()
+            .into_iter()
+            .map(|job| (job.priority, job.entry_id))
+            .collect();
+        self.hand_back(&counters, &lane.holdings, &waiting).await;
+        context.stopping.cancel();
+        let grace = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(grace);
         loop {
-            self.dispatch(&mut lane, &context);
-            if lane.running.join_next().await.is_none() && lane.buffer.is_empty() {
-                break;
+            tokio::select! {
+                joined = lane.running.join_next() => if joined.is_none() { break },
+                () = &mut grace => {
+                    tracing::warn!(
+                        queue = self.queue.name(),
+                        jobs = lane.running.len(),
+                        grace = ?self.config.shutdown_grace,
+                        "jobs still running after the shutdown grace period; handing them back"
+                    );
+                    lane.running.abort_all();
+                    while lane.running.join_next().await.is_some() {}
+                    break;
+                }
             }
         }
         drop(context);
@@ -196,6 +228,10 @@ impl Worker {
             // Every sender is gone with the finisher and the jobs: it drains.
             let _ = task.await;
         }
+        // What is still held was never finished: dropped at the end of the
+        // grace period, or a move Redis kept refusing.
+        self.hand_back(&counters, &lane.holdings, &lane.holdings.snapshot())
+            .await;
         drop(heartbeat_guard);
         if let Some(heartbeat) = heartbeat {
             let _ = heartbeat.await;
@@ -210,6 +246,28 @@ impl Worker {
             panicked: count(&counters.panicked),
             reclaimed: count(&counters.reclaimed),
             lost: count(&counters.lost),
+            released: count(&counters.released),
         })
+    }
+
+    /// Hands jobs back to the queue at once, counting them.
+    async fn hand_back(
+        &self,
+        counters: &Counters,
+        holdings: &Holdings,
+        entries: &[(crate::priority::Priority, String)],
+    ) {
+        if entries.is_empty() {
+            return;
+        }
+        match lease::hand_back(&self.queue, &self.consumer, holdings, entries).await {
+            Ok(n) => Counters::add(&counters.released, n as u64),
+            Err(err) => tracing::warn!(
+                queue = self.queue.name(),
+                %err,
+                jobs = entries.len(),
+                "could not hand jobs back; they will be reclaimed after their lease"
+            ),
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Worker;
@@ -16,14 +17,15 @@ use crate::protocol::envelope::Envelope;
 impl Worker {
     /// Takes over jobs whose lease ran out, up to `room`, most urgent first.
     /// Those delivered too often without finishing are dead-lettered.
-    pub(super) async fn reclaim<T, H>(
+    pub(super) async fn reclaim<T, R, H>(
         &self,
         lane: &mut Lane,
         context: &Arc<JobContext<H>>,
         room: usize,
     ) where
         T: DeserializeOwned + Send + 'static,
-        H: Handler<T>,
+        R: Serialize + Send + 'static,
+        H: Handler<T, R>,
     {
         let mut room = room;
         for priority in Priority::ALL {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -26,6 +27,7 @@ use crate::error::Error;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
+use crate::queue::KeepResults;
 
 /// What every job task needs.
 pub(super) struct JobContext<H> {
@@ -37,6 +39,9 @@ pub(super) struct JobContext<H> {
     pub(super) counters: Arc<Counters>,
     pub(super) backoff: RetryBackoff,
     pub(super) max_payload_bytes: usize,
+    /// Cancelled when the worker starts shutting down: jobs see it.
+    pub(super) stopping: CancellationToken,
+    pub(super) results: Option<KeepResults>,
 }
 
 /// The worker's moving parts between fetching and running.
@@ -48,14 +53,15 @@ pub(super) struct Lane {
 }
 
 impl Worker {
-    pub(super) async fn fetch_loop<T, H>(
+    pub(super) async fn fetch_loop<T, R, H>(
         &self,
         lane: &mut Lane,
         context: &Arc<JobContext<H>>,
         shutdown: &CancellationToken,
     ) where
         T: DeserializeOwned + Send + 'static,
-        H: Handler<T>,
+        R: Serialize + Send + 'static,
+        H: Handler<T, R>,
     {
         let capacity = self.config.concurrency + self.config.prefetch;
         let mut backoff = Backoff::redis();
@@ -64,7 +70,7 @@ impl Worker {
         let mut paused = false;
         while !shutdown.is_cancelled() {
             while lane.running.try_join_next().is_some() {}
-            self.dispatch(lane, context);
+            self.dispatch::<T, R, H>(lane, context);
             let room = capacity.saturating_sub(lane.running.len() + lane.buffer.len());
             let now = Instant::now();
             if now >= next_promote {
@@ -73,7 +79,7 @@ impl Worker {
             // While paused, stalled jobs stay where they are: running them
             // would be fetching too.
             if now >= next_reclaim && room > 0 && !paused {
-                self.reclaim(lane, context, room).await;
+                self.reclaim::<T, R, H>(lane, context, room).await;
                 next_reclaim = now + self.config.reclaim_interval;
                 continue;
             }
@@ -170,16 +176,18 @@ impl Worker {
     }
 
     /// Starts buffered jobs, most urgent first, while slots are free.
-    pub(super) fn dispatch<T, H>(&self, lane: &mut Lane, context: &Arc<JobContext<H>>)
+    pub(super) fn dispatch<T, R, H>(&self, lane: &mut Lane, context: &Arc<JobContext<H>>)
     where
         T: DeserializeOwned + Send + 'static,
-        H: Handler<T>,
+        R: Serialize + Send + 'static,
+        H: Handler<T, R>,
     {
         while lane.running.len() < self.config.concurrency {
             let Some(claimed) = lane.buffer.pop() else {
                 break;
             };
-            lane.running.spawn(run_job(claimed, context.clone()));
+            lane.running
+                .spawn(run_job::<T, R, H>(claimed, context.clone()));
         }
     }
 
