@@ -23,16 +23,21 @@
   KEYS[2..5] streams             critical, high, medium, low
   KEYS[6]    latency hash        HINCRBY "wait:<bucket>:<name>", "run:<bucket>:<name>",
                                  "wait_sum:<name>", "run_sum:<name>" (us)
-  KEYS[7..]  result keys         strings: a completed job's result (see ARGV)
+  KEYS[7]    events stream       XADD "completed" per job acknowledged (see ARGV[5])
+  KEYS[8..]  result keys         strings: a completed job's result (see ARGV)
   ARGV[1]    group
   ARGV[2]    consumer            the owner the entries must still have
   ARGV[3]    per-name metrics    1 = keep counters and histograms per name
   ARGV[4]    result ttl          ms a kept result lives
-  ARGV[5..]  ten per job:        priority index (1..4), entry id, job name,
+  ARGV[5]    events cap          approximate MAXLEN of the events stream;
+                                 0 = no events
+  ARGV[6]    now                 Unix ms
+  ARGV[7..]  eleven per job:     priority index (1..4), entry id, job name,
                                  wait bucket, run bucket, wait (us, ready to
                                  start), run (us, start to finish), reclaims
-                                 (deliveries - 1), result key index into KEYS
-                                 (0 = no result), result bytes (opaque);
+                                 (deliveries - 1), job id, result key index
+                                 into KEYS (0 = no result), result bytes
+                                 (opaque; also the event's "result");
                                  sorted by priority, then id, for the ranged
                                  read (any order is correct, just slower)
 
@@ -44,8 +49,9 @@ local stats, latency = KEYS[1], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
 local by_name = ARGV[3] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
-local FIRST, STRIDE = 5, 10
+local FIRST, STRIDE = 7, 11
 local result_ttl = ARGV[4]
+local events, events_cap, now = KEYS[7], tonumber(ARGV[5]), ARGV[6]
 local OK = 0
 
 local completed, lost = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
@@ -122,13 +128,18 @@ for p = 1, 4 do
   end
 end
 
--- Results of the acknowledged jobs, through pcall: a full Redis still
--- completes the jobs (their results are then not kept).
+-- Results and events of the acknowledged jobs, through pcall: a full Redis
+-- still completes the jobs (their results and events are then not kept).
 for p = 1, 4 do
   for _, i in ipairs(owned[p]) do
-    local key_index = tonumber(ARGV[i + 8])
+    local key_index = tonumber(ARGV[i + 9])
     if key_index > 0 then
-      redis.pcall('SET', KEYS[key_index], ARGV[i + 9], 'PX', result_ttl)
+      redis.pcall('SET', KEYS[key_index], ARGV[i + 10], 'PX', result_ttl)
+    end
+    if events_cap > 0 then
+      redis.pcall('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'completed',
+                  'job', ARGV[i + 8], 'name', ARGV[i + 2], 'p', names[p], 'at', now,
+                  'result', ARGV[i + 10])
     end
   end
 end

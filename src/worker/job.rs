@@ -124,9 +124,11 @@ impl<T> Job<T> {
     }
 
     /// Reports how far along the job is, 0 to 100 (larger values count as
-    /// 100), readable by anyone through [`crate::Queue::job`]. Recorded only
-    /// when the queue tracks jobs ([`crate::QueueBuilder::track_jobs`]);
-    /// otherwise, and in tests, it does nothing. Never blocks.
+    /// 100), readable by anyone through [`crate::Queue::job`] and as a
+    /// `progress` event ([`crate::Queue::events`]). Recorded only when the
+    /// queue tracks jobs ([`crate::QueueBuilder::track_jobs`]) or records
+    /// events ([`crate::QueueBuilder::events`]); otherwise, and in tests, it
+    /// does nothing. Never blocks.
     pub fn progress(&self, percent: u8) {
         if let Some(tracker) = &self.tracker {
             tracker.send(TrackEvent::Progress {

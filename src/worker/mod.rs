@@ -140,14 +140,7 @@ impl Worker {
         let counters = Arc::new(Counters::default());
         let holdings = Holdings::default();
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
-        let tracking = self.queue.settings().tracking;
-        let (tracker, tracker_task) = match tracking {
-            Some(tracking) => {
-                let (tracker, task) = Tracker::spawn(&self.queue, tracking);
-                (Some(tracker), Some(task))
-            }
-            None => (None, None),
-        };
+        let (tracker, tracker_task) = Tracker::spawn(&self.queue).unzip();
         let finisher = Finisher::new(
             &self.queue,
             &self.consumer,

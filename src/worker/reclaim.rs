@@ -11,6 +11,7 @@ use super::fetch::Claimed;
 use super::finish::{Counters, Finished, Outcome};
 use super::job::Handler;
 use super::run_loop::{JobContext, Lane};
+use super::tracker::TrackEvent;
 use crate::priority::Priority;
 use crate::protocol::envelope::Envelope;
 
@@ -85,6 +86,15 @@ impl Worker {
                         deliveries = job.deliveries,
                         "reclaimed a stalled job"
                     );
+                    let envelope = job.envelope.as_deref().map(Envelope::decode);
+                    if let (Some(tracker), Some(Ok(envelope))) = (&context.tracker, envelope) {
+                        tracker.send(TrackEvent::Reclaimed {
+                            id: envelope.id.into_owned(),
+                            name: envelope.name.into_owned(),
+                            priority: job.priority,
+                            deliveries: job.deliveries,
+                        });
+                    }
                     lane.buffer.extend(vec![job]);
                 }
             }

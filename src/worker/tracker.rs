@@ -1,5 +1,7 @@
-//! Writing tracked jobs' metadata as they move: started, retrying,
-//! completed, dead-lettered, plus progress and log lines from handlers.
+//! The worker's side records, written off the job's path: tracked jobs'
+//! metadata as they move (started, retrying, completed, dead-lettered, plus
+//! progress and log lines from handlers), and the events only the worker
+//! knows of (started, progress, reclaimed; the scripts write the others).
 //!
 //! Writes are single-key commands, batched into one pipeline per round trip
 //! by a task of their own, and best-effort: a full channel drops an update
@@ -28,10 +30,18 @@ pub(crate) const MAX_LOG_LINE: usize = 1024;
 pub(crate) enum TrackEvent {
     Started {
         id: String,
+        name: String,
         entry: String,
         priority: Priority,
         attempt: u32,
         consumer: Arc<str>,
+    },
+    /// Taken over after its lease ran out (an event only).
+    Reclaimed {
+        id: String,
+        name: String,
+        priority: Priority,
+        deliveries: u32,
     },
     Completed {
         id: String,
@@ -66,15 +76,17 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// Starts the writer task for `queue`.
-    pub(crate) fn spawn(
-        queue: &Queue,
-        tracking: JobTracking,
-    ) -> (Tracker, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task for `queue`, when it tracks jobs or records
+    /// events; `None` when there is nothing to write.
+    pub(crate) fn spawn(queue: &Queue) -> Option<(Tracker, tokio::task::JoinHandle<()>)> {
+        let settings = queue.settings();
+        if settings.tracking.is_none() && settings.events.is_none() {
+            return None;
+        }
         let (tx, rx) = mpsc::channel(10_000);
         let dropped = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write(queue.clone(), tracking, rx, dropped.clone()));
-        (Tracker { tx, dropped }, writer)
+        let writer = tokio::spawn(write(queue.clone(), rx, dropped.clone()));
+        Some((Tracker { tx, dropped }, writer))
     }
 
     /// Queues an update; drops it if the writer is far behind.
@@ -88,21 +100,108 @@ impl Tracker {
     }
 }
 
-async fn write(
-    queue: Queue,
-    tracking: JobTracking,
-    mut rx: mpsc::Receiver<TrackEvent>,
-    dropped: Arc<AtomicU64>,
-) {
+async fn write(queue: Queue, mut rx: mpsc::Receiver<TrackEvent>, dropped: Arc<AtomicU64>) {
     let keys = queue.keys().clone();
-    let live = millis(tracking.keep_live);
-    let finished = millis(tracking.keep_finished);
+    let (tracking, events_cap) = (queue.settings().tracking, queue.settings().events_cap());
     let mut conn = queue.conn();
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
         let mut pipe = redis::pipe();
         let mut completed_any = false;
         for event in batch.drain(..) {
+            if events_cap > 0 {
+                record_event(&mut pipe, &keys, events_cap, &event);
+            }
+            if let Some(tracking) = &tracking {
+                completed_any |= record_metadata(&mut pipe, &keys, tracking, event);
+            }
+        }
+        if let Err(err) = pipe.ignore_errors().exec_async(&mut conn).await {
+            tracing::warn!(queue = queue.name(), %err, "could not record job tracking updates or events");
+        }
+        if let (true, Some(tracking)) = (completed_any, &tracking) {
+            if let Err(err) = trim_completed(&mut conn, &keys, tracking).await {
+                tracing::warn!(queue = queue.name(), %err, "could not trim retained completed jobs");
+            }
+        }
+    }
+    let lost = dropped.load(Ordering::Relaxed);
+    if lost > 0 {
+        tracing::warn!(
+            queue = queue.name(),
+            dropped = lost,
+            "job tracking updates or events were dropped"
+        );
+    }
+}
+
+/// Adds the event the worker alone knows of (started, progress,
+/// reclaimed) to the pipeline; the scripts write every other event.
+fn record_event(pipe: &mut redis::Pipeline, keys: &QueueKeys, cap: u64, event: &TrackEvent) {
+    let (kind, id, name, priority, detail) = match event {
+        TrackEvent::Started {
+            id,
+            name,
+            priority,
+            attempt,
+            ..
+        } => (
+            "started",
+            id,
+            name.as_str(),
+            Some(*priority),
+            ("attempt", *attempt),
+        ),
+        TrackEvent::Progress { id, percent } => {
+            ("progress", id, "", None, ("progress", u32::from(*percent)))
+        }
+        TrackEvent::Reclaimed {
+            id,
+            name,
+            priority,
+            deliveries,
+        } => (
+            "reclaimed",
+            id,
+            name.as_str(),
+            Some(*priority),
+            ("deliveries", *deliveries),
+        ),
+        _ => return,
+    };
+    pipe.cmd("XADD")
+        .arg(keys.events())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(cap)
+        .arg("*")
+        .arg("ev")
+        .arg(kind)
+        .arg("job")
+        .arg(id)
+        .arg("name")
+        .arg(name)
+        .arg("p")
+        .arg(priority.map_or("", Priority::as_str))
+        .arg("at")
+        .arg(now_ms())
+        .arg(detail.0)
+        .arg(detail.1);
+}
+
+/// Adds a tracked job's metadata update to the pipeline; true when a job
+/// completed (the retained completed jobs then need trimming).
+fn record_metadata(
+    pipe: &mut redis::Pipeline,
+    keys: &QueueKeys,
+    tracking: &JobTracking,
+    event: TrackEvent,
+) -> bool {
+    let live = millis(tracking.keep_live);
+    let finished = millis(tracking.keep_finished);
+    let mut completed_any = false;
+    {
+        {
             match event {
                 TrackEvent::Started {
                     id,
@@ -110,6 +209,7 @@ async fn write(
                     priority,
                     attempt,
                     consumer,
+                    ..
                 } => {
                     let meta = keys.job(&id);
                     pipe.cmd("HSET").arg(&meta).arg(&[
@@ -200,25 +300,11 @@ async fn write(
                         .arg(-1);
                     pipe.cmd("PEXPIRE").arg(&log).arg(live);
                 }
-            }
-        }
-        if let Err(err) = pipe.ignore_errors().exec_async(&mut conn).await {
-            tracing::warn!(queue = queue.name(), %err, "could not record job tracking updates");
-        }
-        if completed_any {
-            if let Err(err) = trim_completed(&mut conn, &keys, &tracking).await {
-                tracing::warn!(queue = queue.name(), %err, "could not trim retained completed jobs");
+                TrackEvent::Reclaimed { .. } => {}
             }
         }
     }
-    let lost = dropped.load(Ordering::Relaxed);
-    if lost > 0 {
-        tracing::warn!(
-            queue = queue.name(),
-            dropped = lost,
-            "job tracking updates were dropped"
-        );
-    }
+    completed_any
 }
 
 /// Bounds retained completed jobs by count and age: the evicted jobs'

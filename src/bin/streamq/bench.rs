@@ -70,6 +70,10 @@ pub(crate) struct BenchArgs {
     /// Track every job (metadata per job), to measure what it costs.
     #[arg(long)]
     track_jobs: bool,
+    /// Record the event stream (capped at 10,000 events), to measure what
+    /// it costs.
+    #[arg(long)]
+    events: bool,
     /// The queue to use.
     #[arg(long, default_value = "streamq-bench")]
     queue: String,
@@ -237,6 +241,7 @@ struct Report {
     compress_above: Option<usize>,
     metrics: bool,
     track_jobs: bool,
+    events: bool,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -247,6 +252,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let mut builder = Queue::builder(&args.queue).metrics(!args.no_metrics);
     if args.track_jobs {
         builder = builder.track_jobs(streamq::JobTracking::default());
+    }
+    if args.events {
+        builder = builder.events(streamq::EventLog::default());
     }
     if let Some(threshold) = args.compress_above {
         builder = builder.compress_above(threshold);
@@ -460,6 +468,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         compress_above: args.compress_above,
         metrics: !args.no_metrics,
         track_jobs: args.track_jobs,
+        events: args.events,
     };
     if args.json {
         outln!("{}", serde_json::to_string(&report)?);
