@@ -92,7 +92,8 @@ pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
 
 // Working.
 pub use worker::{
-    DeadLettered, Handler, Job, JobError, RetryBackoff, Worker, WorkerConfig, WorkerReport,
+    DeadLettered, Handler, Job, JobError, RateLimit, RetryBackoff, Worker, WorkerConfig,
+    WorkerReport,
 };
 
 // Operating.

@@ -68,6 +68,11 @@ pub(crate) struct Scripts {
     pub(crate) heartbeat: Script,
     pub(crate) requeue_dead: Script,
     pub(crate) recover: Script,
+    pub(crate) rate_groups: Script,
+    pub(crate) defer: Script,
+    pub(crate) schedule_upsert: Script,
+    pub(crate) schedule_remove: Script,
+    pub(crate) schedule_tick: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -81,6 +86,17 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     heartbeat: Script::new("heartbeat", include_str!("../../lua/heartbeat.lua")),
     requeue_dead: Script::new("requeue_dead", include_str!("../../lua/requeue_dead.lua")),
     recover: Script::new("recover", include_str!("../../lua/recover.lua")),
+    rate_groups: Script::new("rate_groups", include_str!("../../lua/rate_groups.lua")),
+    defer: Script::new("defer", include_str!("../../lua/defer.lua")),
+    schedule_upsert: Script::new(
+        "schedule_upsert",
+        include_str!("../../lua/schedule_upsert.lua"),
+    ),
+    schedule_remove: Script::new(
+        "schedule_remove",
+        include_str!("../../lua/schedule_remove.lua"),
+    ),
+    schedule_tick: Script::new("schedule_tick", include_str!("../../lua/schedule_tick.lua")),
     retire_consumer: Script::new(
         "retire_consumer",
         include_str!("../../lua/retire_consumer.lua"),
@@ -195,6 +211,11 @@ mod tests {
             &s.heartbeat,
             &s.requeue_dead,
             &s.recover,
+            &s.rate_groups,
+            &s.defer,
+            &s.schedule_upsert,
+            &s.schedule_remove,
+            &s.schedule_tick,
         ]
     }
 

@@ -125,6 +125,10 @@ where
     });
     match result {
         Ok(()) => Outcome::Completed,
+        Err(err) if err.retry_after().is_some() => {
+            let after = err.retry_after().unwrap_or_default();
+            super::limit::deferred_outcome(claimed, after, job_id)
+        }
         Err(err) if err.is_permanent() => Outcome::Dead {
             job_id: job_id.to_owned(),
             attempts: attempt,
@@ -228,6 +232,7 @@ fn decode<T: DeserializeOwned>(
         timeout: envelope.timeout_ms.map(Duration::from_millis),
         traceparent: envelope.trace.map(Cow::into_owned),
         tracker: None,
+        claimed_ms: claimed.claimed_ms,
         payload,
     };
     Ok((job, envelope.ready_us))
