@@ -9,10 +9,15 @@
 //! - **Producing.** [`Queue::enqueue`] adds one job with [`EnqueueOptions`]
 //!   (priority, delay, attempts, idempotency key); a [`Batch`] sends
 //!   thousands in one round trip.
+//! - **Scheduling.** A [`Schedule`] repeats a job every interval or by a
+//!   cron expression in a time zone; [`Queue::upsert_schedule`] saves it and
+//!   a [`Scheduler`] enqueues one job per tick, however many run.
 //! - **Working.** A [`Worker`] runs your [`Handler`] (any async closure
 //!   taking a [`Job`]) over the queue, most urgent [`Priority`] first, with
 //!   bounded concurrency, leases, retries with [`RetryBackoff`], dead
-//!   letters, and graceful shutdown through a cancellation token.
+//!   letters, and graceful shutdown through a cancellation token. A
+//!   [`RateLimit`] caps how many jobs start per period, for the queue or
+//!   per rate group.
 //! - **Operating.** Off the hot path: [`Queue::stats`], [`Queue::inspect`]
 //!   with [`Health`], [`Queue::metrics`], [`Queue::prometheus`], dead letters
 //!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
@@ -72,6 +77,7 @@ mod protocol;
 mod queue;
 
 mod producer;
+mod schedule;
 mod worker;
 
 mod admin;
@@ -94,6 +100,11 @@ pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
 pub use worker::{
     DeadLettered, Handler, Job, JobError, RateLimit, RetryBackoff, Worker, WorkerConfig,
     WorkerReport,
+};
+
+// Scheduling.
+pub use schedule::{
+    CatchUp, Schedule, ScheduleChange, ScheduleInfo, Scheduler, SchedulerReport, Timing, Upserted,
 };
 
 // Operating.

@@ -94,7 +94,7 @@ const LAYERS: [&[&str]; 6] = [
     &["error", "job_id", "priority", "time", "backoff"],
     &["protocol"],
     &["queue"],
-    &["producer", "worker"],
+    &["producer", "schedule", "worker"],
     &["admin"],
     &["testing"],
 ];
