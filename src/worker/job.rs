@@ -103,7 +103,8 @@ impl<T> Job<T> {
     }
 
     /// When this worker claimed the job, Unix ms (the time the claiming
-    /// script ran with): the moment a rate limit counts it as started.
+    /// script ran with; under a group rate limit, when its group's token
+    /// was spent): the moment a rate limit counts it as started.
     pub fn claimed_ms(&self) -> u64 {
         self.claimed_ms
     }

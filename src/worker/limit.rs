@@ -114,14 +114,15 @@ pub(super) async fn admit(
         return free;
     }
     let mut backoff = Backoff::redis();
-    let (lost, deferred) = loop {
-        let call = rate_groups_call(queue, consumer, limit, &grouped);
+    let (now, lost, deferred) = loop {
+        let now = now_ms();
+        let call = rate_groups_call(queue, consumer, limit, &grouped, now);
         let result = match call.invoke::<Value, _>(&mut queue.conn()).await {
             Ok(reply) => parse_rate_groups(reply),
             Err(err) => Err(Error::from(err)),
         };
         match result {
-            Ok(outcome) => break outcome,
+            Ok((lost, deferred)) => break (now, lost, deferred),
             Err(err) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(queue = queue.name(), %err, retry_in = ?delay, "applying group rate limits failed");
@@ -137,11 +138,13 @@ pub(super) async fn admit(
             }
         }
     };
-    for (job, group) in grouped {
+    for (mut job, group) in grouped {
         if lost.contains(&job.entry_id) || deferred.contains(&job.entry_id) {
             holdings.release(&job.entry_id);
             tracing::debug!(queue = queue.name(), entry = job.entry_id, group, "held back by its group's rate limit");
         } else {
+            // Its token was spent now: that is when the limit counts it.
+            job.claimed_ms = now;
             free.push(job);
         }
     }
@@ -160,6 +163,7 @@ fn rate_groups_call(
     consumer: &str,
     limit: RateLimit,
     jobs: &[(Claimed, String)],
+    now: u64,
 ) -> ScriptCall {
     let keys = queue.keys();
     let mut extra = vec![keys.delayed().to_owned()];
@@ -178,7 +182,7 @@ fn rate_groups_call(
     let mut call = scripts().rate_groups.call(keys, &extra);
     call.arg(GROUP)
         .arg(consumer)
-        .arg(now_ms())
+        .arg(now)
         .arg(limit.max)
         .arg(limit.period_ms());
     for ((job, _), index) in jobs.iter().zip(indexes) {
