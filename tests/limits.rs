@@ -142,7 +142,10 @@ async fn many_workers_and_processes_never_start_more_than_the_limit() {
         let queue = redis.queue(QUEUE).await;
         let claims = claims.clone();
         workers.push(spawn_worker(&queue, limited(), move |job: Job<u32>| {
-            claims.lock().unwrap().push((job.claimed_ms(), job.id().clone()));
+            claims
+                .lock()
+                .unwrap()
+                .push((job.claimed_ms(), job.id().clone()));
             std::future::ready(Ok(()))
         }));
     }
@@ -157,7 +160,12 @@ async fn many_workers_and_processes_never_start_more_than_the_limit() {
         all
     };
     wait_for("every job started", || {
-        all().iter().map(|(_, id)| id.clone()).collect::<HashSet<_>>().len() == JOBS as usize
+        all()
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+            == JOBS as usize
     })
     .await;
     for (stop, _) in &workers {
@@ -198,12 +206,19 @@ async fn workers_waiting_on_the_limit_sleep_instead_of_polling() {
     let mut workers = Vec::new();
     for _ in 0..2 {
         let claims = claims.clone();
-        workers.push(spawn_worker(&queue, config.clone(), move |job: Job<u32>| {
-            claims.lock().unwrap().push(job.claimed_ms());
-            std::future::ready(Ok(()))
-        }));
+        workers.push(spawn_worker(
+            &queue,
+            config.clone(),
+            move |job: Job<u32>| {
+                claims.lock().unwrap().push(job.claimed_ms());
+                std::future::ready(Ok(()))
+            },
+        ));
     }
-    wait_for("all four jobs started", || claims.lock().unwrap().len() == 4).await;
+    wait_for("all four jobs started", || {
+        claims.lock().unwrap().len() == 4
+    })
+    .await;
     let calls = redis.script_calls().await - calls_before;
     let elapsed = started.elapsed();
     for (stop, _) in &workers {
@@ -277,7 +292,10 @@ async fn a_limited_group_does_not_hold_back_other_groups_and_loses_nothing() {
 
     let runs = runs.lock().unwrap().clone();
     assert_eq!(runs.len(), 28, "each job ran once");
-    assert!(runs.iter().all(|(_, _, attempt)| *attempt == 1), "no attempt spent");
+    assert!(
+        runs.iter().all(|(_, _, attempt)| *attempt == 1),
+        "no attempt spent"
+    );
     let of = |group: &str| -> Vec<u64> {
         runs.iter()
             .filter(|(g, _, _)| g == group)
@@ -294,7 +312,10 @@ async fn a_limited_group_does_not_hold_back_other_groups_and_loses_nothing() {
     let windows_a = per_window(&of("a"), period).len();
     assert!(windows_a >= 10, "{windows_a}");
     assert!(last("b") < last("a"), "tenant b waited for tenant a");
-    assert!(last("none") < last("a"), "ungrouped jobs waited for tenant a");
+    assert!(
+        last("none") < last("a"),
+        "ungrouped jobs waited for tenant a"
+    );
 
     let counters = redis.counters(&queue).await;
     assert_eq!(counters.get("failed:medium"), None, "{counters:?}");
@@ -305,8 +326,13 @@ async fn a_limited_group_does_not_hold_back_other_groups_and_loses_nothing() {
 #[tokio::test]
 async fn a_handler_reported_rate_limit_brings_the_job_back_later_without_spending_an_attempt() {
     let redis = TestRedis::start();
-    let queue = redis.open(streamq::Queue::builder("downstream").max_attempts(1)).await;
-    let id = queue.enqueue(&"call the api", &EnqueueOptions::new()).await.unwrap();
+    let queue = redis
+        .open(streamq::Queue::builder("downstream").max_attempts(1))
+        .await;
+    let id = queue
+        .enqueue(&"call the api", &EnqueueOptions::new())
+        .await
+        .unwrap();
 
     let runs: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
     let returned_at: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
@@ -342,7 +368,11 @@ async fn a_handler_reported_rate_limit_brings_the_job_back_later_without_spendin
     }
     assert_eq!((report.retried, report.dead_lettered), (0, 0));
     let counters = redis.counters(&queue).await;
-    assert_eq!(counters.get("rate_limited:medium"), Some(&2), "{counters:?}");
+    assert_eq!(
+        counters.get("rate_limited:medium"),
+        Some(&2),
+        "{counters:?}"
+    );
     assert_eq!(counters.get("failed:medium"), None, "{counters:?}");
     assert_eq!(queue.stats().await.unwrap().dead_letters, 0);
     let _ = id;

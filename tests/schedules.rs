@@ -54,7 +54,10 @@ async fn two_schedulers_racing_on_one_tick_produce_one_job() {
     let redis = TestRedis::start();
     let queue = redis.queue("racing").await;
     let hourly = Schedule::every("hourly", Duration::from_secs(3600)).name("report");
-    queue.upsert_schedule(&hourly, &"build the report").await.unwrap();
+    queue
+        .upsert_schedule(&hourly, &"build the report")
+        .await
+        .unwrap();
 
     const SCHEDULERS: usize = 8;
     const TICKS: u64 = 20;
@@ -86,7 +89,10 @@ async fn two_schedulers_racing_on_one_tick_produce_one_job() {
         enqueued += won;
         assert!(due_of(&queue, "hourly").await.unwrap() > now_ms());
     }
-    assert_eq!(redis.len(queue.keys().stream(Priority::Medium)).await, TICKS);
+    assert_eq!(
+        redis.len(queue.keys().stream(Priority::Medium)).await,
+        TICKS
+    );
     assert_eq!(enqueued, TICKS);
 
     // The second guard: a tick that made its job makes no other, even when
@@ -94,7 +100,10 @@ async fn two_schedulers_racing_on_one_tick_produce_one_job() {
     set_due(&redis, &queue, "hourly", base).await;
     let again = schedulers[0].run_once().await.unwrap();
     assert_eq!((again.enqueued, again.skipped), (0, 1), "{again:?}");
-    assert_eq!(redis.len(queue.keys().stream(Priority::Medium)).await, TICKS);
+    assert_eq!(
+        redis.len(queue.keys().stream(Priority::Medium)).await,
+        TICKS
+    );
     let counters = redis.counters(&queue).await;
     assert_eq!(counters.get("schedule_ticks"), Some(&(TICKS as i64)));
 }
@@ -121,7 +130,10 @@ async fn missed_ticks_are_skipped_or_run_once_as_each_schedule_says() {
     let now = now_ms();
     for id in ["skip", "once"] {
         let due = due_of(&queue, id).await.unwrap();
-        assert!(due > now - 1000 && due % 1000 == 0, "{id} resumes at the next tick: {due}");
+        assert!(
+            due > now - 1000 && due % 1000 == 0,
+            "{id} resumes at the next tick: {due}"
+        );
     }
     // Nothing more until the next tick.
     let again = Scheduler::new(&queue).run_once().await.unwrap();
@@ -153,7 +165,10 @@ async fn schedules_are_listed_updated_and_removed() {
     assert_eq!(changed.change, ScheduleChange::Updated);
     assert_eq!(changed.next_due_ms % 60_000, 0);
     let list = queue.schedules().await.unwrap();
-    assert_eq!(list[0].schedule.timing(), &Timing::Every(Duration::from_secs(60)));
+    assert_eq!(
+        list[0].schedule.timing(),
+        &Timing::Every(Duration::from_secs(60))
+    );
 
     let bad = Schedule::cron("bad id", "61 * * * *", "Nowhere/Town");
     match queue.upsert_schedule(&bad, &"x").await {
@@ -203,7 +218,8 @@ async fn running_schedulers_wake_on_changes_and_make_one_job_per_tick() {
         + redis.len(queue.keys().stream(Priority::Low)).await;
     assert_eq!(total, jobs, "each enqueue counted by exactly one scheduler");
     // One job per tick: every job's tick (its ready time) is distinct.
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let entries: Vec<Entry> = redis::cmd("XRANGE")
         .arg(queue.keys().stream(Priority::Medium))
         .arg("-")
         .arg("+")
@@ -229,4 +245,3 @@ async fn running_schedulers_wake_on_changes_and_make_one_job_per_tick() {
     assert_eq!(ticks.len(), before, "two jobs for one tick");
     assert!(ticks.iter().all(|us| (us / 1000) % 200 == 0), "{ticks:?}");
 }
-

@@ -172,7 +172,12 @@ impl Scheduler {
             let ticks = match definition.timing().parse() {
                 Ok(ticks) => ticks,
                 Err(problems) => {
-                    tracing::warn!(queue = self.queue.name(), schedule = id, ?problems, "skipping an invalid schedule");
+                    tracing::warn!(
+                        queue = self.queue.name(),
+                        schedule = id,
+                        ?problems,
+                        "skipping an invalid schedule"
+                    );
                     continue;
                 }
             };

@@ -255,12 +255,19 @@ impl Schedule {
         let mut check = ConfigCheck::default();
         let id = validate_name("schedule id", &self.id);
         check.require(id.is_ok(), || {
-            id.as_ref().err().map(ToString::to_string).unwrap_or_default()
+            id.as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default()
         });
         if let Some(group) = &self.rate_group {
             let group = validate_name("rate group", group);
             check.require(group.is_ok(), || {
-                group.as_ref().err().map(ToString::to_string).unwrap_or_default()
+                group
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
             });
         }
         check.require(payload.len() <= max_payload_bytes, || {
@@ -276,7 +283,9 @@ impl Schedule {
             }
         }
         check.finish()?;
-        ticks.map_err(|problems| Error::Config(crate::error::ConfigError::single(problems.join("; "))))
+        ticks.map_err(|problems| {
+            Error::Config(crate::error::ConfigError::single(problems.join("; ")))
+        })
     }
 
     fn definition(&self, payload: Vec<u8>) -> Definition {
@@ -339,7 +348,11 @@ impl Queue {
         let script = &scripts().schedule_upsert;
         let mut call = script.call(
             keys,
-            &[keys.schedules(), keys.schedule_due(), keys.schedule_changes()],
+            &[
+                keys.schedules(),
+                keys.schedule_due(),
+                keys.schedule_changes(),
+            ],
         );
         call.arg(&schedule.id)
             .arg(definition)
@@ -374,7 +387,11 @@ impl Queue {
         let script = &scripts().schedule_remove;
         let mut call = script.call(
             keys,
-            &[keys.schedules(), keys.schedule_due(), keys.schedule_changes()],
+            &[
+                keys.schedules(),
+                keys.schedule_due(),
+                keys.schedule_changes(),
+            ],
         );
         call.arg(id).arg(CHANGES_CAP);
         let mut body = reply::done(script, call.invoke(&mut self.conn()).await?)?;
@@ -407,12 +424,15 @@ impl Queue {
     }
 }
 
-/// Definitions by id, and due times by id, in one round trip.
+/// Stored definitions by schedule id.
+pub(crate) type Definitions = HashMap<String, Vec<u8>>;
+
+/// Definitions by id, and due times (Unix ms) by id, in one round trip.
 pub(crate) async fn read_schedules(
     queue: &Queue,
-) -> Result<(HashMap<String, Vec<u8>>, HashMap<String, u64>), Error> {
+) -> Result<(Definitions, HashMap<String, u64>), Error> {
     let keys = queue.keys();
-    let (definitions, due): (HashMap<String, Vec<u8>>, Vec<(String, f64)>) = redis::pipe()
+    let (definitions, due): (Definitions, Vec<(String, f64)>) = redis::pipe()
         .cmd("HGETALL")
         .arg(keys.schedules())
         .cmd("ZRANGE")
@@ -442,7 +462,8 @@ mod tests {
             .catch_up(CatchUp::RunOnce)
             .timeout(Duration::from_secs(5))
             .rate_group("tenant-1");
-        let bytes = rmp_serde::to_vec_named(&schedule.definition(vec![0xa1, b'x'])).expect("encodes");
+        let bytes =
+            rmp_serde::to_vec_named(&schedule.definition(vec![0xa1, b'x'])).expect("encodes");
         let back = Definition::decode(&bytes).expect("decodes");
         assert_eq!(back.schedule("digest".to_owned()), schedule);
         assert_eq!(back.payload, [0xa1, b'x']);

@@ -91,8 +91,9 @@ impl Ticks {
                 .checked_add(1)
                 .and_then(|n| n.checked_mul(*interval)),
             Ticks::Cron(cron, tz) => {
-                let start: DateTime<Utc> =
-                    Utc.timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
+                let start: DateTime<Utc> = Utc
+                    .timestamp_millis_opt(i64::try_from(after_ms).ok()?)
+                    .single()?;
                 let next = cron
                     .find_next_occurrence(&start.with_timezone(tz), false)
                     .ok()?;

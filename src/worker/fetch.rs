@@ -218,11 +218,7 @@ fn parse_fetch(reply: Value, now: u64) -> Result<Fetched, Error> {
 }
 
 /// Reads `reclaim`'s reply: the next cursor, and what was taken over.
-fn parse_reclaim(
-    reply: Value,
-    priority: Priority,
-    now: u64,
-) -> Result<(String, Reclaimed), Error> {
+fn parse_reclaim(reply: Value, priority: Priority, now: u64) -> Result<(String, Reclaimed), Error> {
     let mut body = reply::done(&scripts().reclaim, reply)?;
     let cursor = body.text()?;
     let mut triples = body.array()?;

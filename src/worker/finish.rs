@@ -40,7 +40,10 @@ pub(crate) enum Outcome {
     },
     /// A downstream rate-limited it: run again at `due_ms` with this
     /// envelope, attempt count unchanged.
-    Defer { envelope: Vec<u8>, due_ms: u64 },
+    Defer {
+        envelope: Vec<u8>,
+        due_ms: u64,
+    },
     /// Failed for good (or poison): dead-letter it with this error.
     Dead {
         job_id: String,

@@ -77,7 +77,9 @@ impl RateLimit {
     }
 
     pub(crate) fn check(&self, what: &str, check: &mut ConfigCheck) {
-        check.require(self.max >= 1, || format!("{what} must allow at least 1 job"));
+        check.require(self.max >= 1, || {
+            format!("{what} must allow at least 1 job")
+        });
         check.require(self.period >= Duration::from_millis(1), || {
             format!("{what} period must be at least 1 ms")
         });
@@ -141,7 +143,12 @@ pub(super) async fn admit(
     for (mut job, group) in grouped {
         if lost.contains(&job.entry_id) || deferred.contains(&job.entry_id) {
             holdings.release(&job.entry_id);
-            tracing::debug!(queue = queue.name(), entry = job.entry_id, group, "held back by its group's rate limit");
+            tracing::debug!(
+                queue = queue.name(),
+                entry = job.entry_id,
+                group,
+                "held back by its group's rate limit"
+            );
         } else {
             // Its token was spent now: that is when the limit counts it.
             job.claimed_ms = now;
@@ -275,7 +282,12 @@ mod tests {
         let reply = Value::Array(vec![
             Value::Int(0),
             Value::Array(vec![bulk("1-0")]),
-            Value::Array(vec![bulk("2-0"), Value::Int(1000), bulk("3-0"), Value::Int(2000)]),
+            Value::Array(vec![
+                bulk("2-0"),
+                Value::Int(1000),
+                bulk("3-0"),
+                Value::Int(2000),
+            ]),
         ]);
         let (lost, deferred) = parse_rate_groups(reply).expect("parses");
         assert_eq!(lost, ["1-0"]);

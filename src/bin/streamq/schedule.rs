@@ -123,13 +123,14 @@ pub(crate) async fn run(args: ScheduleArgs) -> Result<ExitCode, Box<dyn std::err
                 (None, Some(cron)) => Schedule::cron(&add.id, cron, &add.tz),
                 (None, None) => return Err("give --every-ms or --cron".into()),
             };
-            schedule = schedule
-                .name(add.name)
-                .priority(add.priority)
-                .catch_up(match add.catch_up {
-                    CatchUpArg::Skip => CatchUp::Skip,
-                    CatchUpArg::RunOnce => CatchUp::RunOnce,
-                });
+            schedule =
+                schedule
+                    .name(add.name)
+                    .priority(add.priority)
+                    .catch_up(match add.catch_up {
+                        CatchUpArg::Skip => CatchUp::Skip,
+                        CatchUpArg::RunOnce => CatchUp::RunOnce,
+                    });
             if let Some(group) = add.rate_group {
                 schedule = schedule.rate_group(group);
             }
