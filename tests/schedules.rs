@@ -109,6 +109,44 @@ async fn two_schedulers_racing_on_one_tick_produce_one_job() {
 }
 
 #[tokio::test]
+async fn schedulers_in_separate_processes_make_one_job_per_tick() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("processes").await;
+    let hourly = Schedule::every("hourly", Duration::from_secs(3600));
+    queue.upsert_schedule(&hourly, &"x").await.unwrap();
+    let base = now_ms() - 1;
+    for tick in 0..5u64 {
+        set_due(&redis, &queue, "hourly", base - tick).await;
+        let url = redis.server.url();
+        let outputs = tokio::task::spawn_blocking(move || {
+            let children: Vec<_> = (0..3)
+                .map(|_| {
+                    std::process::Command::new(env!("CARGO_BIN_EXE_streamq"))
+                        .args(["schedule", "run", "--once", "--queue", "processes"])
+                        .args(["--redis", &url])
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            children
+                .into_iter()
+                .map(|child| String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            redis.len(queue.keys().stream(Priority::Medium)).await,
+            tick + 1,
+            "tick {tick}: {outputs:?}"
+        );
+        let won = outputs.iter().filter(|o| o.starts_with("enqueued 1")).count();
+        assert_eq!(won, 1, "{outputs:?}");
+    }
+}
+
+#[tokio::test]
 async fn missed_ticks_are_skipped_or_run_once_as_each_schedule_says() {
     let redis = TestRedis::start();
     let queue = redis.queue("catchup").await;
