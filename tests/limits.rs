@@ -263,9 +263,7 @@ async fn a_limited_group_does_not_hold_back_other_groups_and_loses_nothing() {
 
     let runs: Arc<Mutex<Vec<(String, u64, u32)>>> = Arc::default();
     let log = runs.clone();
-    let config = fast()
-        .max_deliveries(1)
-        .group_rate_limit(RateLimit::new(2, period));
+    let config = fast().group_rate_limit(RateLimit::new(2, period));
     let mut workers = Vec::new();
     for _ in 0..2 {
         let log = log.clone();

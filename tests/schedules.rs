@@ -141,7 +141,10 @@ async fn schedulers_in_separate_processes_make_one_job_per_tick() {
             tick + 1,
             "tick {tick}: {outputs:?}"
         );
-        let won = outputs.iter().filter(|o| o.starts_with("enqueued 1")).count();
+        let won = outputs
+            .iter()
+            .filter(|o| o.starts_with("enqueued 1"))
+            .count();
         assert_eq!(won, 1, "{outputs:?}");
     }
 }
