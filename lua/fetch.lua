@@ -7,12 +7,22 @@
   waiting. allow-oom: XREADGROUP adds no data, and workers must keep draining
   (and so freeing memory) when Redis is full.
 
+  Rate limit (optional, a fixed window): at most MAX claims per window of
+  PERIOD ms, windows aligned to multiples of PERIOD on the `now` clock. The
+  claims and the count they spend are one step, so workers in any number of
+  processes share the limit exactly.
+
   KEYS[1]    stats hash          (not written)
   KEYS[2..5] streams             critical, high, medium, low
   KEYS[6]    pause flag          while it exists, nothing is claimed
+  KEYS[7]    rate window hash    "w": window index, "n": claims in it
+                                 (expires after two periods)
   ARGV[1]    group
   ARGV[2]    consumer
   ARGV[3]    count               the most jobs to claim, >= 1
+  ARGV[4]    max                 claims allowed per window; 0 = no limit
+  ARGV[5]    period              window length, ms, >= 1 (ignored when max is 0)
+  ARGV[6]    now                 Unix ms
 
   Returns    {OK, jobs, last}    jobs: triples of priority index (1..4),
                                  entry id, envelope bytes (false when the
@@ -22,16 +32,31 @@
                                  can block for anything newer without a race;
                                  empty otherwise
              {PAUSED}            the queue is paused; nothing was claimed
+             {RATE_LIMITED, wait}
+                                 the window's claims are spent; nothing was
+                                 claimed; the next window opens in wait ms
 ]]
 local group = ARGV[1]
 local consumer = ARGV[2]
 local wanted = tonumber(ARGV[3])
+local max, period, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
-local OK, PAUSED = 0, 2
-local paused = KEYS[6]
+local OK, PAUSED, RATE_LIMITED = 0, 2, 3
+local paused, rate = KEYS[6], KEYS[7]
 
 if redis.call('EXISTS', paused) == 1 then
   return { PAUSED }
+end
+
+local window, spent = 0, 0
+if max > 0 then
+  window = math.floor(now / period)
+  local state = redis.call('HMGET', rate, 'w', 'n')
+  if tonumber(state[1]) == window then spent = tonumber(state[2]) or 0 end
+  if spent >= max then
+    return { RATE_LIMITED, (window + 1) * period - now }
+  end
+  wanted = math.min(wanted, max - spent)
 end
 
 local jobs = {}
@@ -56,6 +81,10 @@ for p = 1, 4 do
 end
 
 if found > 0 then
+  if max > 0 then
+    redis.call('HSET', rate, 'w', window, 'n', spent + found)
+    redis.call('PEXPIRE', rate, 2 * period)
+  end
   return { OK, jobs, {} }
 end
 

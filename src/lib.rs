@@ -9,12 +9,16 @@
 //! - **Producing.** [`Queue::enqueue`] adds one job with [`EnqueueOptions`]
 //!   (priority, delay, attempts, idempotency key); a [`Batch`] sends
 //!   thousands in one round trip.
+//! - **Scheduling.** A [`Schedule`] repeats a job every interval or by a
+//!   cron expression in a time zone; [`Queue::upsert_schedule`] saves it and
+//!   a [`Scheduler`] enqueues one job per tick, however many run.
 //! - **Working.** A [`Worker`] runs your [`Handler`] (any async closure
 //!   taking a [`Job`]) over the queue, most urgent [`Priority`] first, with
 //!   bounded concurrency, leases, retries with [`RetryBackoff`], dead
-//!   letters, and graceful shutdown through a cancellation token. What a
-//!   handler returns can be kept ([`KeepResults`]) and read back with
-//!   [`Queue::job_result`] or [`Queue::wait_for_result`].
+//!   letters, and graceful shutdown through a cancellation token. A
+//!   [`RateLimit`] caps how many jobs start per period, for the queue or
+//!   per rate group. What a handler returns can be kept ([`KeepResults`])
+//!   and read back with [`Queue::job_result`] or [`Queue::wait_for_result`].
 //! - **Operating.** Off the hot path: [`Queue::stats`], [`Queue::inspect`]
 //!   with [`Health`], [`Queue::metrics`], [`Queue::prometheus`], dead letters
 //!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
@@ -77,6 +81,7 @@ mod queue;
 
 mod producer;
 mod results;
+mod schedule;
 mod worker;
 
 mod admin;
@@ -99,7 +104,13 @@ pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
 
 // Working.
 pub use worker::{
-    DeadLettered, Handler, Job, JobError, RetryBackoff, Worker, WorkerConfig, WorkerReport,
+    DeadLettered, Handler, Job, JobError, RateLimit, RetryBackoff, Worker, WorkerConfig,
+    WorkerReport,
+};
+
+// Scheduling.
+pub use schedule::{
+    CatchUp, Schedule, ScheduleChange, ScheduleInfo, Scheduler, SchedulerReport, Timing, Upserted,
 };
 
 // Operating.

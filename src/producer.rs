@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::job_id::JobId;
 use crate::priority::Priority;
 use crate::protocol::envelope::{Envelope, NewJob};
+use crate::protocol::keys::validate_name;
 use crate::protocol::reply;
 use crate::protocol::scripts::{self, COMMON_KEYS, ScriptCall, scripts};
 use crate::queue::Queue;
@@ -25,6 +26,7 @@ pub struct EnqueueOptions {
     run_at: Option<RunAt>,
     idempotency: Option<(String, Duration)>,
     traceparent: Option<String>,
+    rate_group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +98,16 @@ impl EnqueueOptions {
         self
     }
 
+    /// The rate group the job counts against when workers apply a
+    /// per-group rate limit (`WorkerConfig::group_rate_limit`): a tenant,
+    /// a customer, a downstream account. 1 to 128 bytes, no braces,
+    /// whitespace or control characters. Jobs without a group are not
+    /// limited per group. Default: none.
+    pub fn rate_group(mut self, group: impl Into<String>) -> EnqueueOptions {
+        self.rate_group = Some(group.into());
+        self
+    }
+
     /// When the job may run, Unix microseconds; `None` for now.
     fn due_us(&self) -> Option<u64> {
         match self.run_at {
@@ -139,8 +151,8 @@ impl Batch {
     /// # Errors
     ///
     /// [`Error::PayloadTooLarge`], [`Error::Encode`], or
-    /// [`Error::InvalidName`] for an empty or overlong idempotency key; the
-    /// batch is unchanged.
+    /// [`Error::InvalidName`] for an empty or overlong idempotency key or an
+    /// invalid rate group; the batch is unchanged.
     pub fn push<T: Serialize + ?Sized>(
         &mut self,
         payload: &T,
@@ -158,6 +170,9 @@ impl Batch {
             }
             Some((key, ttl)) => Some((key.clone(), millis(*ttl).max(1))),
         };
+        if let Some(group) = &options.rate_group {
+            validate_name("rate group", group)?;
+        }
         let id = JobId::generate();
         let due_us = options.due_us();
         let job = NewJob {
@@ -167,6 +182,7 @@ impl Batch {
             timeout_ms: options.timeout.map(millis),
             ready_us: due_us.unwrap_or_else(now_us),
             trace: options.traceparent.as_deref(),
+            group: options.rate_group.as_deref(),
         };
         let envelope = Envelope::encode_new(job, payload, settings.payload_limits())?;
         self.bytes += envelope.len();

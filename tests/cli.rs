@@ -966,9 +966,12 @@ async fn every_readme_command_runs() {
                 .unwrap();
             seeded = true;
         }
-        let follows = line.contains("tail -f");
+        // Commands that run until stopped (`tail -f`, a scheduler, a
+        // server): give each 3 s, then stop it.
+        let follows = ["tail -f", "streamq schedule run", "streamq serve"]
+            .iter()
+            .any(|long| line.contains(long));
         let script = if follows {
-            // `tail -f` never ends: give the pipe 3 s, then stop it.
             format!("timeout 3 bash -c '{line}'")
         } else {
             line.clone()

@@ -94,7 +94,7 @@ const LAYERS: [&[&str]; 6] = [
     &["error", "job_id", "priority", "time", "backoff"],
     &["protocol"],
     &["queue"],
-    &["producer", "results", "worker"],
+    &["producer", "results", "schedule", "worker"],
     &["admin"],
     &["testing"],
 ];

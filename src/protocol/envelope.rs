@@ -53,6 +53,10 @@ pub(crate) struct Envelope<'a> {
     /// The producer's W3C `traceparent`, so a consumer span can link to it.
     #[serde(default, borrow)]
     pub(crate) trace: Option<Cow<'a, str>>,
+    /// The rate group the job counts against (per-group rate limits);
+    /// written only when set, so envelopes without one stay 11 long.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<Cow<'a, str>>,
 }
 
 /// What a new envelope says besides its payload.
@@ -65,6 +69,7 @@ pub(crate) struct NewJob<'a> {
     /// When the job may start, Unix microseconds.
     pub(crate) ready_us: u64,
     pub(crate) trace: Option<&'a str>,
+    pub(crate) group: Option<&'a str>,
 }
 
 impl<'a> Envelope<'a> {
@@ -75,8 +80,17 @@ impl<'a> Envelope<'a> {
         payload: &T,
         limits: PayloadLimits,
     ) -> Result<Vec<u8>, Error> {
+        Envelope::encode_new_raw(job, encode_payload(payload)?, limits)
+    }
+
+    /// [`Envelope::encode_new`] for a payload already encoded (MessagePack
+    /// with field names), as schedules keep it.
+    pub(crate) fn encode_new_raw(
+        job: NewJob<'_>,
+        payload: Vec<u8>,
+        limits: PayloadLimits,
+    ) -> Result<Vec<u8>, Error> {
         let limit = limits.max_bytes;
-        let payload = encode_payload(payload)?;
         if payload.len() > limit {
             return Err(Error::PayloadTooLarge {
                 size: payload.len(),
@@ -106,6 +120,7 @@ impl<'a> Envelope<'a> {
             payload: Cow::Owned(payload),
             compressed,
             trace: job.trace.map(Cow::Borrowed),
+            group: job.group.map(Cow::Borrowed),
         }
         .encode(limit.saturating_add(ENVELOPE_OVERHEAD))
     }
@@ -155,7 +170,8 @@ impl<'a> Envelope<'a> {
     }
 }
 
-fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Vec<u8>, Error> {
+/// Encodes a user's value as a payload: MessagePack with field names.
+pub(crate) fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Vec<u8>, Error> {
     rmp_serde::to_vec_named(payload).map_err(|e| Error::Encode(e.to_string()))
 }
 
@@ -176,6 +192,7 @@ mod tests {
             timeout_ms,
             ready_us: now_us(),
             trace: Some("00-trace-span-01"),
+            group: None,
         }
     }
 
@@ -312,7 +329,8 @@ mod tests {
                 "timeout_ms",
                 "payload",
                 "compressed",
-                "trace"
+                "trace",
+                "group"
             ]
         );
         // Decode by position, with the documented types, as another
@@ -329,10 +347,14 @@ mod tests {
             serde_bytes::ByteBuf,
             bool,
             Option<String>,
+            Option<String>,
         );
         let id = JobId::generate();
-        let bytes = Envelope::encode_new(new_job(&id, "page", 4, Some(250)), &"x", limits(1024))
-            .expect("encodes");
+        let job = NewJob {
+            group: Some("tenant-1"),
+            ..new_job(&id, "page", 4, Some(250))
+        };
+        let bytes = Envelope::encode_new(job, &"x", limits(1024)).expect("encodes");
         let decoded: Layout = rmp_serde::from_slice(&bytes).expect("the documented layout");
         assert_eq!(decoded.0, SCHEMA_VERSION);
         assert_eq!(
@@ -347,6 +369,7 @@ mod tests {
             (decoded.9, decoded.10.as_deref()),
             (false, Some("00-trace-span-01"))
         );
+        assert_eq!(decoded.11.as_deref(), Some("tenant-1"));
 
         // An older writer's shorter array (no compressed, no trace) still reads.
         let short = rmp_serde::to_vec(&(

@@ -17,6 +17,12 @@
 //! | `<prefix>:{<queue>}:completed` | zset  | ids of retained completed jobs, scored by finish ms |
 //! | `<prefix>:{<queue>}:result:<id>` | string | a completed job's result, MessagePack (with `keep_results`) |
 //! | `<prefix>:{<queue>}:events`   | stream | what happened to jobs, capped (with `events`) |
+//! | `<prefix>:{<queue>}:rate`     | hash   | the queue's rate-limit window: `w` window index, `n` jobs started in it |
+//! | `<prefix>:{<queue>}:rate:<group>` | hash | one rate group's window: `w`, `n`, `r` next reserved slot |
+//! | `<prefix>:{<queue>}:schedules` | hash  | schedule id -> its definition (MessagePack) |
+//! | `<prefix>:{<queue>}:schedule_due` | zset | schedule ids by next due time (Unix ms) |
+//! | `<prefix>:{<queue>}:schedule_changes` | stream | one entry per schedule change, to wake schedulers |
+//! | `<prefix>:{<queue>}:tick:<id>:<due>` | string | the job enqueued for one schedule tick (with a TTL) |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -49,6 +55,10 @@ pub struct QueueKeys {
     delayed: String,
     latency: String,
     paused: String,
+    rate: String,
+    schedules: String,
+    schedule_due: String,
+    schedule_changes: String,
     base: String,
 }
 
@@ -70,6 +80,10 @@ impl QueueKeys {
             delayed: format!("{base}:delayed"),
             latency: format!("{base}:latency"),
             paused: format!("{base}:paused"),
+            rate: format!("{base}:rate"),
+            schedules: format!("{base}:schedules"),
+            schedule_due: format!("{base}:schedule_due"),
+            schedule_changes: format!("{base}:schedule_changes"),
             base,
         })
     }
@@ -102,6 +116,36 @@ impl QueueKeys {
     /// The pause flag.
     pub fn paused(&self) -> &str {
         &self.paused
+    }
+
+    /// The queue-wide rate-limit window (a hash: `w`, `n`).
+    pub fn rate(&self) -> &str {
+        &self.rate
+    }
+
+    /// One rate group's window (a hash: `w`, `n`, `r`).
+    pub fn rate_group(&self, group: &str) -> String {
+        format!("{}:rate:{group}", self.base)
+    }
+
+    /// Schedule definitions by id (a hash).
+    pub fn schedules(&self) -> &str {
+        &self.schedules
+    }
+
+    /// Schedule ids by next due time (a sorted set).
+    pub fn schedule_due(&self) -> &str {
+        &self.schedule_due
+    }
+
+    /// The stream that wakes schedulers when a schedule changes.
+    pub fn schedule_changes(&self) -> &str {
+        &self.schedule_changes
+    }
+
+    /// The key recording the job enqueued for one tick of a schedule.
+    pub fn schedule_tick(&self, id: &str, due_ms: u64) -> String {
+        format!("{}:tick:{id}:{due_ms}", self.base)
     }
 
     /// A tracked job's metadata hash.
@@ -148,7 +192,8 @@ impl QueueKeys {
 
 /// Checks a queue name or key prefix: 1 to [`MAX_NAME_LEN`] bytes, no braces
 /// (they would break the hash tag), no whitespace or control characters.
-fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
+/// Also used for names that end up in keys: rate groups, schedule ids.
+pub(crate) fn validate_name(what: &'static str, name: &str) -> Result<(), Error> {
     let reason = if name.is_empty() {
         Some("is empty".to_owned())
     } else if name.len() > MAX_NAME_LEN {

@@ -23,11 +23,21 @@ pub(crate) mod status {
     pub(crate) const QUEUE_FULL: i64 = 1;
     /// Nothing claimed: the queue is paused. `{2}`.
     pub(crate) const PAUSED: i64 = 2;
+    /// Nothing claimed: the rate limit is spent. `{3, wait ms}`.
+    pub(crate) const RATE_LIMITED: i64 = 3;
+    /// Nothing written: a schedule's due time is not the one expected
+    /// (another scheduler took the tick, or the schedule changed). `{4}`.
+    pub(crate) const STALE: i64 = 4;
 
     /// Every code with its name, as `lua/README.md` spells it.
     #[cfg(test)]
-    pub(crate) const ALL: [(&str, i64); 3] =
-        [("OK", OK), ("QUEUE_FULL", QUEUE_FULL), ("PAUSED", PAUSED)];
+    pub(crate) const ALL: [(&str, i64); 5] = [
+        ("OK", OK),
+        ("QUEUE_FULL", QUEUE_FULL),
+        ("PAUSED", PAUSED),
+        ("RATE_LIMITED", RATE_LIMITED),
+        ("STALE", STALE),
+    ];
 }
 
 /// A script reply that is not an error.
@@ -37,6 +47,12 @@ pub(crate) enum Reply {
     Done(Body),
     /// The queue is paused (from `fetch` only).
     Paused,
+    /// The rate limit is spent; tokens are due in this many ms (from
+    /// `fetch` only).
+    RateLimited(u64),
+    /// The schedule's due time was not the one expected (from
+    /// `schedule_tick` only).
+    Stale,
 }
 
 /// Checks a script's status and returns its body, or the error its status
@@ -50,6 +66,10 @@ pub(crate) fn check(script: &'static Script, reply: Value) -> Result<Reply, Erro
             limit: body.int().and_then(|n| body.non_negative(n))?,
         }),
         status::PAUSED => Ok(Reply::Paused),
+        status::RATE_LIMITED => Ok(Reply::RateLimited(
+            body.int().and_then(|n| body.non_negative(n))?,
+        )),
+        status::STALE => Ok(Reply::Stale),
         other => Err(body.unexpected(format!("unknown status {other}"))),
     }
 }
@@ -59,9 +79,9 @@ pub(crate) fn check(script: &'static Script, reply: Value) -> Result<Reply, Erro
 pub(crate) fn done(script: &'static Script, reply: Value) -> Result<Body, Error> {
     match check(script, reply)? {
         Reply::Done(body) => Ok(body),
-        Reply::Paused => Err(Error::UnexpectedReply {
+        other => Err(Error::UnexpectedReply {
             script: script.name,
-            detail: "paused status from a script that cannot pause".to_owned(),
+            detail: format!("{other:?} from a script that cannot return it"),
         }),
     }
 }
@@ -297,6 +317,14 @@ mod tests {
         assert!(matches!(
             check(&s.fetch, reply(vec![Value::Int(2)])),
             Ok(Reply::Paused)
+        ));
+        assert!(matches!(
+            check(&s.fetch, reply(vec![Value::Int(3), Value::Int(250)])),
+            Ok(Reply::RateLimited(250))
+        ));
+        assert!(matches!(
+            check(&s.schedule_tick, reply(vec![Value::Int(4)])),
+            Ok(Reply::Stale)
         ));
         assert!(matches!(
             done(&s.ack, reply(vec![Value::Int(2)])),

@@ -69,6 +69,11 @@ pub(crate) struct Scripts {
     pub(crate) requeue_dead: Script,
     pub(crate) recover: Script,
     pub(crate) release: Script,
+    pub(crate) rate_groups: Script,
+    pub(crate) defer: Script,
+    pub(crate) schedule_upsert: Script,
+    pub(crate) schedule_remove: Script,
+    pub(crate) schedule_tick: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -83,6 +88,17 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     requeue_dead: Script::new("requeue_dead", include_str!("../../lua/requeue_dead.lua")),
     recover: Script::new("recover", include_str!("../../lua/recover.lua")),
     release: Script::new("release", include_str!("../../lua/release.lua")),
+    rate_groups: Script::new("rate_groups", include_str!("../../lua/rate_groups.lua")),
+    defer: Script::new("defer", include_str!("../../lua/defer.lua")),
+    schedule_upsert: Script::new(
+        "schedule_upsert",
+        include_str!("../../lua/schedule_upsert.lua"),
+    ),
+    schedule_remove: Script::new(
+        "schedule_remove",
+        include_str!("../../lua/schedule_remove.lua"),
+    ),
+    schedule_tick: Script::new("schedule_tick", include_str!("../../lua/schedule_tick.lua")),
     retire_consumer: Script::new(
         "retire_consumer",
         include_str!("../../lua/retire_consumer.lua"),
@@ -198,6 +214,11 @@ mod tests {
             &s.requeue_dead,
             &s.recover,
             &s.release,
+            &s.rate_groups,
+            &s.defer,
+            &s.schedule_upsert,
+            &s.schedule_remove,
+            &s.schedule_tick,
         ]
     }
 

@@ -22,6 +22,7 @@ pub fn encode<T: Serialize + ?Sized>(
             timeout_ms: None,
             ready_us: now_us(),
             trace: None,
+            group: None,
         },
         payload,
         PayloadLimits {

@@ -9,6 +9,8 @@ use crate::error::{ConfigCheck, ConfigError};
 use crate::job_id::JobId;
 use crate::priority::Priority;
 
+use super::limit::RateLimit;
+
 /// A job that was moved to the dead letters, as told to
 /// [`WorkerConfig::on_dead_letter`].
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct WorkerConfig {
     pub(crate) backoff: RetryBackoff,
     pub(crate) on_dead_letter: Option<DeadLetterHook>,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) group_rate_limit: Option<RateLimit>,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -60,6 +64,8 @@ impl fmt::Debug for WorkerConfig {
             .field("backoff", &self.backoff)
             .field("on_dead_letter", &self.on_dead_letter.is_some())
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("rate_limit", &self.rate_limit)
+            .field("group_rate_limit", &self.group_rate_limit)
             .finish()
     }
 }
@@ -80,6 +86,8 @@ impl Default for WorkerConfig {
             backoff: RetryBackoff::default(),
             on_dead_letter: None,
             shutdown_grace: Duration::from_secs(30),
+            rate_limit: None,
+            group_rate_limit: None,
         }
     }
 }
@@ -187,6 +195,30 @@ impl WorkerConfig {
         self
     }
 
+    /// Start at most `limit.max()` jobs of the queue per window, counted
+    /// in Redis across every worker and process that sets it (they should
+    /// agree on it). The claim and the count are one script step; a worker
+    /// that finds the window spent sleeps until the next one opens, without
+    /// polling. Under a limit a worker claims only jobs it can start now
+    /// (no prefetch), so a job's claim is its start. Reclaimed jobs (whose
+    /// worker died) spent their token already and are not counted again.
+    /// Default: no limit.
+    pub fn rate_limit(mut self, limit: RateLimit) -> WorkerConfig {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Start at most `limit.max()` jobs per window for each rate group
+    /// ([`crate::EnqueueOptions::rate_group`]), across every worker and
+    /// process that sets it. A job whose group's window is spent goes back
+    /// to the delayed set, due when its group's next window opens, without
+    /// spending an attempt; other groups' jobs go on. Jobs without a group
+    /// are not limited by it. Default: no limit.
+    pub fn group_rate_limit(mut self, limit: RateLimit) -> WorkerConfig {
+        self.group_rate_limit = Some(limit);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let mut check = ConfigCheck::default();
         check.positive("concurrency", self.concurrency);
@@ -212,6 +244,12 @@ impl WorkerConfig {
             );
         }
         self.backoff.check(&mut check);
+        if let Some(limit) = &self.rate_limit {
+            limit.check("rate limit", &mut check);
+        }
+        if let Some(limit) = &self.group_rate_limit {
+            limit.check("group rate limit", &mut check);
+        }
         check.finish()
     }
 }

@@ -134,6 +134,10 @@ where
         Ok(value) => Outcome::Completed {
             result: keep_result(&value, context.results, job_id),
         },
+        Err(err) if err.retry_after().is_some() => {
+            let after = err.retry_after().unwrap_or_default();
+            super::limit::deferred_outcome(claimed, after, job_id)
+        }
         Err(err) if err.is_permanent() => Outcome::Dead {
             job_id: job_id.to_owned(),
             attempts: attempt,
@@ -288,6 +292,7 @@ fn decode<T: DeserializeOwned>(
         traceparent: envelope.trace.map(Cow::into_owned),
         tracker: None,
         stop: CancellationToken::new(),
+        claimed_ms: claimed.claimed_ms,
         payload,
     };
     Ok((job, envelope.ready_us))

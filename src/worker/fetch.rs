@@ -24,7 +24,9 @@ use crate::protocol::keys::GROUP;
 use crate::protocol::reply::{self, Reply};
 use crate::protocol::scripts::scripts;
 use crate::queue::Queue;
-use crate::time::millis;
+use crate::time::{millis, now_ms};
+
+use super::limit::RateLimit;
 
 /// One claimed stream entry, not yet decoded.
 #[derive(Debug)]
@@ -35,6 +37,8 @@ pub(crate) struct Claimed {
     pub(crate) envelope: Option<Vec<u8>>,
     /// Times the entry has been delivered, this one included.
     pub(crate) deliveries: u32,
+    /// When it was claimed, Unix ms: the `now` the claiming script ran with.
+    pub(crate) claimed_ms: u64,
 }
 
 /// What one reclaim pass over a stream took over.
@@ -53,6 +57,8 @@ pub(crate) enum Fetched {
     Idle([String; 4]),
     /// The queue is paused: claim nothing until it is resumed.
     Paused,
+    /// The rate limit's window is spent: claim nothing for this long.
+    RateLimited(Duration),
 }
 
 pub(crate) struct Fetcher {
@@ -76,11 +82,21 @@ impl Fetcher {
         }
     }
 
-    /// Claims up to `count` jobs, most urgent first.
-    pub(crate) async fn fetch(&mut self, count: usize) -> Result<Fetched, Error> {
+    /// Claims up to `count` jobs, most urgent first, within `limit`.
+    pub(crate) async fn fetch(
+        &mut self,
+        count: usize,
+        limit: Option<RateLimit>,
+    ) -> Result<Fetched, Error> {
         let keys = self.queue.keys();
-        let mut call = scripts().fetch.call(keys, &[keys.paused()]);
-        call.arg(GROUP).arg(&self.consumer).arg(count);
+        let now = now_ms();
+        let mut call = scripts().fetch.call(keys, &[keys.paused(), keys.rate()]);
+        call.arg(GROUP)
+            .arg(&self.consumer)
+            .arg(count)
+            .arg(limit.map_or(0, |l| l.max()))
+            .arg(limit.map_or(1, |l| l.period_ms()))
+            .arg(now);
         let span = tracing::debug_span!(
             "streamq.fetch",
             queue = self.queue.name(),
@@ -88,7 +104,7 @@ impl Fetcher {
             jobs = tracing::field::Empty
         );
         let reply: Value = call.invoke(&mut self.conn).instrument(span.clone()).await?;
-        let fetched = parse_fetch(reply)?;
+        let fetched = parse_fetch(reply, now)?;
         if let Fetched::Jobs(jobs) = &fetched {
             span.record("jobs", jobs.len());
             for job in jobs {
@@ -118,7 +134,7 @@ impl Fetcher {
             .arg(cursor.as_str())
             .arg(count);
         let reply: Value = call.invoke(&mut self.conn).await?;
-        let (next, reclaimed) = parse_reclaim(reply, priority)?;
+        let (next, reclaimed) = parse_reclaim(reply, priority, now_ms())?;
         *cursor = next;
         Ok(reclaimed)
     }
@@ -161,10 +177,17 @@ impl Fetcher {
 
 /// Reads `fetch`'s reply: claimed jobs, or the last delivered ids to wait
 /// from, or paused.
-fn parse_fetch(reply: Value) -> Result<Fetched, Error> {
+fn parse_fetch(reply: Value, now: u64) -> Result<Fetched, Error> {
     let mut body = match reply::check(&scripts().fetch, reply)? {
         Reply::Paused => return Ok(Fetched::Paused),
+        Reply::RateLimited(wait) => return Ok(Fetched::RateLimited(Duration::from_millis(wait))),
         Reply::Done(body) => body,
+        Reply::Stale => {
+            return Err(Error::UnexpectedReply {
+                script: "fetch",
+                detail: "stale status".to_owned(),
+            });
+        }
     };
     let mut triples = body.array()?;
     let mut jobs = Vec::with_capacity(triples.len() / 3);
@@ -180,6 +203,7 @@ fn parse_fetch(reply: Value) -> Result<Fetched, Error> {
             entry_id: triples.text()?,
             envelope: triples.optional_bytes()?,
             deliveries: 1,
+            claimed_ms: now,
         });
     }
     if !jobs.is_empty() {
@@ -194,7 +218,7 @@ fn parse_fetch(reply: Value) -> Result<Fetched, Error> {
 }
 
 /// Reads `reclaim`'s reply: the next cursor, and what was taken over.
-fn parse_reclaim(reply: Value, priority: Priority) -> Result<(String, Reclaimed), Error> {
+fn parse_reclaim(reply: Value, priority: Priority, now: u64) -> Result<(String, Reclaimed), Error> {
     let mut body = reply::done(&scripts().reclaim, reply)?;
     let cursor = body.text()?;
     let mut triples = body.array()?;
@@ -205,6 +229,7 @@ fn parse_reclaim(reply: Value, priority: Priority) -> Result<(String, Reclaimed)
             entry_id: triples.text()?,
             envelope: triples.optional_bytes()?,
             deliveries: u32::try_from(triples.int()?).unwrap_or(u32::MAX),
+            claimed_ms: now,
         });
     }
     let mut deleted = body.array()?;
@@ -264,6 +289,7 @@ mod tests {
             entry_id: id.to_owned(),
             envelope: None,
             deliveries: 1,
+            claimed_ms: 0,
         }
     }
 
@@ -304,7 +330,7 @@ mod tests {
             ]),
             Value::Array(vec![]),
         ]);
-        let Ok(Fetched::Jobs(jobs)) = parse_fetch(reply) else {
+        let Ok(Fetched::Jobs(jobs)) = parse_fetch(reply, 7) else {
             panic!("jobs expected")
         };
         assert_eq!(jobs[0].priority, Priority::Critical);
@@ -320,17 +346,22 @@ mod tests {
             Value::Array(vec![]),
             Value::Array(last),
         ]);
-        assert!(matches!(parse_fetch(idle), Ok(Fetched::Idle(ids)) if ids[3] == "4-0"));
+        assert_eq!(jobs[0].claimed_ms, 7);
+        assert!(matches!(parse_fetch(idle, 0), Ok(Fetched::Idle(ids)) if ids[3] == "4-0"));
         assert!(matches!(
-            parse_fetch(Value::Array(vec![Value::Int(2)])),
+            parse_fetch(Value::Array(vec![Value::Int(2)]), 0),
             Ok(Fetched::Paused)
+        ));
+        assert!(matches!(
+            parse_fetch(Value::Array(vec![Value::Int(3), Value::Int(40)]), 0),
+            Ok(Fetched::RateLimited(wait)) if wait == Duration::from_millis(40)
         ));
         let bad_priority = Value::Array(vec![
             Value::Int(0),
             Value::Array(vec![Value::Int(5), bulk("1-0"), bulk("env")]),
             Value::Array(vec![]),
         ]);
-        assert!(parse_fetch(bad_priority).is_err());
+        assert!(parse_fetch(bad_priority, 0).is_err());
     }
 
     #[test]
@@ -341,7 +372,7 @@ mod tests {
             Value::Array(vec![bulk("5-0"), bulk("env"), Value::Int(3)]),
             Value::Array(vec![bulk("6-0")]),
         ]);
-        let (cursor, reclaimed) = parse_reclaim(reply, Priority::High).expect("parses");
+        let (cursor, reclaimed) = parse_reclaim(reply, Priority::High, 0).expect("parses");
         assert_eq!(cursor, "7-0");
         assert_eq!(reclaimed.jobs.len(), 1);
         assert_eq!(reclaimed.jobs[0].deliveries, 3);

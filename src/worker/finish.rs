@@ -42,6 +42,9 @@ pub(crate) enum Outcome {
         attempt: u32,
         error: String,
     },
+    /// A downstream rate-limited it: run again at `due_ms` with this
+    /// envelope, attempt count unchanged.
+    Defer { envelope: Vec<u8>, due_ms: u64 },
     /// Failed for good (or poison): dead-letter it with this error.
     Dead {
         job_id: String,
@@ -277,6 +280,16 @@ impl Finisher {
                     self.track(event, &item.finished);
                 }
                 applied.map(drop)
+            }
+            Outcome::Defer { envelope, due_ms } => {
+                let call = super::limit::defer_call(
+                    &self.queue,
+                    &self.consumer,
+                    &item.finished,
+                    envelope,
+                    *due_ms,
+                );
+                self.fenced_call("defer", &call).await.map(drop)
             }
             Outcome::Dead {
                 job_id,

@@ -26,6 +26,7 @@ pub struct Job<T> {
     pub(crate) traceparent: Option<String>,
     pub(crate) tracker: Option<Tracker>,
     pub(crate) stop: CancellationToken,
+    pub(crate) claimed_ms: u64,
     pub(crate) payload: T,
 }
 
@@ -45,6 +46,7 @@ impl<T> Job<T> {
             traceparent: None,
             tracker: None,
             stop: CancellationToken::new(),
+            claimed_ms: crate::time::now_ms(),
             payload,
         }
     }
@@ -109,6 +111,13 @@ impl<T> Job<T> {
     /// When the job was first enqueued, in Unix milliseconds.
     pub fn enqueued_ms(&self) -> u64 {
         self.enqueued_ms
+    }
+
+    /// When this worker claimed the job, Unix ms (the time the claiming
+    /// script ran with; under a group rate limit, when its group's token
+    /// was spent): the moment a rate limit counts it as started.
+    pub fn claimed_ms(&self) -> u64 {
+        self.claimed_ms
     }
 
     /// How long this run may take, if the job set a limit.
@@ -195,6 +204,7 @@ impl<T> Job<T> {
 pub struct JobError {
     message: String,
     permanent: bool,
+    retry_after: Option<Duration>,
 }
 
 impl JobError {
@@ -203,6 +213,7 @@ impl JobError {
         JobError {
             message: message.to_string(),
             permanent: false,
+            retry_after: None,
         }
     }
 
@@ -211,7 +222,24 @@ impl JobError {
         JobError {
             message: message.to_string(),
             permanent: true,
+            retry_after: None,
         }
+    }
+
+    /// Not a failure: a downstream rate-limited the job (an HTTP 429 with
+    /// `Retry-After`, say). The job runs again after `after`, without
+    /// spending an attempt and without counting as failed.
+    pub fn rate_limited(after: Duration) -> JobError {
+        JobError {
+            message: format!("rate-limited, retry after {after:?}"),
+            permanent: false,
+            retry_after: Some(after),
+        }
+    }
+
+    /// When the job should run again, for [`JobError::rate_limited`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// The message, as stored with the dead letter.

@@ -10,6 +10,7 @@
 //! - `finish`: acknowledges, retries and dead-letters, fenced by owner.
 //! - `lease`: what the worker holds, and the heartbeat that keeps it.
 //! - `promote`: moves due retries and scheduled jobs into their streams.
+//! - `limit`: [`RateLimit`], per-group admission, deferring rate-limited jobs.
 //! - `tracker`: writes tracked jobs' state, off the job's path.
 //! - `job`: what a handler receives and returns.
 
@@ -19,6 +20,7 @@ mod fetch;
 mod finish;
 mod job;
 mod lease;
+mod limit;
 mod promote;
 mod reclaim;
 mod run_loop;
@@ -43,6 +45,7 @@ use tracker::Tracker;
 
 pub use config::{DeadLettered, RetryBackoff, WorkerConfig};
 pub use job::{Handler, Job, JobError};
+pub use limit::RateLimit;
 
 /// What a worker did before it returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

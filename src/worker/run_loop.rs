@@ -20,6 +20,7 @@ use super::fetch::{Fetched, Fetcher, PriorityBuffer};
 use super::finish::{Counters, Finished};
 use super::job::Handler;
 use super::lease::Holdings;
+use super::limit;
 use super::promote;
 use super::tracker::Tracker;
 use crate::backoff::Backoff;
@@ -63,7 +64,12 @@ impl Worker {
         R: Serialize + Send + 'static,
         H: Handler<T, R>,
     {
-        let capacity = self.config.concurrency + self.config.prefetch;
+        // Under a rate limit, claim only what starts now: a claim is a start.
+        let prefetch = match self.config.rate_limit {
+            Some(_) => 0,
+            None => self.config.prefetch,
+        };
+        let capacity = self.config.concurrency + prefetch;
         let mut backoff = Backoff::redis();
         let mut next_promote = Instant::now();
         let mut next_reclaim = Instant::now();
@@ -93,7 +99,7 @@ impl Worker {
                 continue;
             }
             // Never cancelled: a fetch dropped mid-flight may have claimed jobs.
-            let fetched = lane.fetcher.fetch(room).await;
+            let fetched = lane.fetcher.fetch(room, self.config.rate_limit).await;
             if paused != matches!(fetched, Ok(Fetched::Paused)) {
                 paused = !paused;
                 tracing::info!(
@@ -113,8 +119,23 @@ impl Worker {
                     for job in &jobs {
                         lane.holdings.hold(job.priority, &job.entry_id);
                     }
+                    let jobs = match self.config.group_rate_limit {
+                        Some(limit) => {
+                            let (queue, consumer) = (&self.queue, &self.consumer);
+                            limit::admit(queue, consumer, limit, jobs, &lane.holdings, shutdown)
+                                .await
+                        }
+                        None => jobs,
+                    };
                     lane.buffer.extend(jobs);
                     Ok(())
+                }
+                // Tokens are due in `wait`: sleep exactly that, no polling.
+                Ok(Fetched::RateLimited(wait)) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep_until(upkeep_at.min(Instant::now() + wait)) => Ok(()),
+                    }
                 }
                 // Nothing new, but claimed jobs wait for a slot: wait for a
                 // slot, not for Redis.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, Worker, WorkerConfig};
+use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, RateLimit, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -74,6 +74,14 @@ pub(crate) struct BenchArgs {
     /// it costs.
     #[arg(long)]
     events: bool,
+    /// Limit the workers to this many job starts per second (set it very
+    /// high to measure what the rate-limit check costs).
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Claimed jobs each worker may hold beyond those running (default: the
+    /// concurrency; a rate limit turns prefetch off).
+    #[arg(long)]
+    prefetch: Option<usize>,
     /// The queue to use.
     #[arg(long, default_value = "streamq-bench")]
     queue: String,
@@ -316,9 +324,12 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let mut workers = Vec::new();
     let start_workers = |workers: &mut Vec<_>| -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..args.workers {
-            let config = WorkerConfig::new()
+            let mut config = WorkerConfig::new()
                 .concurrency(args.concurrency)
-                .prefetch(args.concurrency);
+                .prefetch(args.prefetch.unwrap_or(args.concurrency));
+            if let Some(max) = args.rate_limit {
+                config = config.rate_limit(RateLimit::new(max, Duration::from_secs(1)));
+            }
             let worker = Worker::new(&queue, config)?;
             let tally = tally.clone();
             let handler = move |job: Job<BenchJob>| {

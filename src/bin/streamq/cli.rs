@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use streamq::{LocalRedis, Queue, QueueBuilder, RedisConfig};
 
-use crate::{admin, bench, consume, demo, dlq, produce, stats};
+use crate::{admin, bench, consume, demo, dlq, produce, schedule, stats};
 
 const EXIT_CODES: &str = "\
 Redis: --redis URL, else STREAMQ_REDIS_URL, else REDIS_URL, else REDIS_HOST, REDIS_PORT,
@@ -58,6 +58,8 @@ enum Command {
     Pause(QueueArgs),
     /// Let workers fetch again.
     Resume(QueueArgs),
+    /// Repeatable and cron jobs: list, add, remove, run a scheduler.
+    Schedule(schedule::ScheduleArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -73,6 +75,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>
         Command::Recover(args) => admin::recover(args).await,
         Command::Pause(args) => admin::pause(args, true).await,
         Command::Resume(args) => admin::pause(args, false).await,
+        Command::Schedule(args) => schedule::run(args).await,
     }
 }
 

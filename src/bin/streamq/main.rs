@@ -10,6 +10,7 @@ mod dlq;
 mod produce;
 mod raw_baseline;
 mod render;
+mod schedule;
 mod stats;
 
 use std::io::IsTerminal;
