@@ -69,6 +69,9 @@ pub(crate) struct Scripts {
     pub(crate) requeue_dead: Script,
     pub(crate) recover: Script,
     pub(crate) release: Script,
+    pub(crate) cancel: Script,
+    pub(crate) drain: Script,
+    pub(crate) clean_completed: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -83,6 +86,12 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     requeue_dead: Script::new("requeue_dead", include_str!("../../lua/requeue_dead.lua")),
     recover: Script::new("recover", include_str!("../../lua/recover.lua")),
     release: Script::new("release", include_str!("../../lua/release.lua")),
+    cancel: Script::new("cancel", include_str!("../../lua/cancel.lua")),
+    drain: Script::new("drain", include_str!("../../lua/drain.lua")),
+    clean_completed: Script::new(
+        "clean_completed",
+        include_str!("../../lua/clean_completed.lua"),
+    ),
     retire_consumer: Script::new(
         "retire_consumer",
         include_str!("../../lua/retire_consumer.lua"),
@@ -198,6 +207,9 @@ mod tests {
             &s.requeue_dead,
             &s.recover,
             &s.release,
+            &s.cancel,
+            &s.drain,
+            &s.clean_completed,
         ]
     }
 
