@@ -20,7 +20,9 @@ const LEASE: Duration = Duration::from_millis(1500);
 
 /// A handler that records its run, then holds the job until it is asked to
 /// stop and stops with a retryable error.
-fn until_stopped(seen: &Seen) -> impl Fn(Job<u32>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), JobError>> + Send>> + Send + Sync + 'static {
+type Stopping = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), JobError>> + Send>>;
+
+fn until_stopped(seen: &Seen) -> impl Fn(Job<u32>) -> Stopping + Send + Sync + 'static {
     let seen = seen.clone();
     move |job: Job<u32>| {
         let seen = seen.clone();
@@ -172,7 +174,11 @@ async fn cancelling_an_active_job_stops_only_that_job_and_dead_letters_it_as_can
         letters.get(&doomed).map(String::as_str),
         Some("cancelled: stopped as asked")
     );
-    assert_eq!(stopped_early.ids(), vec![doomed.clone()], "only the cancelled job was signalled");
+    assert_eq!(
+        stopped_early.ids(),
+        vec![doomed.clone()],
+        "only the cancelled job was signalled"
+    );
 
     gate.open();
     until_stats("the other job completes", &queue, |s| {
@@ -190,7 +196,10 @@ async fn cancelling_an_active_job_stops_only_that_job_and_dead_letters_it_as_can
     assert_eq!(seen.count(&spared), 1);
     assert_eq!(stream_lengths(&redis, &queue).await, 0);
     // Finished: nothing left to cancel.
-    assert_eq!(queue.cancel(doomed.as_str()).await.unwrap(), Cancelled::NotFound);
+    assert_eq!(
+        queue.cancel(doomed.as_str()).await.unwrap(),
+        Cancelled::NotFound
+    );
 }
 
 /// Cancels racing a worker's fetch, many rounds: every job is either
@@ -216,7 +225,12 @@ async fn cancel_racing_with_a_fetch_removes_or_stops_each_job_never_both_never_n
     for round in 0..ROUNDS {
         let mut ids = Vec::new();
         for i in 0..PER_ROUND {
-            ids.push(queue.enqueue(&(i as u32), &EnqueueOptions::new()).await.unwrap());
+            ids.push(
+                queue
+                    .enqueue(&(i as u32), &EnqueueOptions::new())
+                    .await
+                    .unwrap(),
+            );
         }
         if round % 2 == 1 {
             let seen = seen.clone();
@@ -240,9 +254,11 @@ async fn cancel_racing_with_a_fetch_removes_or_stops_each_job_never_both_never_n
             }
             outcomes.insert(id, outcome);
         }
-        until_stats("every stopped job of the round is dead-lettered", &queue, |s| {
-            s.dead_letters == stop_requests
-        })
+        until_stats(
+            "every stopped job of the round is dead-lettered",
+            &queue,
+            |s| s.dead_letters == stop_requests,
+        )
         .await;
     }
     stop.cancel();
@@ -257,7 +273,10 @@ async fn cancel_racing_with_a_fetch_removes_or_stops_each_job_never_both_never_n
             } => {
                 removed += 1;
                 assert_eq!(seen.count(id), 0, "{id}: removed, yet it ran");
-                assert!(!letters.contains_key(id), "{id}: removed, yet dead-lettered");
+                assert!(
+                    !letters.contains_key(id),
+                    "{id}: removed, yet dead-lettered"
+                );
             }
             Cancelled::StopRequested { .. } => {
                 stopped += 1;
@@ -273,7 +292,10 @@ async fn cancel_racing_with_a_fetch_removes_or_stops_each_job_never_both_never_n
     }
     assert_eq!(removed + stopped, ROUNDS * PER_ROUND);
     eprintln!("removed {removed}, stopped {stopped}");
-    assert!(removed > 0 && stopped > 0, "removed {removed}, stopped {stopped}");
+    assert!(
+        removed > 0 && stopped > 0,
+        "removed {removed}, stopped {stopped}"
+    );
     for id in seen.ids() {
         assert!(
             matches!(outcomes.get(&id), Some(Cancelled::StopRequested { .. })),
@@ -283,7 +305,11 @@ async fn cancel_racing_with_a_fetch_removes_or_stops_each_job_never_both_never_n
     }
     assert_eq!(report.cancelled, stopped as u64);
     assert_eq!(report.completed + report.retried + report.released, 0);
-    assert_eq!(stream_lengths(&redis, &queue).await, 0, "nothing left behind");
+    assert_eq!(
+        stream_lengths(&redis, &queue).await,
+        0,
+        "nothing left behind"
+    );
 }
 
 #[tokio::test]
@@ -349,7 +375,11 @@ async fn clean_removes_dead_letters_and_completed_jobs_older_than_the_age_only()
     // Younger than an hour: nothing goes.
     let hour = Duration::from_secs(3600);
     let none = queue
-        .clean(&Clean::new().dead_letters_older_than(hour).completed_older_than(hour))
+        .clean(
+            &Clean::new()
+                .dead_letters_older_than(hour)
+                .completed_older_than(hour),
+        )
         .await
         .unwrap();
     assert_eq!(none, Cleaned::default());
@@ -390,7 +420,10 @@ async fn drain_removes_waiting_and_delayed_jobs_but_never_active_ones() {
 
     // Before any worker: no group yet, every entry is waiting.
     for p in [Priority::Critical, Priority::Low] {
-        queue.enqueue(&0u32, &EnqueueOptions::new().priority(p)).await.unwrap();
+        queue
+            .enqueue(&0u32, &EnqueueOptions::new().priority(p))
+            .await
+            .unwrap();
     }
     let drained = queue.drain().await.unwrap();
     assert_eq!((drained.waiting, drained.delayed), (2, 0));
@@ -400,14 +433,18 @@ async fn drain_removes_waiting_and_delayed_jobs_but_never_active_ones() {
     let gate = Gate::default();
     let (stop, worker) = {
         let (seen, gate) = (seen.clone(), gate.clone());
-        spawn_worker(&queue, fast().concurrency(2).prefetch(0), move |job: Job<u32>| {
-            let (seen, gate) = (seen.clone(), gate.clone());
-            async move {
-                seen.record(job.id());
-                gate.pass().await;
-                Ok(())
-            }
-        })
+        spawn_worker(
+            &queue,
+            fast().concurrency(2).prefetch(0),
+            move |job: Job<u32>| {
+                let (seen, gate) = (seen.clone(), gate.clone());
+                async move {
+                    seen.record(job.id());
+                    gate.pass().await;
+                    Ok(())
+                }
+            },
+        )
     };
     let mut active = Vec::new();
     for i in 0..2u32 {
@@ -430,7 +467,11 @@ async fn drain_removes_waiting_and_delayed_jobs_but_never_active_ones() {
     let drained = queue.drain().await.unwrap();
     assert_eq!((drained.waiting, drained.delayed), (10, 3));
     assert_eq!(redis.len(queue.keys().delayed()).await, 0);
-    assert_eq!(stream_lengths(&redis, &queue).await, 2, "the active two stay");
+    assert_eq!(
+        stream_lengths(&redis, &queue).await,
+        2,
+        "the active two stay"
+    );
     let stats = queue.stats().await.unwrap();
     assert_eq!(stats.in_flight(), 2, "{stats:?}");
 
@@ -471,7 +512,10 @@ async fn obliterate_is_refused_while_workers_are_active_unless_forced_and_spares
     // A name with glob characters: its pattern must not match `xy`'s keys.
     let queue = redis.queue("x*").await;
     let neighbour = redis.queue("xy").await;
-    neighbour.enqueue(&0u32, &EnqueueOptions::new()).await.unwrap();
+    neighbour
+        .enqueue(&0u32, &EnqueueOptions::new())
+        .await
+        .unwrap();
     let neighbour_keys = key_count(&redis, "streamq:{xy}:*").await;
     assert!(neighbour_keys > 0);
 
@@ -506,7 +550,10 @@ async fn obliterate_is_refused_while_workers_are_active_unless_forced_and_spares
     gate.open();
     stop.cancel();
     worker.await.unwrap();
-    queue.enqueue(&2u32, &EnqueueOptions::new().delay(Duration::from_secs(60))).await.unwrap();
+    queue
+        .enqueue(&2u32, &EnqueueOptions::new().delay(Duration::from_secs(60)))
+        .await
+        .unwrap();
     let ours = key_count(&redis, r"streamq:{x\*}:*").await;
     let done = queue.obliterate(false).await.unwrap();
     assert_eq!(done.keys, ours as u64);

@@ -202,9 +202,12 @@ impl Queue {
                     priority: *priority,
                 },
             }),
-            (1, Location::Delayed {
-                priority, due_ms, ..
-            }) => Some(Cancelled::Removed {
+            (
+                1,
+                Location::Delayed {
+                    priority, due_ms, ..
+                },
+            ) => Some(Cancelled::Removed {
                 from: RemovedFrom::Delayed {
                     priority: *priority,
                     due_ms: *due_ms,
@@ -379,10 +382,16 @@ fn stream_entries(page: Value) -> Vec<(String, Option<Vec<u8>>)> {
             let fields = parts.pop()?;
             let id: String = redis::from_redis_value(parts.pop()?).ok()?;
             let envelope = match fields {
-                Value::Array(fields) => fields.chunks_exact(2).find_map(|kv| match (&kv[0], &kv[1]) {
-                    (Value::BulkString(k), Value::BulkString(v)) if k == b"e" => Some(v.clone()),
-                    _ => None,
-                }),
+                Value::Array(fields) => {
+                    fields
+                        .chunks_exact(2)
+                        .find_map(|kv| match (&kv[0], &kv[1]) {
+                            (Value::BulkString(k), Value::BulkString(v)) if k == b"e" => {
+                                Some(v.clone())
+                            }
+                            _ => None,
+                        })
+                }
                 Value::Map(fields) => fields.into_iter().find_map(|(k, v)| match (k, v) {
                     (Value::BulkString(k), Value::BulkString(v)) if k == b"e" => Some(v),
                     _ => None,

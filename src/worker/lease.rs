@@ -149,7 +149,11 @@ pub(crate) async fn heartbeat(
                     }
                     for entry in stop {
                         if holdings.request_stop(&entry) {
-                            tracing::info!(queue = queue.name(), entry, "job cancelled; asking it to stop");
+                            tracing::info!(
+                                queue = queue.name(),
+                                entry,
+                                "job cancelled; asking it to stop"
+                            );
                         }
                     }
                 }
