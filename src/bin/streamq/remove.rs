@@ -89,7 +89,7 @@ pub(crate) async fn cancel(args: CancelArgs) -> Result<ExitCode, Box<dyn std::er
         Cancelled::Removed {
             from: RemovedFrom::Waiting { priority },
         } => {
-            outln!("cancelled job {id}: removed from the waiting {priority} jobs; it will not run")
+            outln!("cancelled job {id}: removed from the waiting {priority} jobs; it will not run");
         }
         Cancelled::Removed {
             from: RemovedFrom::Delayed { due_ms, .. },
