@@ -204,10 +204,15 @@ async fn cancelling_an_active_job_stops_only_that_job_and_dead_letters_it_as_can
 
 /// Cancels racing a worker's fetch, many rounds: every job is either
 /// removed and never run, or reported active and ends cancelled by its
-/// worker; never both, never neither. Odd rounds cancel as soon as the
-/// worker holds one job of the round (the worker can hold two, so the rest
-/// are surely waiting: both outcomes occur); even rounds cancel right after
-/// the enqueue, while the worker wakes up to fetch.
+/// worker; never both, never neither. Three kinds of rounds:
+///
+/// 0. cancel right after the enqueue (one batch), while the blocked worker
+///    wakes up to fetch;
+/// 1. cancel once the worker holds a job of the round (it can hold two, so
+///    the rest surely wait: both outcomes occur in every such round);
+/// 2. enqueue into a paused queue, then resume it and cancel at once: the
+///    worker's next fetch (within its 20 ms pause poll) lands anywhere in
+///    or after the cancels, so the interleavings vary from round to round.
 #[tokio::test]
 async fn cancel_racing_with_a_fetch_removes_or_stops_each_job_never_both_never_neither() {
     const ROUNDS: usize = 24;
@@ -223,16 +228,21 @@ async fn cancel_racing_with_a_fetch_removes_or_stops_each_job_never_both_never_n
     let mut outcomes: HashMap<JobId, Cancelled> = HashMap::new();
     let mut stop_requests = 0;
     for round in 0..ROUNDS {
-        let mut ids = Vec::new();
-        for i in 0..PER_ROUND {
-            ids.push(
-                queue
-                    .enqueue(&(i as u32), &EnqueueOptions::new())
-                    .await
-                    .unwrap(),
-            );
+        // One round trip: the worker's wake-up and fetch race the cancels
+        // below for the first jobs of the round.
+        let kind = round % 3;
+        if kind == 2 {
+            queue.pause().await.unwrap();
         }
-        if round % 2 == 1 {
+        let mut batch = queue.batch();
+        for i in 0..PER_ROUND {
+            batch.push(&(i as u32), &EnqueueOptions::new()).unwrap();
+        }
+        let ids = batch.send().await.unwrap();
+        if kind == 2 {
+            queue.resume().await.unwrap();
+        }
+        if kind == 1 {
             let seen = seen.clone();
             let ids = ids.clone();
             wait_for("the worker runs a job of this round", move || {
@@ -560,28 +570,35 @@ async fn obliterate_is_refused_while_workers_are_active_unless_forced_and_spares
     assert_eq!(key_count(&redis, r"streamq:{x\*}:*").await, 0);
     assert_eq!(key_count(&redis, "streamq:{xy}:*").await, neighbour_keys);
 
-    // Forced: deleted even under a live worker holding a job.
+    // Forced: deleted even while a consumer holds a job (one that claimed
+    // it and died: nothing else would ever finish it).
     let forced = redis.queue("forced").await;
     forced.enqueue(&3u32, &EnqueueOptions::new()).await.unwrap();
-    let gate = Gate::default();
-    let (stop, worker) = {
-        let gate = gate.clone();
-        spawn_worker(&forced, fast(), move |_job: Job<u32>| {
-            let gate = gate.clone();
-            async move {
-                gate.pass().await;
-                Ok(())
-            }
-        })
-    };
-    wait_for("the worker holds the job", || gate.arrived() == 1).await;
-    assert!(matches!(
-        forced.obliterate(false).await,
-        Err(Error::QueueInUse { .. })
-    ));
+    let medium = forced.keys().stream(Priority::Medium);
+    let mut raw = redis.raw().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(medium)
+        .arg("streamq")
+        .arg("0")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("streamq")
+        .arg("died-holding")
+        .arg("STREAMS")
+        .arg(medium)
+        .arg(">")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    match forced.obliterate(false).await {
+        Err(Error::QueueInUse { consumers }) => assert_eq!(consumers, ["died-holding"]),
+        other => panic!("{other:?}"),
+    }
     let done = forced.obliterate(true).await.unwrap();
-    assert!(done.keys > 0);
-    gate.open();
-    stop.cancel();
-    worker.await.unwrap();
+    assert_eq!(done.keys, 2, "the stream and the stats hash");
+    assert_eq!(key_count(&redis, "streamq:{forced}:*").await, 0);
 }
