@@ -104,6 +104,18 @@ pub enum Error {
         "invalid dead-letter id {0:?}: expected <milliseconds>-<sequence>, such as 1732212345678-0, as `dlq list` prints it"
     )]
     InvalidEntryId(String),
+    /// The queue is in use, so it was not obliterated: workers hold jobs
+    /// in it or were active recently ([`crate::Queue::obliterate`]).
+    /// Nothing was deleted.
+    #[error(
+        "queue is in use by {} consumers ({}): stop its workers first, or force",
+        consumers.len(),
+        consumers.join(", ")
+    )]
+    QueueInUse {
+        /// The consumers that hold jobs or were active recently.
+        consumers: Vec<String>,
+    },
     /// The connection settings are unusable.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),

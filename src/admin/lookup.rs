@@ -46,6 +46,8 @@ pub enum JobState {
     },
     /// Completed (only with completed-job retention).
     Completed,
+    /// Removed by [`Queue::cancel`] before any worker ran it.
+    Cancelled,
     /// Its metadata exists but its entry is gone from the stream without
     /// a recorded finish yet: finishing this instant, or lost.
     Unknown,
@@ -109,6 +111,7 @@ impl Queue {
             .unwrap_or_default();
         let state = match meta.get("state").map(String::as_str) {
             Some("completed") => JobState::Completed,
+            Some("cancelled") => JobState::Cancelled,
             Some("dead") => JobState::DeadLettered {
                 error: meta.get("err").cloned().unwrap_or_default(),
                 dead_letter_id: meta.get("dead").filter(|d| !d.is_empty()).cloned(),

@@ -14,7 +14,10 @@
 //! - `lookup`: a tracked job by id.
 //! - `pause`: pause and resume a queue.
 //! - `recover`: put stalled jobs back in line now.
+//! - `cancel`: cancel one job by id: remove it, or ask its worker to stop it.
+//! - `remove`: clean old dead letters and completed jobs, drain, obliterate.
 
+pub(crate) mod cancel;
 pub(crate) mod dead_letters;
 pub(crate) mod events;
 pub(crate) mod inspect;
@@ -23,4 +26,5 @@ pub(crate) mod metrics;
 pub(crate) mod pause;
 pub(crate) mod prometheus;
 pub(crate) mod recover;
+pub(crate) mod remove;
 pub(crate) mod stats;

@@ -23,6 +23,7 @@
 //! | `<prefix>:{<queue>}:schedule_due` | zset | schedule ids by next due time (Unix ms) |
 //! | `<prefix>:{<queue>}:schedule_changes` | stream | one entry per schedule change, to wake schedulers |
 //! | `<prefix>:{<queue>}:tick:<id>:<due>` | string | the job enqueued for one schedule tick (with a TTL) |
+//! | `<prefix>:{<queue>}:stop`     | zset   | stop requests for active jobs: `<priority index>:<entry id>`, scored by request ms |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -173,6 +174,12 @@ impl QueueKeys {
         format!("{}:result:{id}", self.base)
     }
 
+    /// Stop requests for active jobs ([`crate::Queue::cancel`]): members
+    /// `<priority index>:<entry id>`, scored by when they were asked for.
+    pub fn stop_requests(&self) -> String {
+        format!("{}:stop", self.base)
+    }
+
     /// The key recording which job took an idempotency key.
     pub fn dedup(&self, idempotency_key: &str) -> String {
         format!("{}:dedup:{idempotency_key}", self.base)
@@ -187,6 +194,28 @@ impl QueueKeys {
     /// (`~<pattern>`) and `SCAN MATCH`.
     pub fn pattern(&self) -> String {
         format!("{}:*", self.base)
+    }
+
+    /// [`QueueKeys::pattern`] with the glob characters of the names escaped
+    /// (`*`, `?`, `[`, `]`, `\\`), so that `SCAN MATCH` with it never matches
+    /// another queue's keys (a queue named `a*` must not match `ab`).
+    pub(crate) fn literal_pattern(&self) -> String {
+        let mut escaped = String::with_capacity(self.base.len() + 4);
+        for c in self.base.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        escaped.push_str(":*");
+        escaped
+    }
+
+    /// Whether `key` is one of this queue's keys (starts with
+    /// `<prefix>:{<queue>}:`).
+    pub(crate) fn owns(&self, key: &str) -> bool {
+        key.strip_prefix(self.base.as_str())
+            .is_some_and(|rest| rest.starts_with(':'))
     }
 }
 
@@ -225,7 +254,7 @@ mod tests {
     #[test]
     fn the_key_tables_in_docs_and_here_match_the_names_built() {
         let keys = QueueKeys::new("streamq", "q").expect("valid names");
-        let built: [(&str, String); 13] = [
+        let built: [(&str, String); 14] = [
             ("stream", keys.stream(Priority::Critical).to_owned()),
             ("stream", keys.stream(Priority::High).to_owned()),
             ("stream", keys.stream(Priority::Medium).to_owned()),
@@ -239,6 +268,7 @@ mod tests {
             ("hash", keys.job("<id>")),
             ("list", keys.job_log("<id>")),
             ("zset", keys.completed()),
+            ("zset", keys.stop_requests()),
         ];
         let design = include_str!("../../docs/design.md");
         let here = include_str!("keys.rs");
@@ -306,5 +336,14 @@ mod tests {
             })
         ));
         assert!(QueueKeys::new("streamq", "alerts:eu-west.1").is_ok());
+    }
+
+    #[test]
+    fn the_scan_pattern_matches_this_queue_only() {
+        let keys = QueueKeys::new("sq", "a*[x]?").expect("valid names");
+        assert_eq!(keys.literal_pattern(), r"sq:{a\*\[x\]\?}:*");
+        assert!(keys.owns("sq:{a*[x]?}:stats"));
+        assert!(!keys.owns("sq:{a*[x]?}x"));
+        assert!(!keys.owns("sq:{ab}:stats"));
     }
 }

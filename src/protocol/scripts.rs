@@ -74,6 +74,9 @@ pub(crate) struct Scripts {
     pub(crate) schedule_upsert: Script,
     pub(crate) schedule_remove: Script,
     pub(crate) schedule_tick: Script,
+    pub(crate) cancel: Script,
+    pub(crate) drain: Script,
+    pub(crate) clean_completed: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -99,6 +102,12 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         include_str!("../../lua/schedule_remove.lua"),
     ),
     schedule_tick: Script::new("schedule_tick", include_str!("../../lua/schedule_tick.lua")),
+    cancel: Script::new("cancel", include_str!("../../lua/cancel.lua")),
+    drain: Script::new("drain", include_str!("../../lua/drain.lua")),
+    clean_completed: Script::new(
+        "clean_completed",
+        include_str!("../../lua/clean_completed.lua"),
+    ),
     retire_consumer: Script::new(
         "retire_consumer",
         include_str!("../../lua/retire_consumer.lua"),
@@ -219,6 +228,9 @@ mod tests {
             &s.schedule_upsert,
             &s.schedule_remove,
             &s.schedule_tick,
+            &s.cancel,
+            &s.drain,
+            &s.clean_completed,
         ]
     }
 

@@ -41,9 +41,22 @@ where
     let outcome = match decode::<T>(&claimed, context.max_payload_bytes) {
         Err(poison) => poison,
         Ok((mut job, ready_us)) => {
-            job.stop = context.stopping.clone();
+            let (stop, cancelled) = context.holdings.stop_signal(&claimed.entry_id);
+            job.stop = stop;
             report.name.clone_from(&job.name);
             report.job_id = job.id.to_string();
+            if cancelled {
+                // Cancelled while it waited for a slot: it never runs.
+                Counters::add(&context.counters.cancelled, 1);
+                tracing::info!(job = report.job_id, "job cancelled before it started");
+                let outcome = Outcome::Dead {
+                    job_id: report.job_id.clone(),
+                    attempts: job.attempt.saturating_sub(1),
+                    error: "cancelled before it started".to_owned(),
+                    failed_run: false,
+                };
+                return send(context, claimed, report, outcome).await;
+            }
             if let Some(tracker) = &context.tracker {
                 tracker.send(TrackEvent::Started {
                     id: report.job_id.clone(),
@@ -72,6 +85,11 @@ where
             outcome
         }
     };
+    send(context, claimed, report, outcome).await;
+}
+
+/// Hands a job's outcome to the finisher.
+async fn send<H>(context: Arc<JobContext<H>>, claimed: Claimed, report: Report, outcome: Outcome) {
     let job_id = if report.job_id.is_empty() {
         poison_job_id(&outcome)
     } else {
@@ -134,6 +152,20 @@ where
         Ok(value) => Outcome::Completed {
             result: keep_result(&value, context.results, job_id),
         },
+        // Cancelled (`Queue::cancel`): whatever the error, the job is done
+        // with, neither retried nor handed back, and kept as a dead letter
+        // so an operator can see it and requeue it. This wins over a
+        // shutdown: a job someone cancelled must not run again elsewhere.
+        Err(err) if context.holdings.cancel_requested(&claimed.entry_id) => {
+            Counters::add(&context.counters.cancelled, 1);
+            tracing::info!(job = job_id, error = %err, "job stopped after a cancel request");
+            Outcome::Dead {
+                job_id: job_id.to_owned(),
+                attempts: attempt,
+                error: format!("cancelled: {err}"),
+                failed_run: false,
+            }
+        }
         Err(err) if err.retry_after().is_some() => {
             let after = err.retry_after().unwrap_or_default();
             super::limit::deferred_outcome(claimed, after, job_id)

@@ -83,6 +83,7 @@ pub(crate) struct Counters {
     pub(crate) reclaimed: AtomicU64,
     pub(crate) lost: AtomicU64,
     pub(crate) released: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
 }
 
 impl Counters {

@@ -167,19 +167,28 @@ impl<T> Job<T> {
         }
     }
 
-    /// Whether the worker has asked this job to stop: it is shutting down.
-    /// See [`Job::stopped`].
+    /// Whether the worker has asked this job to stop: it is shutting down,
+    /// or the job was cancelled ([`crate::Queue::cancel`]). See
+    /// [`Job::stopped`].
     pub fn is_stopping(&self) -> bool {
         self.stop.is_cancelled()
     }
 
-    /// Completes when the worker asks this job to stop because it is
-    /// shutting down. A handler may finish anyway within the worker's
-    /// [`WorkerConfig::shutdown_grace`](crate::WorkerConfig::shutdown_grace);
-    /// or it may stop early by returning a retryable [`JobError`], and the
-    /// job is then handed back to the queue at once without spending an
-    /// attempt. Handlers still running when the grace period ends are
-    /// dropped and their jobs handed back the same way.
+    /// Completes when the worker asks this job to stop, for one of two
+    /// reasons:
+    ///
+    /// - **The worker is shutting down.** A handler may finish anyway
+    ///   within the worker's
+    ///   [`WorkerConfig::shutdown_grace`](crate::WorkerConfig::shutdown_grace);
+    ///   or it may stop early by returning a retryable [`JobError`], and the
+    ///   job is then handed back to the queue at once without spending an
+    ///   attempt. Handlers still running when the grace period ends are
+    ///   dropped and their jobs handed back the same way.
+    /// - **The job was cancelled** ([`crate::Queue::cancel`]; only this job
+    ///   is signalled, within a heartbeat, `lease / 3`). Any error the
+    ///   handler then returns ends the job as cancelled: it moves to the
+    ///   dead letters with the error `cancelled: <message>`, and is neither
+    ///   retried nor handed back. Returning `Ok` completes it as usual.
     ///
     /// # Cancel safety
     ///

@@ -15,13 +15,44 @@ use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
 use crate::queue::Queue;
 
-/// Entry ids this worker holds, running or waiting for a slot.
+/// Entry ids this worker holds, running or waiting for a slot, each with
+/// its job's stop signal.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Holdings(Arc<Mutex<HashMap<String, Priority>>>);
+pub(crate) struct Holdings {
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    /// The worker's shutdown signal: every job's stop signal is its child.
+    stopping: CancellationToken,
+}
+
+/// One held entry.
+#[derive(Debug)]
+struct Held {
+    priority: Priority,
+    /// Cancelled on shutdown (through its parent) or on a stop request.
+    stop: CancellationToken,
+    /// Whether a stop request (`Queue::cancel`) reached this entry.
+    cancel_requested: bool,
+}
 
 impl Holdings {
+    /// Holdings whose jobs also stop when `stopping` is cancelled.
+    pub(crate) fn new(stopping: CancellationToken) -> Holdings {
+        Holdings {
+            held: Arc::default(),
+            stopping,
+        }
+    }
+
     pub(crate) fn hold(&self, priority: Priority, entry_id: &str) {
-        self.lock().insert(entry_id.to_owned(), priority);
+        let stopping = &self.stopping;
+        self.lock()
+            .entry(entry_id.to_owned())
+            .or_insert_with(|| Held {
+                priority,
+                stop: stopping.child_token(),
+                cancel_requested: false,
+            })
+            .priority = priority;
     }
 
     /// Stops holding an entry: it was finished, or handed back.
@@ -31,19 +62,51 @@ impl Holdings {
 
     /// Every entry held now.
     pub(crate) fn snapshot(&self) -> Vec<(Priority, String)> {
-        self.lock().iter().map(|(id, p)| (*p, id.clone())).collect()
+        self.lock()
+            .iter()
+            .map(|(id, held)| (held.priority, id.clone()))
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Priority>> {
+    /// The stop signal of a held entry's job: cancelled on shutdown or when
+    /// the job is cancelled; and whether it was cancelled already.
+    pub(crate) fn stop_signal(&self, entry_id: &str) -> (CancellationToken, bool) {
+        match self.lock().get(entry_id) {
+            Some(held) => (held.stop.clone(), held.cancel_requested),
+            None => (self.stopping.child_token(), false),
+        }
+    }
+
+    /// Whether a stop request reached this entry's job.
+    pub(crate) fn cancel_requested(&self, entry_id: &str) -> bool {
+        self.lock()
+            .get(entry_id)
+            .is_some_and(|held| held.cancel_requested)
+    }
+
+    /// Records a stop request for a held entry and signals its job (only
+    /// that job). Returns whether it was new.
+    fn request_stop(&self, entry_id: &str) -> bool {
+        let mut held = self.lock();
+        let Some(held) = held.get_mut(entry_id) else {
+            return false;
+        };
+        held.stop.cancel();
+        !std::mem::replace(&mut held.cancel_requested, true)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         // The map stays consistent even if a holder panicked mid-update.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Entries renewed per script call.
 const HEARTBEAT_CHUNK: usize = 500;
 
-/// Renews the lease on every held entry each `lease / 3` until `stop`.
+/// Renews the lease on every held entry each `lease / 3` until `stop`, and
+/// signals the jobs whose entries have a stop request (`Queue::cancel`):
+/// `lease / 3` is how long a stop request takes to be seen.
 pub(crate) async fn heartbeat(
     queue: Queue,
     consumer: String,
@@ -62,23 +125,38 @@ pub(crate) async fn heartbeat(
         let held = holdings.snapshot();
         let script = &scripts().heartbeat;
         for chunk in held.chunks(HEARTBEAT_CHUNK) {
-            let mut call = script.call(queue.keys(), &[] as &[&str]);
+            let mut call = script.call(queue.keys(), &[queue.keys().stop_requests()]);
             call.arg(GROUP).arg(&consumer);
             for (priority, id) in chunk {
                 call.arg(priority.lua_index()).arg(id);
             }
-            let lost = call
+            let reply = call
                 .invoke(&mut conn)
                 .await
                 .map_err(Error::from)
-                .and_then(|reply| reply::done(script, reply)?.lost());
-            match lost {
-                Ok(lost) if !lost.is_empty() => tracing::debug!(
-                    queue = queue.name(),
-                    lost = lost.len(),
-                    "leases already taken over by another worker"
-                ),
-                Ok(_) => {}
+                .and_then(|reply| {
+                    let mut body = reply::done(script, reply)?;
+                    Ok((body.lost()?, body.lost()?))
+                });
+            match reply {
+                Ok((lost, stop)) => {
+                    if !lost.is_empty() {
+                        tracing::debug!(
+                            queue = queue.name(),
+                            lost = lost.len(),
+                            "leases already taken over by another worker"
+                        );
+                    }
+                    for entry in stop {
+                        if holdings.request_stop(&entry) {
+                            tracing::info!(
+                                queue = queue.name(),
+                                entry,
+                                "job cancelled; asking it to stop"
+                            );
+                        }
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(queue = queue.name(), %err, "lease heartbeat failed; retrying next beat");
                     break;

@@ -69,6 +69,9 @@ pub struct WorkerReport {
     /// Jobs handed back to the queue unfinished at shutdown, for another
     /// worker to run at once.
     pub released: u64,
+    /// Jobs cancelled while this worker held them ([`Queue::cancel`]):
+    /// moved to the dead letters with a `cancelled` error, not retried.
+    pub cancelled: u64,
 }
 
 /// Runs a handler over one queue. Start as many workers as you like, in one
@@ -141,7 +144,9 @@ impl Worker {
             return Ok(WorkerReport::default());
         }
         let counters = Arc::new(Counters::default());
-        let holdings = Holdings::default();
+        // Every job's stop signal is a child of this one (see `Holdings`).
+        let stopping = CancellationToken::new();
+        let holdings = Holdings::new(stopping.clone());
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
         let (tracker, tracker_task) = Tracker::spawn(&self.queue).unzip();
         let finisher = Finisher::new(
@@ -175,7 +180,8 @@ impl Worker {
             counters: counters.clone(),
             backoff: self.config.backoff,
             max_payload_bytes: self.queue.settings().max_payload_bytes,
-            stopping: CancellationToken::new(),
+            stopping,
+            holdings: holdings.clone(),
             results: self.queue.settings().results,
         });
 
@@ -243,6 +249,7 @@ impl Worker {
             reclaimed: count(&counters.reclaimed),
             lost: count(&counters.lost),
             released: count(&counters.released),
+            cancelled: count(&counters.cancelled),
         })
     }
 

@@ -42,6 +42,8 @@ pub(super) struct JobContext<H> {
     pub(super) max_payload_bytes: usize,
     /// Cancelled when the worker starts shutting down: jobs see it.
     pub(super) stopping: CancellationToken,
+    /// What the worker holds, with each job's own stop signal.
+    pub(super) holdings: Holdings,
     pub(super) results: Option<KeepResults>,
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use streamq::{LocalRedis, Queue, QueueBuilder, RedisConfig};
 
-use crate::{admin, bench, consume, demo, dlq, produce, schedule, stats};
+use crate::{admin, bench, consume, demo, dlq, produce, remove, schedule, stats};
 
 const EXIT_CODES: &str = "\
 Redis: --redis URL, else STREAMQ_REDIS_URL, else REDIS_URL, else REDIS_HOST, REDIS_PORT,
@@ -60,6 +60,15 @@ enum Command {
     Resume(QueueArgs),
     /// Repeatable and cron jobs: list, add, remove, run a scheduler.
     Schedule(schedule::ScheduleArgs),
+    /// Cancel a job by id: remove it if it waits, or ask its worker to stop it.
+    Cancel(remove::CancelArgs),
+    /// Remove dead letters and completed jobs older than an age (needs --yes).
+    Clean(remove::CleanArgs),
+    /// Remove every waiting and delayed job; running jobs stay (needs --yes).
+    Drain(remove::DrainArgs),
+    /// Delete every key of a queue, refused while workers are active unless
+    /// --force (needs --yes).
+    Obliterate(remove::ObliterateArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -76,6 +85,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>
         Command::Pause(args) => admin::pause(args, true).await,
         Command::Resume(args) => admin::pause(args, false).await,
         Command::Schedule(args) => schedule::run(args).await,
+        Command::Cancel(args) => remove::cancel(args).await,
+        Command::Clean(args) => remove::clean(args).await,
+        Command::Drain(args) => remove::drain(args).await,
+        Command::Obliterate(args) => remove::obliterate(args).await,
     }
 }
 

@@ -9,6 +9,7 @@ mod demo;
 mod dlq;
 mod produce;
 mod raw_baseline;
+mod remove;
 mod render;
 mod schedule;
 mod stats;

@@ -107,6 +107,7 @@ pub(crate) fn job_state(state: &JobState) -> String {
             None => format!("dead-lettered: {error}"),
         },
         JobState::Completed => "completed".to_owned(),
+        JobState::Cancelled => "cancelled before it ran".to_owned(),
         _ => "unknown (its entry is gone: finishing right now, or lost)".to_owned(),
     }
 }
@@ -119,6 +120,7 @@ pub(crate) fn job_state_name(state: &JobState) -> &'static str {
         JobState::Delayed { .. } => "delayed",
         JobState::DeadLettered { .. } => "dead_lettered",
         JobState::Completed => "completed",
+        JobState::Cancelled => "cancelled",
         _ => "unknown",
     }
 }

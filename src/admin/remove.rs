@@ -1,0 +1,329 @@
+//! Removing many jobs at once: cleaning finished jobs and dead letters older
+//! than an age ([`Queue::clean`]), draining every waiting and delayed job
+//! ([`Queue::drain`]), and deleting a whole queue ([`Queue::obliterate`]).
+//! None of them touches a job a worker holds, except obliterate when forced.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::error::Error;
+use crate::priority::Priority;
+use crate::protocol::fields;
+use crate::protocol::keys::GROUP;
+use crate::protocol::reply;
+use crate::protocol::scripts::scripts;
+use crate::queue::Queue;
+use crate::time::{millis, now_ms};
+
+/// What [`Queue::clean`] removes: each kind only when given an age.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clean {
+    dead_letters: Option<Duration>,
+    completed: Option<Duration>,
+}
+
+impl Clean {
+    /// Removes nothing until told what.
+    pub fn new() -> Clean {
+        Clean::default()
+    }
+
+    /// Removes dead letters older than `age` (by when they were
+    /// dead-lettered). Default: none.
+    pub fn dead_letters_older_than(mut self, age: Duration) -> Clean {
+        self.dead_letters = Some(age);
+        self
+    }
+
+    /// Forgets retained completed jobs ([`JobTracking::keep_completed`](crate::JobTracking::keep_completed))
+    /// that finished more than `age` ago: their metadata, log and kept
+    /// result. Default: none.
+    pub fn completed_older_than(mut self, age: Duration) -> Clean {
+        self.completed = Some(age);
+        self
+    }
+}
+
+/// What [`Queue::clean`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Cleaned {
+    /// Dead letters removed.
+    pub dead_letters: u64,
+    /// Completed jobs forgotten (metadata and log).
+    pub completed: u64,
+    /// Kept results deleted with those completed jobs.
+    pub results: u64,
+}
+
+/// What [`Queue::drain`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drained {
+    /// Waiting jobs removed (never delivered to a worker).
+    pub waiting: u64,
+    /// Delayed jobs removed (scheduled, or retries waiting for their time).
+    pub delayed: u64,
+}
+
+/// What [`Queue::obliterate`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Obliterated {
+    /// Keys deleted: every key of the queue.
+    pub keys: u64,
+}
+
+/// A consumer that was seen this recently counts as a live worker for
+/// [`Queue::obliterate`]. A running worker talks to Redis at least once per
+/// block time (5 s by default) while the queue is not paused.
+pub const ACTIVE_WITHIN: Duration = Duration::from_secs(60);
+
+/// Jobs removed per script call, and keys deleted per `UNLINK`.
+const CHUNK: usize = 1000;
+
+impl Queue {
+    /// Removes old dead letters and forgets old completed jobs, as `clean`
+    /// says. Dead letters go with one `XTRIM MINID` (a dead letter's id is
+    /// the time it was dead-lettered); completed jobs are read from the
+    /// retained-jobs index and removed in atomic chunks with their metadata,
+    /// log and kept result. Results of untracked jobs expire by their own
+    /// TTL ([`KeepResults::ttl`](crate::KeepResults::ttl)).
+    ///
+    /// # Errors
+    ///
+    /// Connection and permission errors; what was removed before an error
+    /// stays removed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: each step is atomic; call again to finish.
+    pub async fn clean(&self, clean: &Clean) -> Result<Cleaned, Error> {
+        let mut cleaned = Cleaned::default();
+        let mut conn = self.conn();
+        let keys = self.keys();
+        if let Some(age) = clean.dead_letters {
+            let cutoff = now_ms().saturating_sub(millis(age));
+            cleaned.dead_letters = redis::cmd("XTRIM")
+                .arg(keys.dead())
+                .arg("MINID")
+                .arg(format!("{cutoff}-0"))
+                .query_async(&mut conn)
+                .await?;
+        }
+        if let Some(age) = clean.completed {
+            let cutoff = now_ms().saturating_sub(millis(age));
+            let index = keys.completed();
+            loop {
+                let ids: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg("-inf")
+                    .arg(format!("({cutoff}"))
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(CHUNK)
+                    .query_async(&mut conn)
+                    .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                let script = &scripts().clean_completed;
+                let mut extra = vec![index.clone()];
+                for id in &ids {
+                    extra.extend([keys.job(id), keys.job_log(id), keys.result(id)]);
+                }
+                let mut call = script.call(keys, &extra);
+                call.arg(cutoff).arg(&ids);
+                let mut body = reply::done(script, call.invoke(&mut conn).await?)?;
+                let (removed, results) = (body.count()?, body.count()?);
+                cleaned.completed += removed as u64;
+                cleaned.results += results as u64;
+                if ids.len() < CHUNK || removed == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(cleaned)
+    }
+
+    /// Removes every waiting job (in a stream, never delivered to a worker)
+    /// and every delayed job; never a job a worker holds. Each chunk of up
+    /// to 1,000 jobs is removed atomically (the `drain` script), so a
+    /// concurrent fetch gets a job or the drain removes it, never both.
+    /// Jobs enqueued while it runs may stay: each stream is drained up to
+    /// its last entry when the drain began, and the delayed set by as many
+    /// jobs as it held then. Tracked metadata of removed jobs is left to
+    /// expire.
+    ///
+    /// # Errors
+    ///
+    /// Connection and permission errors; [`Error::WrongKeyType`]. What was
+    /// removed before an error stays removed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: each chunk is atomic; call again to finish.
+    pub async fn drain(&self) -> Result<Drained, Error> {
+        let keys = self.keys();
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        for priority in Priority::ALL {
+            pipe.cmd("XREVRANGE")
+                .arg(keys.stream(priority))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        pipe.cmd("ZCARD").arg(keys.delayed());
+        let (last, delayed_then): (Vec<Value>, u64) = {
+            let mut replies: Vec<Value> = match pipe.query_async(&mut conn).await {
+                Ok(replies) => replies,
+                Err(err) => return Err(self.name_wrong_key(Error::from(err)).await),
+            };
+            let delayed_then = replies
+                .pop()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or(0);
+            (replies, delayed_then)
+        };
+        let upto: Vec<String> = last
+            .into_iter()
+            .map(|page| match page {
+                Value::Array(mut entries) if !entries.is_empty() => match entries.swap_remove(0) {
+                    Value::Array(mut parts) if !parts.is_empty() => {
+                        redis::from_redis_value(parts.swap_remove(0)).unwrap_or_default()
+                    }
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            })
+            .map(|id| if id.is_empty() { "0-0".to_owned() } else { id })
+            .collect();
+        let mut drained = Drained::default();
+        let mut delayed_left = delayed_then;
+        let mut streams_done = false;
+        loop {
+            let delayed_count = delayed_left.min(CHUNK as u64);
+            let count = if streams_done { 0 } else { CHUNK };
+            if count == 0 && delayed_count == 0 {
+                break;
+            }
+            let script = &scripts().drain;
+            let mut call = script.call(keys, &[keys.delayed()]);
+            call.arg(GROUP).arg(count).arg(&upto).arg(delayed_count);
+            let reply = match call.invoke(&mut conn).await {
+                Ok(reply) => reply,
+                Err(err) => return Err(self.name_wrong_key(Error::from(err)).await),
+            };
+            let mut body = reply::done(script, reply)?;
+            let mut waiting = body.array()?;
+            let mut removed = 0;
+            while !waiting.is_empty() {
+                removed += waiting.count()?;
+            }
+            let delayed = body.count()? as u64;
+            drained.waiting += removed as u64;
+            drained.delayed += delayed;
+            streams_done = streams_done || removed < count;
+            delayed_left = if delayed < delayed_count {
+                0
+            } else {
+                delayed_left - delayed
+            };
+        }
+        Ok(drained)
+    }
+
+    /// Deletes every key of the queue: jobs in every state, dead letters,
+    /// counters, metadata, results, the consumer group. Refused with
+    /// [`Error::QueueInUse`] while any consumer holds jobs or was seen
+    /// within [`ACTIVE_WITHIN`], unless `force`. Workers that shut down
+    /// cleanly have left the group; stop them all first.
+    ///
+    /// Keys are found with `SCAN` and deleted with `UNLINK` in chunks, so
+    /// this is not atomic: keys written meanwhile (a producer enqueueing, a
+    /// forced-through worker recreating its group) may remain.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueInUse`] (nothing deleted); connection and permission
+    /// errors (what was deleted before stays deleted).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in that each chunk is one command; call again to finish.
+    pub async fn obliterate(&self, force: bool) -> Result<Obliterated, Error> {
+        if !force {
+            let busy = self.busy_consumers().await?;
+            if !busy.is_empty() {
+                return Err(Error::QueueInUse {
+                    consumers: busy.into_iter().collect(),
+                });
+            }
+        }
+        let keys = self.keys();
+        let pattern = keys.literal_pattern();
+        let mut conn = self.conn();
+        let mut cursor = "0".to_owned();
+        let mut deleted = 0;
+        loop {
+            let (next, found): (String, Vec<String>) = redis::cmd("SCAN")
+                .arg(&cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(CHUNK)
+                .query_async(&mut conn)
+                .await?;
+            let ours: Vec<&String> = found.iter().filter(|k| keys.owns(k)).collect();
+            if !ours.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&ours)
+                    .query_async(&mut conn)
+                    .await?;
+                deleted += n;
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(Obliterated { keys: deleted })
+    }
+
+    /// Consumers that hold jobs or were seen within [`ACTIVE_WITHIN`].
+    async fn busy_consumers(&self) -> Result<BTreeSet<String>, Error> {
+        let mut busy = BTreeSet::new();
+        let exists = self.key_types().await?;
+        for (stream, exists) in self.keys().streams().iter().zip(exists) {
+            if !exists {
+                continue;
+            }
+            let list: Value = match redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(stream)
+                .arg(GROUP)
+                .query_async(&mut self.conn())
+                .await
+            {
+                Ok(list) => list,
+                Err(err) => match Error::from(err) {
+                    err if reply::is_nogroup(&err) => continue,
+                    err => return Err(err),
+                },
+            };
+            let Value::Array(list) = list else { continue };
+            for consumer in list.iter().filter_map(fields::fields) {
+                let idle = Duration::from_millis(fields::number(&consumer, "idle"));
+                if fields::number(&consumer, "pending") > 0 || idle < ACTIVE_WITHIN {
+                    busy.insert(fields::text(&consumer, "name").unwrap_or_default());
+                }
+            }
+        }
+        Ok(busy)
+    }
+}
