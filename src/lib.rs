@@ -16,7 +16,10 @@
 //! - **Operating.** Off the hot path: [`Queue::stats`], [`Queue::inspect`]
 //!   with [`Health`], [`Queue::metrics`], [`Queue::prometheus`], dead letters
 //!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
-//!   [`Queue::pause`], [`Queue::recover_stalled`].
+//!   [`Queue::pause`], [`Queue::recover_stalled`], [`Queue::history`].
+//! - **Serving.** [`http`] (feature `http`, on by default) is `streamq
+//!   serve` as a library: alert and job ingestion over HTTP, the admin API
+//!   and the dashboard, as an `axum::Router` to mount in your own service.
 //! - **Testing.** [`LocalRedis`] starts a private redis-server for demos,
 //!   benchmarks and tests.
 //!
@@ -76,6 +79,9 @@ mod worker;
 
 mod admin;
 
+#[cfg(feature = "http")]
+pub mod http;
+
 #[doc(hidden)]
 pub mod testing;
 
@@ -97,6 +103,7 @@ pub use worker::{
 
 // Operating.
 pub use admin::dead_letters::{DeadLetter, DeadLetterPage};
+pub use admin::history::HistoryPoint;
 pub use admin::inspect::{ConsumerReport, Health, HealthThresholds, PriorityReport, QueueReport};
 pub use admin::lookup::{JobInfo, JobState};
 pub use admin::metrics::{Counts, JobLatency, LatencyHistogram, QueueMetrics};

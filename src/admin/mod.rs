@@ -8,12 +8,16 @@
 //!   with consumers and [`Health`](inspect::Health).
 //! - `metrics`: counters and latency histograms kept by the scripts.
 //! - `prometheus`: all of that in the Prometheus text format.
-//! - `dead_letters`: list, show, requeue and purge dead letters.
+//! - `dead_letters`: list, show, requeue and purge dead letters;
+//!   `dead_letter_delete`: delete one.
+//! - `history`: the queue's recent past, one snapshot per step, in Redis.
 //! - `lookup`: a tracked job by id.
 //! - `pause`: pause and resume a queue.
 //! - `recover`: put stalled jobs back in line now.
 
+pub(crate) mod dead_letter_delete;
 pub(crate) mod dead_letters;
+pub(crate) mod history;
 pub(crate) mod inspect;
 pub(crate) mod lookup;
 pub(crate) mod metrics;

@@ -15,6 +15,7 @@
 //! | `<prefix>:{<queue>}:job:<id>` | hash   | a tracked job's metadata (with `track_jobs`) |
 //! | `<prefix>:{<queue>}:job:<id>:log` | list | a tracked job's log lines |
 //! | `<prefix>:{<queue>}:completed` | zset  | ids of retained completed jobs, scored by finish ms |
+//! | `<prefix>:{<queue>}:history`  | stream | one snapshot of counters and lengths per step, the entry id is the step's start ms |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -120,6 +121,11 @@ impl QueueKeys {
     /// The key recording which job took an idempotency key.
     pub fn dedup(&self, idempotency_key: &str) -> String {
         format!("{}:dedup:{idempotency_key}", self.base)
+    }
+
+    /// The history stream: one snapshot per step, shared by every process.
+    pub fn history(&self) -> String {
+        format!("{}:history", self.base)
     }
 
     /// The counters hash.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use streamq::{LocalRedis, Queue, RedisConfig};
 
-use crate::{admin, bench, consume, demo, dlq, produce, stats};
+use crate::{admin, bench, consume, demo, dlq, produce, serve, stats};
 
 /// A priority job queue on Redis Streams.
 #[derive(Debug, Parser)]
@@ -41,6 +41,8 @@ enum Command {
     Pause(QueueArgs),
     /// Let workers fetch again.
     Resume(QueueArgs),
+    /// Serve the HTTP API and the dashboard of one queue.
+    Serve(serve::ServeArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -56,6 +58,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>
         Command::Recover(args) => admin::recover(args).await,
         Command::Pause(args) => admin::pause(args, true).await,
         Command::Resume(args) => admin::pause(args, false).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }
 

@@ -9,6 +9,7 @@ mod demo;
 mod dlq;
 mod produce;
 mod raw_baseline;
+mod serve;
 mod stats;
 
 use std::process::ExitCode;
