@@ -9,9 +9,9 @@
 //! a path to keep a screenshot of the page.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
 #[path = "support/server.rs"]
 mod server;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -55,11 +55,7 @@ impl Driver {
     async fn session(&self) -> Client {
         let url = format!("http://127.0.0.1:{}", self.port);
         eventually("chromedriver to answer", WAIT, || async {
-            client()
-                .get(format!("{url}/status"))
-                .send()
-                .await
-                .is_ok()
+            client().get(format!("{url}/status")).send().await.is_ok()
         })
         .await;
         let profile = self._profile.path().display().to_string();
@@ -99,7 +95,11 @@ impl Drop for Driver {
 struct BrowserLog;
 
 impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
-    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
         base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
     }
 
@@ -109,7 +109,10 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
 }
 
 async fn console(browser: &Client) -> Vec<(String, String)> {
-    let entries = browser.issue_cmd(BrowserLog).await.expect("the console log");
+    let entries = browser
+        .issue_cmd(BrowserLog)
+        .await
+        .expect("the console log");
     entries
         .as_array()
         .map(|list| {
@@ -255,13 +258,17 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
         )
         .await;
     }
-    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new(), |job: streamq::Job<Value>| async move {
-        if job.name() == "notify:pager" {
-            Err(JobError::retry("pager API answered 503"))
-        } else {
-            Ok(())
-        }
-    });
+    let (stop, worker) = spawn_worker(
+        &queue,
+        WorkerConfig::new(),
+        |job: streamq::Job<Value>| async move {
+            if job.name() == "notify:pager" {
+                Err(JobError::retry("pager API answered 503"))
+            } else {
+                Ok(())
+            }
+        },
+    );
     eventually("two dead letters and three completed", WAIT, || async {
         let s = queue.stats().await.unwrap();
         s.dead_letters == 2 && s.completed() == 3
@@ -272,7 +279,9 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
 
     // Alerts that stay waiting.
     let mut alert_id = String::new();
-    for severity in ["critical", "critical", "high", "warning", "info", "info", "info"] {
+    for severity in [
+        "critical", "critical", "high", "warning", "info", "info", "info",
+    ] {
         let reply = post(
             "/api/alerts/event",
             json!({"title": "disk full", "severity": severity, "source": "nagios"}),
@@ -289,16 +298,20 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
     script(&browser, "console.error('negative control'); return 1").await;
     let seen = console(&browser).await;
     assert!(
-        seen.iter().any(|(level, m)| level == "SEVERE" && m.contains("negative control")),
+        seen.iter()
+            .any(|(level, m)| level == "SEVERE" && m.contains("negative control")),
         "the console log is not readable: {seen:?}"
     );
 
     browser.goto(&server.url).await.unwrap();
     let refreshed = || async {
-        script(&browser, "return window.dashboard.refreshes > 0 && !!window.dashboard.charts.lengths")
-            .await
-            .as_bool()
-            .unwrap_or(false)
+        script(
+            &browser,
+            "return window.dashboard.refreshes > 0 && !!window.dashboard.charts.lengths",
+        )
+        .await
+        .as_bool()
+        .unwrap_or(false)
     };
     eventually("the first refresh", WAIT, refreshed).await;
 
@@ -308,14 +321,23 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
         let shown = text(&browser, &format!("#row-{} .waiting", p.priority)).await;
         assert_eq!(shown, p.waiting.to_string(), "{} waiting", p.priority);
         let in_flight = text(&browser, &format!("#row-{} .in-flight", p.priority)).await;
-        assert_eq!(in_flight, p.in_flight.to_string(), "{} in flight", p.priority);
+        assert_eq!(
+            in_flight,
+            p.in_flight.to_string(),
+            "{} in flight",
+            p.priority
+        );
     }
     assert_eq!(stats.priorities[Priority::Critical as usize].waiting, 2);
     assert_eq!(text(&browser, "#total-dead").await, "2");
     assert_eq!(text(&browser, "#health").await.to_lowercase(), "errors");
     let rows = browser.find_all(Locator::Css("tr.letter")).await.unwrap();
     assert_eq!(rows.len(), 2);
-    assert!(text(&browser, "#dead-letters").await.contains("pager API answered 503"));
+    assert!(
+        text(&browser, "#dead-letters")
+            .await
+            .contains("pager API answered 503")
+    );
     assert!(text(&browser, "#latency").await.contains("enrich"));
 
     // The history chart holds the points Redis holds.
@@ -333,7 +355,10 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     for (at, value) in &seeded {
-        let i = xs.iter().position(|x| x == at).expect("a seeded point in the chart");
+        let i = xs
+            .iter()
+            .position(|x| x == at)
+            .expect("a seeded point in the chart");
         assert_eq!(critical[i], *value, "critical waiting at {at}");
     }
     assert_eq!(xs.len(), seeded.len());
@@ -353,7 +378,10 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
         .unwrap();
     click(&browser, "#job-form button").await;
     eventually("the job's state", WAIT, || async {
-        text(&browser, "#job-state").await.to_lowercase().contains("waiting")
+        text(&browser, "#job-state")
+            .await
+            .to_lowercase()
+            .contains("waiting")
     })
     .await;
     assert!(text(&browser, "#job-result").await.contains("alert"));
@@ -364,7 +392,11 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
     click_confirmed(&browser, "tr.letter .dlq-retry").await;
     eventually("the letter to leave the list", WAIT, || async {
         let selector = format!("tr.letter[data-id='{letter_id}']");
-        browser.find_all(Locator::Css(&selector)).await.unwrap().is_empty()
+        browser
+            .find_all(Locator::Css(&selector))
+            .await
+            .unwrap()
+            .is_empty()
     })
     .await;
     assert_eq!(queue.stats().await.unwrap().dead_letters, 1);

@@ -137,7 +137,7 @@ fn imports_go_down_the_layers_by_their_own_paths() {
                         "{file}: `crate::{target}` goes through lib.rs's re-exports"
                     )),
                     Some(layer) if layer > own => {
-                        problems.push(format!("{file}: imports {target}, a layer above {top}"))
+                        problems.push(format!("{file}: imports {target}, a layer above {top}"));
                     }
                     Some(_) => {}
                 }

@@ -222,7 +222,10 @@ mod tests {
         let point = HistoryPoint::from_entry("120000-0", &fields).expect("parses");
         assert_eq!(point.at_ms, 120_000);
         assert_eq!(point.waiting, [3, 0, 0, 9]);
-        assert_eq!((point.in_flight, point.enqueued, point.completed), (2, 40, 30));
+        assert_eq!(
+            (point.in_flight, point.enqueued, point.completed),
+            (2, 40, 30)
+        );
         assert_eq!(point.dead_lettered, 1);
         assert_eq!(HistoryPoint::from_entry("bad", &fields), None);
     }

@@ -89,12 +89,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> ApiResult {
 
 /// `GET /metrics`: Prometheus text.
 pub(crate) async fn prometheus(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = state
-        .queue()
-        .prometheus(&state.config().thresholds)
-        .await?;
+    let text = state.queue().prometheus(&state.config().thresholds).await?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response())
@@ -181,7 +181,10 @@ pub(crate) async fn dead_letters(
 }
 
 /// `GET /api/admin/dead-letters/{id}`: one letter with its whole payload.
-pub(crate) async fn dead_letter(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
     match state.queue().dead_letter(entry_id(&id)?).await? {
         Some(letter) => Ok(Json(json::dead_letter(&letter, true))),
         None => Err(ApiError::not_found(format!("no dead letter {id}"))),

@@ -48,7 +48,11 @@ fn read_only() -> Response {
 
 /// Ingestion: the ingest token or the admin token when an ingest token is
 /// set; refused when read-only.
-pub(crate) async fn ingest(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn ingest(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let config = state.config();
     if let Some(ingest) = &config.ingest_token {
         let mut tokens = vec![ingest.as_str()];

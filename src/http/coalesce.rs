@@ -85,12 +85,7 @@ impl Coalescer {
     }
 }
 
-async fn collect(
-    queue: Queue,
-    mut jobs: mpsc::Receiver<Pending>,
-    max_jobs: usize,
-    wait: Duration,
-) {
+async fn collect(queue: Queue, mut jobs: mpsc::Receiver<Pending>, max_jobs: usize, wait: Duration) {
     let slots = Arc::new(Semaphore::new(SEND_SLOTS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -154,10 +149,7 @@ impl Gathered {
 }
 
 /// Tells each waiting handler what became of its job.
-fn answer(
-    sent: Result<Vec<JobId>, Error>,
-    waiting: Vec<(JobId, Reply)>,
-) {
+fn answer(sent: Result<Vec<JobId>, Error>, waiting: Vec<(JobId, Reply)>) {
     match sent {
         Ok(ids) => {
             for ((_, reply), id) in waiting.into_iter().zip(ids) {

@@ -203,7 +203,12 @@ mod tests {
             Err(ServeError::Exposed(_))
         ));
         assert!(HttpConfig::new().token("t").check_exposure(public).is_ok());
-        assert!(HttpConfig::new().insecure(true).check_exposure(public).is_ok());
+        assert!(
+            HttpConfig::new()
+                .insecure(true)
+                .check_exposure(public)
+                .is_ok()
+        );
         // An empty token is no token.
         assert!(HttpConfig::new().token("").check_exposure(public).is_err());
     }

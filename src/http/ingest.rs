@@ -24,7 +24,7 @@ use crate::producer::EnqueueOptions;
 pub(crate) const ALERT_JOB_NAME: &str = "alert";
 
 /// A body the extractor refused: over the limit (`413`) or unreadable.
-fn rejected(rejection: BytesRejection) -> ApiError {
+fn rejected(rejection: &BytesRejection) -> ApiError {
     ApiError::new(rejection.status(), rejection.body_text())
 }
 
@@ -77,7 +77,7 @@ pub(crate) async fn alert(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(rejected)?;
+    let body = body.map_err(|r| rejected(&r))?;
     let alert = object(&body)?;
     let options = alert_options(&alert, state.config());
     let id = state
@@ -160,7 +160,7 @@ pub(crate) async fn job(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     check_queue(&state, &queue)?;
-    let body = body.map_err(rejected)?;
+    let body = body.map_err(|r| rejected(&r))?;
     let (payload, options) = JobRequest::parse(object(&body)?, state.config())?;
     let id = state
         .inner
@@ -182,9 +182,8 @@ fn items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let item = serde_json::from_slice(line).map_err(|e| {
-                ApiError::bad_request(format!("line {} is not JSON: {e}", n + 1))
-            })?;
+            let item = serde_json::from_slice(line)
+                .map_err(|e| ApiError::bad_request(format!("line {} is not JSON: {e}", n + 1)))?;
             items.push(item);
         }
         items
@@ -226,7 +225,7 @@ async fn send_batch(
                 "count": enqueued.len(),
                 "ids": enqueued.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
             });
-            let mut response = error.clone().into_response();
+            let mut response = error.into_response();
             *response.body_mut() = axum::body::Body::from(body.to_string());
             Ok(response)
         }
@@ -239,7 +238,7 @@ pub(crate) async fn alert_batch(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(rejected)?;
+    let body = body.map_err(|r| rejected(&r))?;
     let jobs = items(&body)?
         .into_iter()
         .map(|alert| {
@@ -257,7 +256,7 @@ pub(crate) async fn job_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     check_queue(&state, &queue)?;
-    let body = body.map_err(rejected)?;
+    let body = body.map_err(|r| rejected(&r))?;
     let mut jobs = Vec::new();
     for (at, item) in items(&body)?.into_iter().enumerate() {
         let job = JobRequest::parse(item, state.config()).map_err(|mut e| {
@@ -293,11 +292,23 @@ mod tests {
 
     #[test]
     fn batch_bodies_are_arrays_or_ndjson() {
-        assert_eq!(items(b" [{\"a\":1},{\"b\":2}]").map(|v| v.len()).ok(), Some(2));
-        assert_eq!(items(b"{\"a\":1}\n\n{\"b\":2}\n").map(|v| v.len()).ok(), Some(2));
+        assert_eq!(
+            items(b" [{\"a\":1},{\"b\":2}]").map(|v| v.len()).ok(),
+            Some(2)
+        );
+        assert_eq!(
+            items(b"{\"a\":1}\n\n{\"b\":2}\n").map(|v| v.len()).ok(),
+            Some(2)
+        );
         let bad = items(b"{\"a\":1}\nnope\n").expect_err("line 2");
         assert!(bad.message.contains("line 2"), "{}", bad.message);
-        assert_eq!(items(b"[1]").expect_err("not object").status, StatusCode::BAD_REQUEST);
-        assert_eq!(items(b"  ").expect_err("empty").status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            items(b"[1]").expect_err("not object").status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            items(b"  ").expect_err("empty").status,
+            StatusCode::BAD_REQUEST
+        );
     }
 }

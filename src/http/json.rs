@@ -29,7 +29,10 @@ pub(crate) fn seed_health(report: &QueueReport, metrics: &QueueMetrics) -> Value
         m.insert(format!("queue_length:{}", p.priority), json!(p.waiting));
     }
     m.insert("processing_queue_length".into(), json!(report.in_flight()));
-    m.insert("dead_letter_queue_length".into(), json!(report.dead_letters));
+    m.insert(
+        "dead_letter_queue_length".into(),
+        json!(report.dead_letters),
+    );
     m.insert("delayed_queue_length".into(), json!(report.delayed));
     m.insert("total_enqueued".into(), json!(totals.enqueued));
     // Jobs a worker took and finished or still holds.

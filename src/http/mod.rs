@@ -56,8 +56,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::serve::ListenerExt;
 use axum::routing::{delete, get, post};
+use axum::serve::ListenerExt;
 use tokio_util::sync::DropGuard;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -117,10 +117,7 @@ pub fn router(queue: Queue, config: HttpConfig) -> Router {
 
     let ingest = Router::new()
         .route("/api/alerts/event", post(ingest::alert).layer(one))
-        .route(
-            "/api/alerts/batch",
-            post(ingest::alert_batch).layer(many),
-        )
+        .route("/api/alerts/batch", post(ingest::alert_batch).layer(many))
         .route("/api/queues/{queue}/jobs", post(ingest::job).layer(one))
         .route(
             "/api/queues/{queue}/jobs/batch",
