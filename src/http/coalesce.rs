@@ -15,25 +15,25 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::Error;
 use crate::http::config::HttpConfig;
 use crate::http::error::ApiError;
+use crate::http::payload::Payload;
 use crate::job_id::JobId;
 use crate::producer::{Batch, EnqueueOptions};
 use crate::queue::Queue;
 
 /// Batches sent at once; more jobs wait and join the next batch.
-const SEND_SLOTS: usize = 4;
+const SEND_SLOTS: usize = 2;
 
 /// A batch stops growing past this many body bytes, below the 4 MiB a
 /// script call carries.
 const MAX_BATCH_BYTES: usize = 3 << 20;
 
 struct Pending {
-    payload: Value,
+    payload: Payload,
     options: EnqueueOptions,
     bytes: usize,
     reply: Reply,
@@ -63,7 +63,7 @@ impl Coalescer {
     /// who went away never learns its id).
     pub(crate) async fn enqueue(
         &self,
-        payload: Value,
+        payload: Payload,
         options: EnqueueOptions,
         bytes: usize,
     ) -> Result<JobId, ApiError> {

@@ -11,12 +11,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::error::Error;
 use crate::http::AppState;
 use crate::http::config::HttpConfig;
 use crate::http::error::ApiError;
+use crate::http::payload::Payload;
 use crate::priority::Priority;
 use crate::producer::EnqueueOptions;
 
@@ -39,16 +41,38 @@ fn object(body: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
+/// The fields of an alert that decide how it is enqueued; the rest is
+/// passed through untouched.
+#[derive(Debug, Default, Deserialize)]
+struct AlertHead {
+    #[serde(default)]
+    severity: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+/// Checks that `json` is one JSON object and reads its head, or `400`.
+fn alert_head(json: &[u8]) -> Result<AlertHead, ApiError> {
+    let first = json.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+            Ok(_) => ApiError::bad_request("body must be a JSON object"),
+            Err(e) => ApiError::bad_request(format!("body is not JSON: {e}")),
+        });
+    }
+    serde_json::from_slice(json).map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))
+}
+
 /// An alert's priority and options, as seed 001 maps them: `severity`
 /// `critical` -> critical; `high` or `error` -> high; `warning` or `medium`
 /// -> medium; anything else or missing -> low. Its `id` (a string or a
 /// number) is the idempotency key. The whole object is the payload, `source`
 /// and `tenant` included.
-fn alert_options(alert: &Value, config: &HttpConfig) -> EnqueueOptions {
+fn alert_options(alert: &AlertHead, config: &HttpConfig) -> EnqueueOptions {
     let mut options = EnqueueOptions::new()
-        .priority(alert_priority(alert))
+        .priority(alert_priority(alert.severity.as_ref()))
         .name(ALERT_JOB_NAME);
-    let key = match alert.get("id") {
+    let key = match &alert.id {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
@@ -61,9 +85,8 @@ fn alert_options(alert: &Value, config: &HttpConfig) -> EnqueueOptions {
 
 /// The priority of an alert: its `severity` (a string) through
 /// [`Priority::from_severity`], low for anything else.
-fn alert_priority(alert: &Value) -> Priority {
-    alert
-        .get("severity")
+fn alert_priority(severity: Option<&Value>) -> Priority {
+    severity
         .and_then(Value::as_str)
         .map_or(Priority::Low, Priority::from_severity)
 }
@@ -78,16 +101,28 @@ pub(crate) async fn alert(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| rejected(&r))?;
-    let alert = object(&body)?;
-    let options = alert_options(&alert, state.config());
+    let options = alert_options(&alert_head(&body)?, state.config());
+    let bytes = body.len();
     let id = state
         .inner
         .coalescer
-        .enqueue(alert, options, body.len())
+        .enqueue(Payload::Raw(body), options, bytes)
         .await?;
-    Ok(accepted(
-        json!({ "status": "queued", "alert_id": id.as_str() }),
-    ))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Queued {
+            status: "queued",
+            alert_id: id.as_str(),
+        }),
+    )
+        .into_response())
+}
+
+/// The answer to one alert, serialized without building a tree.
+#[derive(serde::Serialize)]
+struct Queued<'a> {
+    alert_id: &'a str,
+    status: &'static str,
 }
 
 /// A generic job as the job endpoints take it.
@@ -107,7 +142,7 @@ struct JobRequest {
 }
 
 impl JobRequest {
-    fn parse(value: Value, config: &HttpConfig) -> Result<(Value, EnqueueOptions), ApiError> {
+    fn parse(value: Value, config: &HttpConfig) -> Result<(Payload, EnqueueOptions), ApiError> {
         let job: JobRequest = serde_json::from_value(value)
             .map_err(|e| ApiError::unprocessable(format!("invalid job: {e}")))?;
         let priority = match &job.priority {
@@ -137,7 +172,7 @@ impl JobRequest {
         if let Some(key) = job.idempotency_key {
             options = options.idempotency_key(key, config.idempotency_ttl);
         }
-        Ok((job.payload, options))
+        Ok((Payload::Tree(job.payload), options))
     }
 }
 
@@ -170,10 +205,11 @@ pub(crate) async fn job(
     Ok(accepted(json!({ "status": "queued", "id": id.as_str() })))
 }
 
-/// The items of a batch body: a JSON array, or one JSON value per line.
-fn items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+/// The items of a batch body, each a JSON object's text: a JSON array, or
+/// one JSON value per line.
+fn items(body: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    let items: Vec<Value> = if first == Some(&b'[') {
+    let items: Vec<&RawValue> = if first == Some(&b'[') {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("body is not a JSON array: {e}")))?
     } else {
@@ -182,8 +218,9 @@ fn items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let item = serde_json::from_slice(line)
-                .map_err(|e| ApiError::bad_request(format!("line {} is not JSON: {e}", n + 1)))?;
+            let item = serde_json::from_slice(line).map_err(|e| {
+                ApiError::bad_request(format!("line {} is not JSON: {e}", n + 1))
+            })?;
             items.push(item);
         }
         items
@@ -191,7 +228,10 @@ fn items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     if items.is_empty() {
         return Err(ApiError::bad_request("the batch holds no job"));
     }
-    if let Some(at) = items.iter().position(|i| !i.is_object()) {
+    if let Some(at) = items
+        .iter()
+        .position(|i| !i.get().trim_start().starts_with('{'))
+    {
         return Err(ApiError::bad_request(format!(
             "item {at} is not a JSON object"
         )));
@@ -202,7 +242,7 @@ fn items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
 /// Sends a checked batch and answers for all of it.
 async fn send_batch(
     state: &AppState,
-    jobs: Vec<(Value, EnqueueOptions)>,
+    jobs: Vec<(Payload, EnqueueOptions)>,
 ) -> Result<Response, ApiError> {
     let mut batch = state.queue().batch();
     for (at, (payload, options)) in jobs.iter().enumerate() {
@@ -239,13 +279,16 @@ pub(crate) async fn alert_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| rejected(&r))?;
-    let jobs = items(&body)?
-        .into_iter()
-        .map(|alert| {
-            let options = alert_options(&alert, state.config());
-            (alert, options)
-        })
-        .collect();
+    let mut jobs = Vec::new();
+    for (at, alert) in items(&body)?.into_iter().enumerate() {
+        let json = alert.get().as_bytes();
+        let head = alert_head(json).map_err(|mut e| {
+            e.message = format!("item {at}: {}", e.message);
+            e
+        })?;
+        let options = alert_options(&head, state.config());
+        jobs.push((Payload::Raw(body.slice_ref(json)), options));
+    }
     send_batch(&state, jobs).await
 }
 
@@ -259,7 +302,9 @@ pub(crate) async fn job_batch(
     let body = body.map_err(|r| rejected(&r))?;
     let mut jobs = Vec::new();
     for (at, item) in items(&body)?.into_iter().enumerate() {
-        let job = JobRequest::parse(item, state.config()).map_err(|mut e| {
+        let value: Value = serde_json::from_str(item.get())
+            .map_err(|e| ApiError::bad_request(format!("item {at} is not JSON: {e}")))?;
+        let job = JobRequest::parse(value, state.config()).map_err(|mut e| {
             e.message = format!("item {at}: {}", e.message);
             e
         })?;
@@ -286,8 +331,12 @@ mod tests {
             (json!({}), Priority::Low),
         ];
         for (alert, expected) in cases {
-            assert_eq!(alert_priority(&alert), expected, "{alert}");
+            let head = alert_head(alert.to_string().as_bytes()).expect("an object");
+            assert_eq!(alert_priority(head.severity.as_ref()), expected, "{alert}");
         }
+        assert!(alert_head(b"[1]").is_err());
+        assert!(alert_head(b"{\"a\":").is_err());
+        assert!(alert_head(b"{} trailing").is_err());
     }
 
     #[test]

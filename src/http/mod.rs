@@ -8,6 +8,7 @@
 //! - `ingest`: `POST /api/alerts/event` (seed 001's endpoint), generic jobs
 //!   and batches (JSON array or NDJSON). A request is answered `202` only
 //!   after Redis acknowledged its job.
+//! - `payload`: an alert's JSON bytes stored without building a tree.
 //! - `coalesce`: concurrent single-job requests share one batch enqueue, so
 //!   ingestion is not one round trip per request.
 //! - `admin`: health in seed 001's shape, stats, inspection, jobs by id,
@@ -47,6 +48,7 @@ mod dashboard;
 mod error;
 mod ingest;
 mod json;
+mod payload;
 mod sampler;
 
 use std::future::Future;
