@@ -31,11 +31,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8090".to_owned());
     // TCP_NODELAY, as streamq serve sets it.
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await?
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+    let listener = tokio::net::TcpListener::bind(&addr).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = Router::new().route("/api/alerts/event", post(alert));
     println!("http_baseline on http://{addr}/api/alerts/event");
     axum::serve(listener, app).await?;

@@ -55,12 +55,15 @@ struct AlertHead {
 fn alert_head(json: &[u8]) -> Result<AlertHead, ApiError> {
     let first = json.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
-            Ok(_) => ApiError::bad_request("body must be a JSON object"),
-            Err(e) => ApiError::bad_request(format!("body is not JSON: {e}")),
-        });
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+                Ok(_) => ApiError::bad_request("body must be a JSON object"),
+                Err(e) => ApiError::bad_request(format!("body is not JSON: {e}")),
+            },
+        );
     }
-    serde_json::from_slice(json).map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))
+    serde_json::from_slice(json)
+        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))
 }
 
 /// An alert's priority and options, as seed 001 maps them: `severity`
@@ -218,9 +221,8 @@ fn items(body: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let item = serde_json::from_slice(line).map_err(|e| {
-                ApiError::bad_request(format!("line {} is not JSON: {e}", n + 1))
-            })?;
+            let item = serde_json::from_slice(line)
+                .map_err(|e| ApiError::bad_request(format!("line {} is not JSON: {e}", n + 1)))?;
             items.push(item);
         }
         items

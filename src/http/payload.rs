@@ -34,8 +34,8 @@ mod tests {
     #[test]
     fn raw_json_encodes_as_its_tree_does() {
         let text = r#"{"severity":"high","n":[1,2.5,-3,null,true],"nested":{"s":"é"}}"#;
-        let raw = rmp_serde::to_vec(&Payload::Raw(Bytes::from_static(text.as_bytes())))
-            .expect("encodes");
+        let raw =
+            rmp_serde::to_vec(&Payload::Raw(Bytes::from_static(text.as_bytes()))).expect("encodes");
         let back: Value = rmp_serde::from_slice(&raw).expect("decodes");
         let tree: Value = serde_json::from_str(text).expect("parses");
         assert_eq!(back, tree);
