@@ -142,6 +142,15 @@ async fn text(browser: &Client, css: &str) -> String {
         .expect(css)
 }
 
+/// The text of `css`, or `None` while no such element exists.
+async fn text_if_any(browser: &Client, css: &str) -> Option<String> {
+    let found = browser.find_all(Locator::Css(css)).await.expect(css);
+    match found.first() {
+        Some(element) => element.text().await.ok(),
+        None => None,
+    }
+}
+
 async fn click(browser: &Client, css: &str) {
     browser
         .find(Locator::Css(css))
@@ -378,10 +387,9 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
         .unwrap();
     click(&browser, "#job-form button").await;
     eventually("the job's state", WAIT, || async {
-        text(&browser, "#job-state")
+        text_if_any(&browser, "#job-state")
             .await
-            .to_lowercase()
-            .contains("waiting")
+            .is_some_and(|t| t.to_lowercase().contains("waiting"))
     })
     .await;
     assert!(text(&browser, "#job-result").await.contains("alert"));

@@ -3,7 +3,7 @@
 //! binary. No CDN, no build step.
 
 use axum::extract::Path;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::http::error::ApiError;
@@ -53,6 +53,12 @@ const SECURITY: [(header::HeaderName, &str); 3] = [
 /// `GET /`: the page.
 pub(crate) async fn index() -> Response {
     (SECURITY, Html(INDEX)).into_response()
+}
+
+/// `GET /favicon.ico`: no icon, and no 404 in the browser's console for
+/// pages (JSON answers) that do not name one.
+pub(crate) async fn favicon() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// `GET /assets/{file}`.

@@ -167,6 +167,7 @@ pub fn router(queue: Queue, config: HttpConfig) -> Router {
     let open = Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
+        .route("/favicon.ico", get(dashboard::favicon))
         .route("/metrics", get(admin::prometheus))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz));
