@@ -825,3 +825,75 @@ async fn history_is_one_point_per_step_across_servers_and_survives_them() {
     assert_eq!(added, 5);
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamq_serve_stops_on_sigterm_keeping_what_it_accepted() {
+    let redis = TestRedis::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_streamq"))
+        .args(["serve", "--queue", "alerts", "--history-step-secs", "0"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("STREAMQ_REDIS_URL", redis.server.url())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("streamq serve starts");
+    let pid = child.id();
+    // Killed if the test fails before it exits by itself.
+    let _guard = KillOnDrop(pid);
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the server to answer", WAIT, || async {
+        client().get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let url = format!("{base}/api/alerts/event");
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                client()
+                    .post(&url)
+                    .body(json!({ "n": i }).to_string())
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    let queue = redis.queue("alerts").await;
+    eventually("a first alert", WAIT, || async {
+        queue.stats().await.unwrap().enqueued() > 0
+    })
+    .await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut accepted = 0;
+    for request in requests {
+        if let Ok(status) = request.await.unwrap() {
+            assert_eq!(status, StatusCode::ACCEPTED);
+            accepted += 1;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(accepted > 0);
+    assert_eq!(queue.stats().await.unwrap().enqueued(), accepted);
+}
+
+/// Sends SIGKILL to a process id when dropped (after a clean exit, to no one).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
