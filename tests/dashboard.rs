@@ -13,6 +13,7 @@
 mod server;
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,7 +27,9 @@ use support::{TestRedis, eventually, spawn_worker};
 const WAIT: Duration = Duration::from_secs(30);
 const STEP_MS: u64 = 60_000;
 
-/// A chromedriver process on a free port, killed on drop.
+/// A chromedriver process on a free port, in a process group of its own
+/// with the browsers it starts: the whole group is killed on drop, so a
+/// failing test leaves no Chromium behind.
 struct Driver {
     child: Child,
     port: u16,
@@ -43,6 +46,7 @@ impl Driver {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver on PATH (apt-get install chromium-driver)");
         Driver {
@@ -84,7 +88,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The group's id is chromedriver's pid.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.wait();
     }
 }
