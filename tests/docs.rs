@@ -90,12 +90,13 @@ fn the_readme_tree_names_every_file_and_nothing_else() {
 }
 
 /// The library's layers, bottom up, as `src/lib.rs` declares them.
-const LAYERS: [&[&str]; 6] = [
+const LAYERS: [&[&str]; 7] = [
     &["error", "job_id", "priority", "time", "backoff"],
     &["protocol"],
     &["queue"],
     &["producer", "results", "schedule", "worker"],
     &["admin"],
+    &["http"],
     &["testing"],
 ];
 

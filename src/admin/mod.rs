@@ -8,7 +8,9 @@
 //!   with consumers and [`Health`](inspect::Health).
 //! - `metrics`: counters and latency histograms kept by the scripts.
 //! - `prometheus`: all of that in the Prometheus text format.
-//! - `dead_letters`: list, show, requeue and purge dead letters.
+//! - `dead_letters`: list, show, requeue and purge dead letters;
+//!   `dead_letter_delete`: delete one.
+//! - `history`: the queue's recent past, one snapshot per step, in Redis.
 //! - `events`: [`Queue::events`](crate::Queue::events), following what
 //!   happens to jobs.
 //! - `lookup`: a tracked job by id.
@@ -18,8 +20,10 @@
 //! - `remove`: clean old dead letters and completed jobs, drain, obliterate.
 
 pub(crate) mod cancel;
+pub(crate) mod dead_letter_delete;
 pub(crate) mod dead_letters;
 pub(crate) mod events;
+pub(crate) mod history;
 pub(crate) mod inspect;
 pub(crate) mod lookup;
 pub(crate) mod metrics;

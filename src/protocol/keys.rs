@@ -24,6 +24,7 @@
 //! | `<prefix>:{<queue>}:schedule_changes` | stream | one entry per schedule change, to wake schedulers |
 //! | `<prefix>:{<queue>}:tick:<id>:<due>` | string | the job enqueued for one schedule tick (with a TTL) |
 //! | `<prefix>:{<queue>}:stop`     | zset   | stop requests for active jobs: `<priority index>:<entry id>`, scored by request ms |
+//! | `<prefix>:{<queue>}:history`  | stream | one snapshot of counters and lengths per step, the entry id is the step's start ms |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -183,6 +184,11 @@ impl QueueKeys {
     /// The key recording which job took an idempotency key.
     pub fn dedup(&self, idempotency_key: &str) -> String {
         format!("{}:dedup:{idempotency_key}", self.base)
+    }
+
+    /// The history stream: one snapshot per step, shared by every process.
+    pub fn history(&self) -> String {
+        format!("{}:history", self.base)
     }
 
     /// The counters hash.

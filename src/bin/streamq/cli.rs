@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use streamq::{LocalRedis, Queue, QueueBuilder, RedisConfig};
 
-use crate::{admin, bench, consume, demo, dlq, produce, remove, schedule, stats};
+use crate::{admin, bench, consume, demo, dlq, produce, remove, schedule, serve, stats};
 
 const EXIT_CODES: &str = "\
 Redis: --redis URL, else STREAMQ_REDIS_URL, else REDIS_URL, else REDIS_HOST, REDIS_PORT,
@@ -69,6 +69,8 @@ enum Command {
     /// Delete every key of a queue, refused while workers are active unless
     /// --force (needs --yes).
     Obliterate(remove::ObliterateArgs),
+    /// Serve the HTTP API and the dashboard of one queue.
+    Serve(serve::ServeArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -89,6 +91,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>
         Command::Clean(args) => remove::clean(args).await,
         Command::Drain(args) => remove::drain(args).await,
         Command::Obliterate(args) => remove::obliterate(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }
 

@@ -12,6 +12,7 @@ mod raw_baseline;
 mod remove;
 mod render;
 mod schedule;
+mod serve;
 mod stats;
 
 use std::io::IsTerminal;

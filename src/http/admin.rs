@@ -1,0 +1,262 @@
+//! The admin API: everything the CLI can do, as JSON, plus the
+//! orchestrators' probes and Prometheus text. Reads go through the
+//! `admin_read` guard and changes through `admin_write` (see `auth`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::json;
+use crate::time::now_ms;
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Whether `id` is a stream entry id (`<ms>-<seq>`), checked before it
+/// reaches Redis, which would answer a malformed one with an error.
+fn entry_id(id: &str) -> Result<&str, ApiError> {
+    let ok = match id.split_once('-') {
+        Some((ms, seq)) => ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok(),
+        None => false,
+    };
+    if ok {
+        Ok(id)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{id:?} is not a dead-letter id (<ms>-<seq>)"
+        )))
+    }
+}
+
+/// `GET /api/admin/queue/health`: seed 001's shape. Answers `200` with
+/// `redis_available: false` when Redis cannot be read, as the seed does.
+pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
+    let queue = state.queue();
+    let read = async {
+        let report = queue.inspect(&state.config().thresholds).await?;
+        let metrics = queue.metrics().await?;
+        Ok::<_, crate::error::Error>(json::seed_health(&report, &metrics))
+    };
+    Json(match read.await {
+        Ok(value) => value,
+        Err(e) => json::unavailable_health(&e.to_string()),
+    })
+}
+
+/// `GET /api/admin/overview`: what the dashboard shows, in one call.
+pub(crate) async fn overview(State(state): State<AppState>) -> ApiResult {
+    let queue = state.queue();
+    let report = queue.inspect(&state.config().thresholds).await?;
+    let metrics = queue.metrics().await?;
+    let mut value = json::report(&report);
+    value["metrics"] = json::metrics(&metrics);
+    value["server"] = json!({
+        "kind": queue.server().server,
+        "version": queue.server().version.to_string(),
+    });
+    value["read_only"] = json!(state.config().read_only);
+    value["history_step_ms"] = json!(
+        state
+            .config()
+            .history_settings()
+            .map(|(step, _)| step.as_millis() as u64)
+    );
+    value["now_ms"] = json!(now_ms());
+    Ok(Json(value))
+}
+
+/// `GET /api/admin/stats`.
+pub(crate) async fn stats(State(state): State<AppState>) -> ApiResult {
+    Ok(Json(json::stats(&state.queue().stats().await?)))
+}
+
+/// `GET /api/admin/inspect`.
+pub(crate) async fn inspect(State(state): State<AppState>) -> ApiResult {
+    let report = state.queue().inspect(&state.config().thresholds).await?;
+    Ok(Json(json::report(&report)))
+}
+
+/// `GET /api/admin/metrics`: counters and latency as JSON.
+pub(crate) async fn metrics(State(state): State<AppState>) -> ApiResult {
+    Ok(Json(json::metrics(&state.queue().metrics().await?)))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(crate) async fn prometheus(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = state.queue().prometheus(&state.config().thresholds).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// `GET /healthz`: the process is up.
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: Redis answers; `503` when it does not.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state.queue().is_paused().await?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryQuery {
+    since_ms: Option<u64>,
+    count: Option<usize>,
+}
+
+/// The most history points one request returns.
+const MAX_HISTORY_POINTS: usize = 10_000;
+
+/// `GET /api/admin/history?since_ms=&count=`: by default the last 24 h.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let since = query
+        .since_ms
+        .unwrap_or_else(|| now_ms().saturating_sub(24 * 3600 * 1000));
+    let count = query
+        .count
+        .unwrap_or(MAX_HISTORY_POINTS)
+        .clamp(1, MAX_HISTORY_POINTS);
+    let points = state.queue().history(Some(since), count).await?;
+    let step = state.config().history_settings().map(|(step, _)| step);
+    Ok(Json(json::history(&points, step)))
+}
+
+/// `GET /api/admin/jobs/{id}`: a tracked job.
+pub(crate) async fn job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::bad_request("a job id is 1 to 128 bytes"));
+    }
+    match state.queue().job(&id).await? {
+        Some(info) => Ok(Json(json::job(&info))),
+        None => Err(ApiError::not_found(format!(
+            "no job {id} (unknown, expired, or the queue does not track jobs)"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PageQuery {
+    after: Option<String>,
+    count: Option<usize>,
+}
+
+/// The most dead letters one page holds.
+const MAX_PAGE: usize = 500;
+
+/// `GET /api/admin/dead-letters?after=&count=`: a page, oldest first.
+pub(crate) async fn dead_letters(
+    State(state): State<AppState>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let after = match &query.after {
+        Some(id) => Some(entry_id(id)?),
+        None => None,
+    };
+    let count = query.count.unwrap_or(50).clamp(1, MAX_PAGE);
+    let page = state.queue().dead_letters(after, count).await?;
+    let total = state.queue().stats().await?.dead_letters;
+    Ok(Json(json!({
+        "letters": page.letters.iter().map(|l| json::dead_letter(l, false)).collect::<Vec<_>>(),
+        "next": page.next,
+        "total": total,
+    })))
+}
+
+/// `GET /api/admin/dead-letters/{id}`: one letter with its whole payload.
+pub(crate) async fn dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    match state.queue().dead_letter(entry_id(&id)?).await? {
+        Some(letter) => Ok(Json(json::dead_letter(&letter, true))),
+        None => Err(ApiError::not_found(format!("no dead letter {id}"))),
+    }
+}
+
+/// `POST /api/admin/dead-letters/{id}/retry`: back to its priority.
+pub(crate) async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    if state.queue().requeue_dead_letter(entry_id(&id)?).await? {
+        Ok(Json(json!({ "requeued": 1 })))
+    } else {
+        Err(ApiError::not_found(format!("no dead letter {id}")))
+    }
+}
+
+/// `POST /api/admin/dead-letters/retry-all`.
+pub(crate) async fn retry_all_dead_letters(State(state): State<AppState>) -> ApiResult {
+    let n = state.queue().requeue_all_dead_letters().await?;
+    Ok(Json(json!({ "requeued": n })))
+}
+
+/// `DELETE /api/admin/dead-letters/{id}`.
+pub(crate) async fn delete_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    if state.queue().delete_dead_letter(entry_id(&id)?).await? {
+        Ok(Json(json!({ "deleted": 1 })))
+    } else {
+        Err(ApiError::not_found(format!("no dead letter {id}")))
+    }
+}
+
+/// `POST /api/admin/dead-letters/purge`: deletes them all.
+pub(crate) async fn purge_dead_letters(State(state): State<AppState>) -> ApiResult {
+    let n = state.queue().purge_dead_letters().await?;
+    Ok(Json(json!({ "deleted": n })))
+}
+
+/// `POST /api/admin/pause`.
+pub(crate) async fn pause(State(state): State<AppState>) -> ApiResult {
+    state.queue().pause().await?;
+    Ok(Json(json!({ "paused": true })))
+}
+
+/// `POST /api/admin/resume`.
+pub(crate) async fn resume(State(state): State<AppState>) -> ApiResult {
+    state.queue().resume().await?;
+    Ok(Json(json!({ "paused": false })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RecoverQuery {
+    idle_ms: Option<u64>,
+}
+
+/// `POST /api/admin/queue/recover-stalled?idle_ms=`: seed 001's answer,
+/// `{"recovered_alerts": n}`, plus `lost`.
+pub(crate) async fn recover_stalled(
+    State(state): State<AppState>,
+    query: Result<Query<RecoverQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let idle = query
+        .idle_ms
+        .map_or(state.config().recover_idle, Duration::from_millis);
+    let done = state.queue().recover_stalled(idle).await?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "recovered_alerts": done.recovered, "lost": done.lost })),
+    ))
+}

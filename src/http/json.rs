@@ -1,0 +1,296 @@
+//! The library's admin types as JSON, in one place: the API's response
+//! shapes (documented in docs/http.md) are all built here.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::admin::dead_letters::DeadLetter;
+use crate::admin::history::HistoryPoint;
+use crate::admin::inspect::{Health, QueueReport};
+use crate::admin::lookup::{JobInfo, JobState};
+use crate::admin::metrics::{Counts, LatencyHistogram, QueueMetrics};
+use crate::admin::stats::QueueStats;
+use crate::priority::Priority;
+
+/// Characters of a dead letter's payload shown in a list.
+const PREVIEW_CHARS: usize = 200;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Seed 001's health answer: `redis_available`, `queue_status` and
+/// `metrics` with its field names, plus `reasons` and a few extra metrics.
+pub(crate) fn seed_health(report: &QueueReport, metrics: &QueueMetrics) -> Value {
+    let totals = metrics.total();
+    let mut m = Map::new();
+    for p in &report.priorities {
+        m.insert(format!("queue_length:{}", p.priority), json!(p.waiting));
+    }
+    m.insert("processing_queue_length".into(), json!(report.in_flight()));
+    m.insert(
+        "dead_letter_queue_length".into(),
+        json!(report.dead_letters),
+    );
+    m.insert("delayed_queue_length".into(), json!(report.delayed));
+    m.insert("total_enqueued".into(), json!(totals.enqueued));
+    // Jobs a worker took and finished or still holds.
+    m.insert(
+        "total_dequeued".into(),
+        json!(totals.completed + totals.dead_lettered + report.in_flight()),
+    );
+    m.insert("successfully_processed".into(), json!(totals.completed));
+    m.insert("processing_failures".into(), json!(totals.failed));
+    m.insert("retried".into(), json!(totals.retried));
+    m.insert("dead_lettered".into(), json!(totals.dead_lettered));
+    m.insert("paused".into(), json!(report.paused));
+    json!({
+        "redis_available": true,
+        "queue_status": report.health.as_str(),
+        "reasons": report.health.reasons(),
+        "metrics": m,
+    })
+}
+
+/// The health answer when Redis cannot be read.
+pub(crate) fn unavailable_health(error: &str) -> Value {
+    json!({
+        "redis_available": false,
+        "queue_status": Health::Unavailable(String::new()).as_str(),
+        "reasons": [error],
+    })
+}
+
+pub(crate) fn counts(c: &Counts) -> Value {
+    json!({
+        "enqueued": c.enqueued,
+        "completed": c.completed,
+        "failed": c.failed,
+        "retried": c.retried,
+        "dead_lettered": c.dead_lettered,
+        "reclaimed": c.reclaimed,
+        "lost": c.lost,
+        "ownership_lost": c.ownership_lost,
+        "requeued": c.requeued,
+    })
+}
+
+pub(crate) fn stats(stats: &QueueStats) -> Value {
+    json!({
+        "priorities": stats.priorities.iter().map(|p| json!({
+            "priority": p.priority.as_str(),
+            "length": p.length,
+            "waiting": p.waiting,
+            "in_flight": p.in_flight,
+            "enqueued": p.enqueued,
+            "completed": p.completed,
+            "dead_lettered": p.dead_lettered,
+        })).collect::<Vec<_>>(),
+        "waiting": stats.waiting(),
+        "in_flight": stats.in_flight(),
+        "delayed": stats.delayed,
+        "dead_letters": stats.dead_letters,
+    })
+}
+
+pub(crate) fn report(report: &QueueReport) -> Value {
+    json!({
+        "queue": report.queue,
+        "paused": report.paused,
+        "health": { "status": report.health.as_str(), "reasons": report.health.reasons() },
+        "priorities": report.priorities.iter().map(|p| json!({
+            "priority": p.priority.as_str(),
+            "length": p.length,
+            "waiting": p.waiting,
+            "in_flight": p.in_flight,
+            "oldest_waiting_ms": p.oldest_waiting.map(ms),
+        })).collect::<Vec<_>>(),
+        "consumers": report.consumers.iter().map(|c| json!({
+            "name": c.name,
+            "idle_ms": ms(c.idle),
+            "pending": c.pending,
+        })).collect::<Vec<_>>(),
+        "waiting": report.waiting(),
+        "in_flight": report.in_flight(),
+        "delayed": report.delayed,
+        "next_due_ms": report.next_due_ms,
+        "dead_letters": report.dead_letters,
+    })
+}
+
+fn histogram(h: &LatencyHistogram) -> Value {
+    json!({
+        "count": h.count(),
+        "p50_ms": h.percentile(0.5).map(ms),
+        "p99_ms": h.percentile(0.99).map(ms),
+        "mean_ms": (h.count() > 0).then(|| ms(h.sum()) / h.count() as f64),
+    })
+}
+
+pub(crate) fn metrics(metrics: &QueueMetrics) -> Value {
+    let by_priority: Map<String, Value> = metrics
+        .by_priority
+        .iter()
+        .map(|(p, c)| (p.as_str().to_owned(), counts(c)))
+        .collect();
+    let by_name: Map<String, Value> = metrics
+        .by_name
+        .iter()
+        .map(|(n, c)| (n.clone(), counts(c)))
+        .collect();
+    json!({
+        "total": counts(&metrics.total()),
+        "by_priority": by_priority,
+        "by_name": by_name,
+        "latency": metrics.latency.iter().map(|(name, l)| json!({
+            "name": name,
+            "wait": histogram(&l.wait),
+            "run": histogram(&l.run),
+        })).collect::<Vec<_>>(),
+        "scheduled": metrics.scheduled,
+        "deduplicated": metrics.deduplicated,
+    })
+}
+
+/// The first [`PREVIEW_CHARS`] characters of a letter's payload as JSON.
+fn preview(payload: &Result<Value, String>) -> String {
+    match payload {
+        Ok(value) => {
+            let text = value.to_string();
+            match text.char_indices().nth(PREVIEW_CHARS) {
+                Some((cut, _)) => format!("{}…", &text[..cut]),
+                None => text,
+            }
+        }
+        Err(e) => format!("(payload not readable as JSON: {e})"),
+    }
+}
+
+/// A dead letter; with `full`, its whole payload as well.
+pub(crate) fn dead_letter(letter: &DeadLetter, full: bool) -> Value {
+    let payload = letter.payload::<Value>().map_err(|e| e.to_string());
+    let mut value = json!({
+        "id": letter.id,
+        "job_id": letter.job_id.as_str(),
+        "name": letter.name,
+        "priority": letter.priority.as_str(),
+        "attempts": letter.attempts,
+        "error": letter.error,
+        "enqueued_ms": letter.enqueued_ms,
+        "failed_ms": letter.failed_ms,
+        "payload_preview": preview(&payload),
+    });
+    if full {
+        value["payload"] = payload.unwrap_or(Value::Null);
+    }
+    value
+}
+
+pub(crate) fn job(info: &JobInfo) -> Value {
+    let (state, detail) = match &info.state {
+        JobState::Waiting { priority } => ("waiting", json!({ "priority": priority.as_str() })),
+        JobState::Active {
+            owner,
+            idle,
+            deliveries,
+        } => (
+            "active",
+            json!({ "owner": owner, "idle_ms": ms(*idle), "deliveries": deliveries }),
+        ),
+        JobState::Delayed { due_ms } => ("delayed", json!({ "due_ms": due_ms })),
+        JobState::DeadLettered {
+            error,
+            dead_letter_id,
+        } => (
+            "dead_lettered",
+            json!({ "error": error, "dead_letter_id": dead_letter_id }),
+        ),
+        JobState::Completed => ("completed", json!({})),
+        _ => ("unknown", json!({})),
+    };
+    json!({
+        "id": info.id.as_str(),
+        "name": info.name,
+        "state": state,
+        "detail": detail,
+        "enqueued_ms": info.enqueued_ms,
+        "started_ms": info.started_ms,
+        "finished_ms": info.finished_ms,
+        "attempts": info.attempts,
+        "progress": info.progress,
+        "error": info.error,
+        "logs": info.logs,
+    })
+}
+
+/// History points, each with the throughput since the point before it.
+pub(crate) fn history(points: &[HistoryPoint], step: Option<Duration>) -> Value {
+    let mut out = Vec::with_capacity(points.len());
+    let mut previous: Option<&HistoryPoint> = None;
+    for point in points {
+        let waiting: Map<String, Value> = Priority::ALL
+            .iter()
+            .zip(point.waiting)
+            .map(|(p, n)| (p.as_str().to_owned(), json!(n)))
+            .collect();
+        let throughput = previous.map(|prev| {
+            json!({
+                "enqueued": point.enqueued.saturating_sub(prev.enqueued),
+                "completed": point.completed.saturating_sub(prev.completed),
+                "failed": point.failed.saturating_sub(prev.failed),
+                "dead_lettered": point.dead_lettered.saturating_sub(prev.dead_lettered),
+                "interval_ms": point.at_ms.saturating_sub(prev.at_ms),
+            })
+        });
+        out.push(json!({
+            "at_ms": point.at_ms,
+            "waiting": waiting,
+            "in_flight": point.in_flight,
+            "delayed": point.delayed,
+            "dead_letters": point.dead_letters,
+            "enqueued": point.enqueued,
+            "completed": point.completed,
+            "failed": point.failed,
+            "dead_lettered": point.dead_lettered,
+            "throughput": throughput,
+        }));
+        previous = Some(point);
+    }
+    json!({
+        "step_ms": step.map(|s| s.as_millis() as u64),
+        "points": out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_are_cut_on_a_character() {
+        let long = Value::String("é".repeat(500));
+        let p = preview(&Ok(long));
+        assert_eq!(p.chars().count(), PREVIEW_CHARS + 1);
+        assert!(p.ends_with('…'));
+        assert_eq!(preview(&Ok(json!({"a": 1}))), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn throughput_is_the_difference_between_points() {
+        let a = HistoryPoint {
+            at_ms: 60_000,
+            enqueued: 10,
+            ..HistoryPoint::default()
+        };
+        let b = HistoryPoint {
+            at_ms: 120_000,
+            enqueued: 25,
+            ..HistoryPoint::default()
+        };
+        let v = history(&[a, b], Some(Duration::from_secs(60)));
+        assert_eq!(v["points"][0]["throughput"], Value::Null);
+        assert_eq!(v["points"][1]["throughput"]["enqueued"], 15);
+        assert_eq!(v["step_ms"], 60_000);
+    }
+}
