@@ -998,7 +998,7 @@ async fn every_readme_command_runs() {
             "{line}: {}",
             run.stderr
         );
-        if follows {
+        if line.contains("tail -f") {
             assert_eq!(
                 redis.len("streamq:{alerts}:medium").await,
                 before + 1,
@@ -1040,7 +1040,10 @@ fn docs_cite_nothing_a_user_cannot_follow() {
         "REDIS-NOTES",
     ];
     for path in texts {
-        let text = std::fs::read_to_string(&path).unwrap();
+        // Text only: the dashboard's screenshot lives in docs/ too.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
         for word in forbidden {
             assert!(
                 !text.contains(word),

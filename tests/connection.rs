@@ -69,7 +69,16 @@ async fn tls_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
     std::fs::write(&files.key, server_key.serialize_pem()).unwrap();
     std::fs::write(&files.ca, ca.pem()).unwrap();
 
-    let redis = TestRedis::with(streamq::LocalRedis::builder().tls(files));
+    // A server built without TLS (the valkey-server a fresh machine fetches
+    // from PyPI, say) cannot run this test; any other failure to start is one.
+    let redis = match streamq::LocalRedis::builder().tls(files).start() {
+        Ok(server) => TestRedis { server },
+        Err(err) if err.to_string().contains("Failed finding TLS support") => {
+            eprintln!("skipped: this redis-server is built without TLS ({err})");
+            return;
+        }
+        Err(err) => panic!("TLS redis-server did not start: {err}"),
+    };
     let url = redis.server.url();
     assert!(url.starts_with("rediss://"), "{url}");
 

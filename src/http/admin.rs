@@ -34,8 +34,8 @@ fn entry_id(id: &str) -> Result<&str, ApiError> {
     }
 }
 
-/// `GET /api/admin/queue/health`: seed 001's shape. Answers `200` with
-/// `redis_available: false` when Redis cannot be read, as the seed does.
+/// `GET /api/admin/queue/health`: the alert-platform shape. Answers `200` with
+/// `redis_available: false` when Redis cannot be read, so monitors can tell.
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
     let queue = state.queue();
     let read = async {
@@ -244,7 +244,7 @@ pub(crate) struct RecoverQuery {
     idle_ms: Option<u64>,
 }
 
-/// `POST /api/admin/queue/recover-stalled?idle_ms=`: seed 001's answer,
+/// `POST /api/admin/queue/recover-stalled?idle_ms=`: the alert-platform answer,
 /// `{"recovered_alerts": n}`, plus `lost`.
 pub(crate) async fn recover_stalled(
     State(state): State<AppState>,

@@ -1,4 +1,4 @@
-//! Ingestion: seed 001's alert endpoint, generic jobs, and batches of either
+//! Ingestion: the alert endpoint, generic jobs, and batches of either
 //! as a JSON array or NDJSON. Every job is answered `202` only after Redis
 //! acknowledged it; a batch is checked whole before anything is sent.
 
@@ -66,7 +66,7 @@ fn alert_head(json: &[u8]) -> Result<AlertHead, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))
 }
 
-/// An alert's priority and options, as seed 001 maps them: `severity`
+/// An alert's priority and options, as alert platforms map them: `severity`
 /// `critical` -> critical; `high` or `error` -> high; `warning` or `medium`
 /// -> medium; anything else or missing -> low. Its `id` (a string or a
 /// number) is the idempotency key. The whole object is the payload, `source`

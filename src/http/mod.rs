@@ -5,13 +5,13 @@
 //! down gracefully. Behind the cargo feature `http` (on by default through
 //! `cli`): library users who turn default features off build no axum.
 //!
-//! - `ingest`: `POST /api/alerts/event` (seed 001's endpoint), generic jobs
+//! - `ingest`: `POST /api/alerts/event` (the alert endpoint), generic jobs
 //!   and batches (JSON array or NDJSON). A request is answered `202` only
 //!   after Redis acknowledged its job.
 //! - `payload`: an alert's JSON bytes stored without building a tree.
 //! - `coalesce`: concurrent single-job requests share one batch enqueue, so
 //!   ingestion is not one round trip per request.
-//! - `admin`: health in seed 001's shape, stats, inspection, jobs by id,
+//! - `admin`: health in the alert-platform JSON shape, stats, inspection, jobs by id,
 //!   dead letters, pause and resume, recover-stalled, history, Prometheus
 //!   text, `/healthz` and `/readyz`.
 //! - `dashboard`: the page at `/`, from assets compiled into the binary.
