@@ -8,57 +8,11 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use support::cli::{BIN, Run, command, streamq};
 use support::{TestRedis, eventually};
-
-const BIN: &str = env!("CARGO_BIN_EXE_streamq");
-
-/// What one run printed and how it ended.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(out: Output) -> Run {
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-/// The command with no Redis settings inherited from the environment.
-fn command() -> Command {
-    let mut cmd = Command::new(BIN);
-    for var in [
-        "STREAMQ_REDIS_URL",
-        "REDIS_URL",
-        "REDIS_HOST",
-        "REDIS_PORT",
-        "REDIS_PASSWORD",
-        "REDIS_DB",
-        "REDIS_USE_SSL",
-        "NO_COLOR",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-/// `streamq <sub> --redis <url> <rest...>`.
-fn streamq(url: &str, args: &[&str]) -> Run {
-    let mut cmd = command();
-    cmd.arg(args[0]).args(["--redis", url]).args(&args[1..]);
-    cmd.output().expect("streamq runs").into()
-}
 
 async fn dbsize(redis: &TestRedis) -> u64 {
     redis::cmd("DBSIZE")

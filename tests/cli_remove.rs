@@ -6,41 +6,9 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
-
 use streamq::QueueKeys;
 use support::TestRedis;
-
-const BIN: &str = env!("CARGO_BIN_EXE_streamq");
-
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(out: Output) -> Run {
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-/// `streamq <sub> --redis <url> <rest...>`, with no Redis settings from
-/// the environment.
-fn streamq(url: &str, args: &[&str]) -> Run {
-    let mut cmd = Command::new(BIN);
-    for var in ["STREAMQ_REDIS_URL", "REDIS_URL", "REDIS_HOST", "RUST_LOG"] {
-        cmd.env_remove(var);
-    }
-    cmd.stdin(Stdio::null());
-    cmd.arg(args[0]).args(["--redis", url]).args(&args[1..]);
-    cmd.output().expect("streamq runs").into()
-}
+use support::cli::streamq;
 
 async fn count_keys(redis: &TestRedis, pattern: &str) -> usize {
     let keys: Vec<String> = redis::cmd("KEYS")

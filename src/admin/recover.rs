@@ -89,6 +89,28 @@ impl Queue {
     /// Cancel-safe: each removal is atomic and checks, inside Redis, that the
     /// consumer holds nothing.
     pub async fn prune_consumers(&self, min_idle: Duration) -> Result<Vec<String>, Error> {
+        let mut removed = Vec::new();
+        for (name, (idle, pending)) in self.consumer_summary().await? {
+            if idle < min_idle || pending > 0 {
+                continue;
+            }
+            let script = &scripts().retire_consumer;
+            let mut call = script.call(self.keys(), &[] as &[&str]);
+            call.arg(GROUP).arg(&name);
+            let kept = reply::done(script, call.invoke(&mut self.conn()).await?)?.int()?;
+            if kept == 0 {
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every consumer of the queue's group, over all priority streams: its
+    /// least idle time and the jobs it holds. Streams or groups that do not
+    /// exist count as having none.
+    pub(crate) async fn consumer_summary(
+        &self,
+    ) -> Result<BTreeMap<String, (Duration, u64)>, Error> {
         let exists = self.key_types().await?;
         let mut consumers: BTreeMap<String, (Duration, u64)> = BTreeMap::new();
         for (key, exists) in self.keys().streams().iter().zip(exists) {
@@ -118,19 +140,6 @@ impl Queue {
                 }
             }
         }
-        let mut removed = Vec::new();
-        for (name, (idle, pending)) in consumers {
-            if idle < min_idle || pending > 0 {
-                continue;
-            }
-            let script = &scripts().retire_consumer;
-            let mut call = script.call(self.keys(), &[] as &[&str]);
-            call.arg(GROUP).arg(&name);
-            let kept = reply::done(script, call.invoke(&mut self.conn()).await?)?.int()?;
-            if kept == 0 {
-                removed.push(name);
-            }
-        }
-        Ok(removed)
+        Ok(consumers)
     }
 }

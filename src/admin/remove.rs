@@ -10,7 +10,6 @@ use redis::Value;
 
 use crate::error::Error;
 use crate::priority::Priority;
-use crate::protocol::fields;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
@@ -297,33 +296,12 @@ impl Queue {
 
     /// Consumers that hold jobs or were seen within [`ACTIVE_WITHIN`].
     async fn busy_consumers(&self) -> Result<BTreeSet<String>, Error> {
-        let mut busy = BTreeSet::new();
-        let exists = self.key_types().await?;
-        for (stream, exists) in self.keys().streams().iter().zip(exists) {
-            if !exists {
-                continue;
-            }
-            let list: Value = match redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(stream)
-                .arg(GROUP)
-                .query_async(&mut self.conn())
-                .await
-            {
-                Ok(list) => list,
-                Err(err) => match Error::from(err) {
-                    err if reply::is_nogroup(&err) => continue,
-                    err => return Err(err),
-                },
-            };
-            let Value::Array(list) = list else { continue };
-            for consumer in list.iter().filter_map(fields::fields) {
-                let idle = Duration::from_millis(fields::number(&consumer, "idle"));
-                if fields::number(&consumer, "pending") > 0 || idle < ACTIVE_WITHIN {
-                    busy.insert(fields::text(&consumer, "name").unwrap_or_default());
-                }
-            }
-        }
-        Ok(busy)
+        Ok(self
+            .consumer_summary()
+            .await?
+            .into_iter()
+            .filter(|(_, (idle, pending))| *pending > 0 || *idle < ACTIVE_WITHIN)
+            .map(|(name, _)| name)
+            .collect())
     }
 }

@@ -18,6 +18,7 @@
     clippy::expect_used
 )]
 
+pub mod cli;
 mod handlers;
 mod wait;
 
