@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, RateLimit, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::cli::{Target, explain};
 use crate::render::{self, outln};
@@ -386,8 +386,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let mut bytes_per_queued_job = None;
     // Drawn only on a terminal; nothing at all when stderr is a file or pipe.
     let progress = ProgressBar::new(jobs_goal.unwrap_or(0)).with_style(
-        ProgressStyle::with_template("  {bar:30} {pos:>9} processed  {per_sec:>12}  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        crate::render::progress_style("  {bar:30} {pos:>9} processed  {rate}  {msg}"),
     );
     let interrupted = crate::cli::shutdown_signal();
     tokio::pin!(interrupted);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::cli::{Target, explain};
 use crate::render::{self, outln};
@@ -144,12 +144,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode, Box<dyn std::error::
 
     let mut peak_memory = 0;
     // Drawn only on a terminal; nothing at all when stderr is a file or pipe.
-    let progress = ProgressBar::new(args.jobs).with_style(
-        ProgressStyle::with_template(
-            "  {bar:30} {pos:>9}/{len} jobs  {per_sec:>12}  eta {eta}  redis {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let progress = ProgressBar::new(args.jobs).with_style(crate::render::progress_style(
+        "  {bar:30} {pos:>9}/{len} jobs  {rate}  eta {eta}  redis {msg}",
+    ));
     let interrupted = crate::cli::shutdown_signal();
     tokio::pin!(interrupted);
     loop {

@@ -259,3 +259,17 @@ mod tests {
         assert_eq!(show(&map), serde_json::json!({"a": [1, "b"]}));
     }
 }
+
+/// A progress bar style from `template`, which may use `{rate}`: jobs per
+/// second as a whole number (indicatif's own `{per_sec}` prints every
+/// decimal of the float).
+pub(crate) fn progress_style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:>7.0} jobs/s", state.per_sec());
+            },
+        )
+}
