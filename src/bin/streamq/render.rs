@@ -215,6 +215,20 @@ impl<'de> Visitor<'de> for ShownVisitor {
     }
 }
 
+/// A progress bar style from `template`, which may use `{rate}`: jobs per
+/// second as a whole number (indicatif's own `{per_sec}` prints every
+/// decimal of the float).
+pub(crate) fn progress_style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:>7.0} jobs/s", state.per_sec());
+            },
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,18 +272,4 @@ mod tests {
         let map = rmp_serde::to_vec_named(&serde_json::json!({"a": [1, "b"]})).expect("enc");
         assert_eq!(show(&map), serde_json::json!({"a": [1, "b"]}));
     }
-}
-
-/// A progress bar style from `template`, which may use `{rate}`: jobs per
-/// second as a whole number (indicatif's own `{per_sec}` prints every
-/// decimal of the float).
-pub(crate) fn progress_style(template: &str) -> indicatif::ProgressStyle {
-    indicatif::ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .with_key(
-            "rate",
-            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:>7.0} jobs/s", state.per_sec());
-            },
-        )
 }
