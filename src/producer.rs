@@ -248,6 +248,7 @@ impl Batch {
     }
 
     async fn send_inner(self) -> Result<Vec<JobId>, Error> {
+        self.queue.ensure_groups_once().await?;
         let mut conn = self.queue.conn();
         let per_call = self.jobs_per_call();
         let calls: Vec<ScriptCall> = self.jobs.chunks(per_call).map(|c| self.call(c)).collect();

@@ -42,6 +42,9 @@ struct Inner {
     redis: RedisConfig,
     server: ServerInfo,
     conn: ConnectionManager,
+    /// Set once this handle made sure the consumer groups exist (its first
+    /// enqueue does).
+    groups: tokio::sync::OnceCell<()>,
 }
 
 /// Per-queue settings, fixed when the queue is opened.
@@ -319,6 +322,7 @@ impl QueueBuilder {
                 redis: redis.clone(),
                 server,
                 conn,
+                groups: tokio::sync::OnceCell::new(),
             }),
         };
         queue.key_types().await?;
@@ -437,9 +441,23 @@ impl Queue {
         }
     }
 
+    /// [`Queue::ensure_groups`], once per handle: before a producer's first
+    /// enqueue, so that the groups exist whenever jobs do. A worker must be
+    /// able to start on a queue that filled Redis before any worker ran, and
+    /// Redis refuses `XGROUP CREATE` when full (Redis 8.2 even on a stream
+    /// that exists).
+    pub(crate) async fn ensure_groups_once(&self) -> Result<(), Error> {
+        self.inner
+            .groups
+            .get_or_try_init(|| self.ensure_groups())
+            .await
+            .map(|_| ())
+    }
+
     /// Checks every queue key's type, then creates the consumer group on each
-    /// priority stream from its first entry. Run by workers when they start,
-    /// and again when Redis says the group is gone; never by readers.
+    /// priority stream from its first entry. Run by producers before their
+    /// first enqueue, by workers when they start and again when Redis says
+    /// the group is gone; never by readers.
     pub(crate) async fn ensure_groups(&self) -> Result<(), Error> {
         let mut conn = self.conn();
         let exists = self.key_types().await?;

@@ -138,14 +138,7 @@ async fn obliterate_is_refused_while_a_consumer_holds_jobs_unless_forced() {
     );
     // A worker that claimed a job and died: it holds it.
     let mut raw = redis.raw().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(medium)
-        .arg("streamq")
-        .arg("0")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    // The producer's first enqueue created the consumer group.
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("streamq")

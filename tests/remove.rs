@@ -576,14 +576,7 @@ async fn obliterate_is_refused_while_workers_are_active_unless_forced_and_spares
     forced.enqueue(&3u32, &EnqueueOptions::new()).await.unwrap();
     let medium = forced.keys().stream(Priority::Medium);
     let mut raw = redis.raw().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(medium)
-        .arg("streamq")
-        .arg("0")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    // The producer's first enqueue created the consumer group.
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("streamq")
@@ -599,6 +592,9 @@ async fn obliterate_is_refused_while_workers_are_active_unless_forced_and_spares
         other => panic!("{other:?}"),
     }
     let done = forced.obliterate(true).await.unwrap();
-    assert_eq!(done.keys, 2, "the stream and the stats hash");
+    assert_eq!(
+        done.keys, 5,
+        "the four streams (made with the groups at the first enqueue) and the stats hash"
+    );
     assert_eq!(key_count(&redis, "streamq:{forced}:*").await, 0);
 }
