@@ -73,12 +73,19 @@ pub(crate) async fn admin_read(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &state.config().token {
-        if !bearer_matches(request.headers(), &[token]) {
-            return unauthorized();
-        }
+    if !admin_token_ok(&state, &request) {
+        return unauthorized();
     }
     next.run(request).await
+}
+
+/// Whether the request carries the admin token, or none is set.
+fn admin_token_ok(state: &AppState, request: &Request) -> bool {
+    state
+        .config()
+        .token
+        .as_deref()
+        .is_none_or(|token| bearer_matches(request.headers(), &[token]))
 }
 
 /// Admin writes: the admin token when one is set; refused when read-only.
@@ -87,10 +94,8 @@ pub(crate) async fn admin_write(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &state.config().token {
-        if !bearer_matches(request.headers(), &[token]) {
-            return unauthorized();
-        }
+    if !admin_token_ok(&state, &request) {
+        return unauthorized();
     }
     if state.config().read_only {
         return read_only();
