@@ -27,6 +27,11 @@
 //!   Removing: [`Queue::cancel`] one job ([`Cancelled`]), [`Queue::clean`]
 //!   old dead letters and completed jobs, [`Queue::drain`],
 //!   [`Queue::obliterate`].
+//! - **Notifying.** [`notify`] follows a queue's dead letters from a
+//!   position saved in Redis and hands each to your hook at least once
+//!   ([`notify::DeadLetterWatcher`]); with feature `notify` (on by default),
+//!   [`notify::Webhook`] posts them to a Slack-compatible webhook with
+//!   retries and a rate limit, as `streamq notify` does.
 //! - **Serving.** [`http`] (feature `http`, on by default) is `streamq
 //!   serve` as a library: alert and job ingestion over HTTP, the admin API
 //!   and the dashboard, as an `axum::Router` to mount in your own service.
@@ -94,6 +99,7 @@ mod admin;
 
 #[cfg(feature = "http")]
 pub mod http;
+pub mod notify;
 
 #[doc(hidden)]
 pub mod testing;

@@ -96,7 +96,7 @@ const LAYERS: [&[&str]; 7] = [
     &["queue"],
     &["producer", "results", "schedule", "worker"],
     &["admin"],
-    &["http"],
+    &["http", "notify"],
     &["testing"],
 ];
 

@@ -56,7 +56,7 @@ impl DeadLetter {
         &self.envelope
     }
 
-    fn from_entry(
+    pub(crate) fn from_entry(
         id: String,
         mut fields: HashMap<String, Value>,
         payload_limit: usize,
@@ -111,7 +111,7 @@ impl DeadLetter {
 
 /// Checks that `id` is a stream entry id, `<ms>` or `<ms>-<seq>`, before it
 /// reaches Redis (which would answer with a bare "Invalid stream ID").
-fn check_entry_id(id: &str) -> Result<(), Error> {
+pub(crate) fn check_entry_id(id: &str) -> Result<(), Error> {
     let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
     let ok = match id.split_once('-') {
         Some((ms, seq)) => digits(ms) && digits(seq),

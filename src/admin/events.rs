@@ -240,7 +240,7 @@ impl Reader {
 
 /// The `(id, fields)` entries of an `XREAD` reply over one stream (RESP2
 /// arrays or RESP3 maps); none on a timeout.
-fn entries(reply: Value) -> Vec<(String, Value)> {
+pub(crate) fn entries(reply: Value) -> Vec<(String, Value)> {
     let streams: Vec<Value> = match reply {
         Value::Array(streams) => streams,
         Value::Map(streams) => streams

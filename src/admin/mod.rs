@@ -18,6 +18,8 @@
 //! - `recover`: put stalled jobs back in line now.
 //! - `cancel`: cancel one job by id: remove it, or ask its worker to stop it.
 //! - `remove`: clean old dead letters and completed jobs, drain, obliterate.
+//! - `payload_json` (feature `json`): payloads as JSON and previews, for
+//!   people.
 
 pub(crate) mod cancel;
 pub(crate) mod dead_letter_delete;
@@ -32,3 +34,5 @@ pub(crate) mod prometheus;
 pub(crate) mod recover;
 pub(crate) mod remove;
 pub(crate) mod stats;
+#[cfg(feature = "json")]
+pub(crate) mod payload_json;

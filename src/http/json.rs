@@ -153,23 +153,8 @@ pub(crate) fn metrics(metrics: &QueueMetrics) -> Value {
     })
 }
 
-/// The first [`PREVIEW_CHARS`] characters of a letter's payload as JSON.
-fn preview(payload: &Result<Value, String>) -> String {
-    match payload {
-        Ok(value) => {
-            let text = value.to_string();
-            match text.char_indices().nth(PREVIEW_CHARS) {
-                Some((cut, _)) => format!("{}…", &text[..cut]),
-                None => text,
-            }
-        }
-        Err(e) => format!("(payload not readable as JSON: {e})"),
-    }
-}
-
 /// A dead letter; with `full`, its whole payload as well.
 pub(crate) fn dead_letter(letter: &DeadLetter, full: bool) -> Value {
-    let payload = letter.payload::<Value>().map_err(|e| e.to_string());
     let mut value = json!({
         "id": letter.id,
         "job_id": letter.job_id.as_str(),
@@ -179,10 +164,10 @@ pub(crate) fn dead_letter(letter: &DeadLetter, full: bool) -> Value {
         "error": letter.error,
         "enqueued_ms": letter.enqueued_ms,
         "failed_ms": letter.failed_ms,
-        "payload_preview": preview(&payload),
+        "payload_preview": letter.payload_preview(PREVIEW_CHARS),
     });
     if full {
-        value["payload"] = payload.unwrap_or(Value::Null);
+        value["payload"] = letter.payload_json().unwrap_or(Value::Null);
     }
     value
 }
@@ -266,15 +251,6 @@ pub(crate) fn history(points: &[HistoryPoint], step: Option<Duration>) -> Value 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn previews_are_cut_on_a_character() {
-        let long = Value::String("é".repeat(500));
-        let p = preview(&Ok(long));
-        assert_eq!(p.chars().count(), PREVIEW_CHARS + 1);
-        assert!(p.ends_with('…'));
-        assert_eq!(preview(&Ok(json!({"a": 1}))), r#"{"a":1}"#);
-    }
 
     #[test]
     fn throughput_is_the_difference_between_points() {

@@ -25,6 +25,7 @@
 //! | `<prefix>:{<queue>}:tick:<id>:<due>` | string | the job enqueued for one schedule tick (with a TTL) |
 //! | `<prefix>:{<queue>}:stop`     | zset   | stop requests for active jobs: `<priority index>:<entry id>`, scored by request ms |
 //! | `<prefix>:{<queue>}:history`  | stream | one snapshot of counters and lengths per step, the entry id is the step's start ms |
+//! | `<prefix>:{<queue>}:notify:<name>` | string | the last dead-letter id a notifier has delivered |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -191,6 +192,12 @@ impl QueueKeys {
         format!("{}:history", self.base)
     }
 
+    /// A dead-letter notifier's position: the id of the last dead letter
+    /// it delivered (`streamq notify --name <name>`).
+    pub fn notifier(&self, name: &str) -> String {
+        format!("{}:notify:{name}", self.base)
+    }
+
     /// The counters hash.
     pub fn stats(&self) -> &str {
         &self.stats
@@ -260,7 +267,7 @@ mod tests {
     #[test]
     fn the_key_tables_in_docs_and_here_match_the_names_built() {
         let keys = QueueKeys::new("streamq", "q").expect("valid names");
-        let built: [(&str, String); 14] = [
+        let built: [(&str, String); 15] = [
             ("stream", keys.stream(Priority::Critical).to_owned()),
             ("stream", keys.stream(Priority::High).to_owned()),
             ("stream", keys.stream(Priority::Medium).to_owned()),
@@ -275,6 +282,7 @@ mod tests {
             ("list", keys.job_log("<id>")),
             ("zset", keys.completed()),
             ("zset", keys.stop_requests()),
+            ("string", keys.notifier("<name>")),
         ];
         let design = include_str!("../../docs/design.md");
         let here = include_str!("keys.rs");

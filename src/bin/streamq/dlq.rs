@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use streamq::DeadLetter;
 
 use crate::cli::QueueArgs;
-use crate::render::{self, Shown, outln};
+use crate::render::{self, outln};
 
 #[derive(Debug, Args)]
 pub(crate) struct DlqArgs {
@@ -135,8 +135,8 @@ fn job_id(letter: &DeadLetter) -> &str {
 }
 
 fn to_json(letter: &DeadLetter) -> serde_json::Value {
-    let (payload, payload_error) = match letter.payload::<Shown>() {
-        Ok(Shown(value)) => (value, None),
+    let (payload, payload_error) = match letter.payload_json() {
+        Ok(value) => (value, None),
         Err(e) => (serde_json::Value::Null, Some(e.to_string())),
     };
     let mut value = serde_json::json!({

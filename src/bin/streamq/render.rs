@@ -1,14 +1,12 @@
 //! How the commands write for people: times (local ISO 8601 plus "3 s
-//! ago"), durations, sizes, job states, and payloads as JSON. `--json`
+//! ago"), durations, sizes and job states (payloads as JSON come from the
+//! library: `DeadLetter::payload_json`). `--json`
 //! output does not come through here: it keeps raw numbers (Unix ms, bytes)
 //! so that scripts never parse prose.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::TimeZone;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
 use streamq::JobState;
 
 /// Writes a line to stdout, returning the I/O error (a closed pipe, say)
@@ -125,96 +123,6 @@ pub(crate) fn job_state_name(state: &JobState) -> &'static str {
     }
 }
 
-/// Any MessagePack payload as JSON: maps, arrays, numbers and strings as
-/// they are; binary data as a string when it is UTF-8 text (what `streamq
-/// produce` sends), else as `{"bytes": N, "hex": "..."}` (at most 64 bytes
-/// shown).
-pub(crate) struct Shown(pub(crate) Value);
-
-impl<'de> serde::Deserialize<'de> for Shown {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Shown, D::Error> {
-        deserializer.deserialize_any(ShownVisitor).map(Shown)
-    }
-}
-
-struct ShownVisitor;
-
-fn shown_bytes(bytes: &[u8]) -> Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Value::String(text.to_owned()),
-        Err(_) => {
-            let hex: String = bytes.iter().take(64).map(|b| format!("{b:02x}")).collect();
-            serde_json::json!({ "bytes": bytes.len(), "hex": hex })
-        }
-    }
-}
-
-impl<'de> Visitor<'de> for ShownVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any MessagePack value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(v.into())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(v.into())
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
-        Ok(shown_bytes(v))
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(ShownVisitor)
-    }
-    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(ShownVisitor)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Shown(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = serde_json::Map::new();
-        while let Some((Shown(key), Shown(value))) = map.next_entry()? {
-            let key = match key {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            object.insert(key, value);
-        }
-        Ok(Value::Object(object))
-    }
-    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
-        use de::VariantAccess;
-        let (Shown(variant), access) = data.variant::<Shown>()?;
-        let Shown(inner) = access.newtype_variant::<Shown>()?;
-        let name = match variant {
-            Value::String(s) => s,
-            other => other.to_string(),
-        };
-        Ok(serde_json::json!({ name: inner }))
-    }
-}
-
 /// A progress bar style from `template`, which may use `{rate}`: jobs per
 /// second as a whole number (indicatif's own `{per_sec}` prints every
 /// decimal of the float).
@@ -254,22 +162,5 @@ mod tests {
         assert!(shown.ends_with("(3.0 s ago)"), "{shown}");
         assert_eq!(shown.as_bytes()[10], b'T', "{shown}");
         assert!(time_ms(now_ms() + 120_500).contains("(in 2 min 0"));
-    }
-
-    #[test]
-    fn payloads_of_any_shape_show_as_json() {
-        let show = |bytes: &[u8]| -> Value {
-            let Shown(v) = rmp_serde::from_slice(bytes).expect("decodes");
-            v
-        };
-        let text = rmp_serde::to_vec(&serde_bytes::ByteBuf::from(b"xxx".to_vec())).expect("enc");
-        assert_eq!(show(&text), Value::String("xxx".into()));
-        let binary = rmp_serde::to_vec(&serde_bytes::ByteBuf::from(vec![0xff, 0])).expect("enc");
-        assert_eq!(
-            show(&binary),
-            serde_json::json!({"bytes": 2, "hex": "ff00"})
-        );
-        let map = rmp_serde::to_vec_named(&serde_json::json!({"a": [1, "b"]})).expect("enc");
-        assert_eq!(show(&map), serde_json::json!({"a": [1, "b"]}));
     }
 }
