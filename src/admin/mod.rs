@@ -30,9 +30,9 @@ pub(crate) mod inspect;
 pub(crate) mod lookup;
 pub(crate) mod metrics;
 pub(crate) mod pause;
+#[cfg(feature = "json")]
+pub(crate) mod payload_json;
 pub(crate) mod prometheus;
 pub(crate) mod recover;
 pub(crate) mod remove;
 pub(crate) mod stats;
-#[cfg(feature = "json")]
-pub(crate) mod payload_json;

@@ -40,8 +40,9 @@ pub fn letter_message(queue: &str, letter: &DeadLetter, preview_chars: usize) ->
         cut(&letter.name, FIELD_CHARS)
     };
     let text = format!(
-        "Dead letter on queue {queue}: job {job} ({name}) failed after {} attempts: {}",
+        "Dead letter on queue {queue}: job {job} ({name}) failed after {} attempt{}: {}",
         letter.attempts,
+        if letter.attempts == 1 { "" } else { "s" },
         cut(&letter.error, TEXT_ERROR_CHARS)
     );
     let preview = letter.payload_preview(preview_chars);
@@ -156,7 +157,10 @@ fn when(ms: u64) -> String {
     let fallback = i64::try_from(ms)
         .ok()
         .and_then(chrono::DateTime::from_timestamp_millis)
-        .map_or_else(|| format!("{ms} ms"), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        .map_or_else(
+            || format!("{ms} ms"),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
     format!(
         "<!date^{}^{{date_short_pretty}} {{time_secs}}|{fallback}>",
         ms / 1000

@@ -62,9 +62,16 @@ mod tests {
         pace.record(start);
         pace.record(start + Duration::from_secs(10));
         assert_eq!(pace.available(start + Duration::from_secs(59)), 0);
-        assert_eq!(pace.next_free(start + Duration::from_secs(59)), start + WINDOW);
+        assert_eq!(
+            pace.next_free(start + Duration::from_secs(59)),
+            start + WINDOW
+        );
         assert_eq!(pace.available(start + WINDOW), 1);
         assert_eq!(pace.available(start + Duration::from_secs(70)), 2);
-        assert_eq!(Pace::new(0).available(start), 1, "at least one post a minute");
+        assert_eq!(
+            Pace::new(0).available(start),
+            1,
+            "at least one post a minute"
+        );
     }
 }

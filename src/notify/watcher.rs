@@ -286,7 +286,11 @@ impl DeadLetterWatcher {
         Ok(())
     }
 
-    async fn read(&mut self, max: usize, block: Option<Duration>) -> Result<Vec<DeadLetter>, Error> {
+    async fn read(
+        &mut self,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<DeadLetter>, Error> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => self

@@ -233,7 +233,9 @@ fn retry_after(answer: &reqwest::Response) -> Option<Duration> {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
             let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-            let ms = at.timestamp_millis().saturating_sub(chrono::Utc::now().timestamp_millis());
+            let ms = at
+                .timestamp_millis()
+                .saturating_sub(chrono::Utc::now().timestamp_millis());
             Duration::from_millis(u64::try_from(ms).unwrap_or(0))
         }
     };
@@ -325,7 +327,10 @@ mod tests {
             Webhook::new("ftp://example.com/x"),
             Err(NotifyError::Config(_))
         ));
-        assert!(matches!(Webhook::new("not a url"), Err(NotifyError::Config(_))));
+        assert!(matches!(
+            Webhook::new("not a url"),
+            Err(NotifyError::Config(_))
+        ));
     }
 
     #[test]

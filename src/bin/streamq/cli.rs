@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use streamq::{LocalRedis, Queue, QueueBuilder, RedisConfig};
 
-use crate::{admin, bench, consume, demo, dlq, produce, remove, schedule, serve, stats};
+use crate::{admin, bench, consume, demo, dlq, notify, produce, remove, schedule, serve, stats};
 
 const EXIT_CODES: &str = "\
 Redis: --redis URL, else STREAMQ_REDIS_URL, else REDIS_URL, else REDIS_HOST, REDIS_PORT,
@@ -71,6 +71,9 @@ enum Command {
     Obliterate(remove::ObliterateArgs),
     /// Serve the HTTP API and the dashboard of one queue.
     Serve(serve::ServeArgs),
+    /// Post each new dead letter to a Slack-compatible webhook, with
+    /// retries and a rate limit, until Ctrl-C or SIGTERM.
+    Notify(notify::NotifyArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -92,6 +95,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>
         Command::Drain(args) => remove::drain(args).await,
         Command::Obliterate(args) => remove::obliterate(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Notify(args) => notify::run(args).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod consume;
 mod demo;
 mod dlq;
+mod notify;
 mod produce;
 mod raw_baseline;
 mod remove;
