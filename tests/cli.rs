@@ -915,9 +915,14 @@ async fn every_readme_command_runs() {
         }
         // Commands that run until stopped (`tail -f`, a scheduler, a
         // server): give each 3 s, then stop it.
-        let follows = ["tail -f", "streamq schedule run", "streamq serve"]
-            .iter()
-            .any(|long| line.contains(long));
+        let follows = [
+            "tail -f",
+            "streamq schedule run",
+            "streamq serve",
+            "streamq notify",
+        ]
+        .iter()
+        .any(|long| line.contains(long));
         let script = if follows {
             format!("timeout 3 bash -c '{line}'")
         } else {

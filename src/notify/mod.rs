@@ -39,3 +39,8 @@ pub use message::{letter_message, summary_message};
 pub use notifier::{Delivery, NotifyReport};
 #[cfg(feature = "notify")]
 pub use webhook::{NotifyError, Webhook};
+
+/// docs/notify.md's examples, compiled as doctests.
+#[cfg(all(doctest, feature = "notify"))]
+#[doc = include_str!("../../docs/notify.md")]
+struct NotifyDoctests;
