@@ -5,15 +5,20 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::admin::cancel::Cancelled;
+use crate::error::Error;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::json;
+use crate::priority::Priority;
+use crate::schedule::{CatchUp, Schedule, ScheduleChange};
 use crate::time::now_ms;
 
 type ApiResult = Result<Json<Value>, ApiError>;
@@ -259,4 +264,129 @@ pub(crate) async fn recover_stalled(
         StatusCode::OK,
         Json(json!({ "recovered_alerts": done.recovered, "lost": done.lost })),
     ))
+}
+
+/// `GET /api/admin/schedules`: every saved schedule, by id.
+pub(crate) async fn schedules(State(state): State<AppState>) -> ApiResult {
+    let list = state.queue().schedules().await?;
+    Ok(Json(json!({
+        "schedules": list.iter().map(json::schedule).collect::<Vec<_>>(),
+    })))
+}
+
+/// A schedule as `PUT /api/admin/schedules/{id}` takes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScheduleBody {
+    every_ms: Option<u64>,
+    cron: Option<String>,
+    time_zone: Option<String>,
+    #[serde(default)]
+    payload: Value,
+    name: Option<String>,
+    priority: Option<String>,
+    catch_up: Option<String>,
+    max_attempts: Option<u32>,
+    timeout_ms: Option<u64>,
+    rate_group: Option<String>,
+}
+
+impl ScheduleBody {
+    /// The schedule it describes, or every problem with it.
+    fn schedule(self, id: String) -> Result<(Schedule, Value), ApiError> {
+        let mut schedule = match (self.every_ms, self.cron) {
+            (Some(0), None) => return Err(ApiError::unprocessable("every_ms must be at least 1")),
+            (Some(ms), None) => Schedule::every(id, Duration::from_millis(ms)),
+            (None, Some(cron)) => {
+                Schedule::cron(id, cron, self.time_zone.unwrap_or_else(|| "UTC".to_owned()))
+            }
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "give exactly one of every_ms (milliseconds) or cron (with time_zone, default UTC)",
+                ));
+            }
+        };
+        if let Some(name) = self.name {
+            schedule = schedule.name(name);
+        }
+        if let Some(priority) = self.priority {
+            schedule = schedule.priority(priority.parse::<Priority>()?);
+        }
+        if let Some(catch_up) = self.catch_up {
+            schedule = schedule.catch_up(match catch_up.as_str() {
+                "skip" => CatchUp::Skip,
+                "run_once" => CatchUp::RunOnce,
+                other => {
+                    return Err(ApiError::unprocessable(format!(
+                        "catch_up {other:?}: expected \"skip\" or \"run_once\""
+                    )));
+                }
+            });
+        }
+        if let Some(attempts) = self.max_attempts {
+            schedule = schedule.max_attempts(attempts);
+        }
+        if let Some(ms) = self.timeout_ms {
+            schedule = schedule.timeout(Duration::from_millis(ms));
+        }
+        if let Some(group) = self.rate_group {
+            schedule = schedule.rate_group(group);
+        }
+        Ok((schedule, self.payload))
+    }
+}
+
+/// `PUT /api/admin/schedules/{id}`: creates (`201`) or updates (`200`) a
+/// schedule.
+pub(crate) async fn upsert_schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ScheduleBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let (schedule, payload) = body.schedule(id.clone())?;
+    let upserted = match state.queue().upsert_schedule(&schedule, &payload).await {
+        Ok(upserted) => upserted,
+        // Bad timing, id or payload size: the request's fault.
+        Err(Error::Config(problems)) => return Err(ApiError::unprocessable(problems.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    let status = if upserted.change == ScheduleChange::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json::upserted(&id, &upserted))))
+}
+
+/// `DELETE /api/admin/schedules/{id}`.
+pub(crate) async fn remove_schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    if state.queue().remove_schedule(&id).await? {
+        Ok(Json(json!({ "id": id, "removed": true })))
+    } else {
+        Err(ApiError::not_found(format!("no schedule {id:?}")))
+    }
+}
+
+/// `POST /api/admin/jobs/{id}/cancel`: removes a waiting or delayed job
+/// (`200`), or asks the worker running it to stop (`202`: it stops within a
+/// heartbeat, if its handler listens); `404` when it is neither.
+pub(crate) async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let outcome = state.queue().cancel(&id).await?;
+    let status = match outcome {
+        Cancelled::Removed { .. } => StatusCode::OK,
+        Cancelled::StopRequested { .. } => StatusCode::ACCEPTED,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no waiting, delayed or running job {id}: it finished already, or the id is unknown"
+            )));
+        }
+    };
+    Ok((status, Json(json::cancelled(&id, &outcome))))
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use crate::admin::cancel::{Cancelled, RemovedFrom};
 use crate::admin::dead_letters::DeadLetter;
 use crate::admin::history::HistoryPoint;
 use crate::admin::inspect::{Health, QueueReport};
@@ -12,6 +13,7 @@ use crate::admin::lookup::{JobInfo, JobState};
 use crate::admin::metrics::{Counts, LatencyHistogram, QueueMetrics};
 use crate::admin::stats::QueueStats;
 use crate::priority::Priority;
+use crate::schedule::{CatchUp, ScheduleChange, ScheduleInfo, Timing, Upserted};
 
 /// Characters of a dead letter's payload shown in a list.
 const PREVIEW_CHARS: usize = 200;
@@ -207,6 +209,72 @@ pub(crate) fn job(info: &JobInfo) -> Value {
         "error": info.error,
         "logs": info.logs,
     })
+}
+
+/// A saved schedule: its timing (`every_ms`, or `cron` and `time_zone`),
+/// what each job gets, and its next tick.
+pub(crate) fn schedule(info: &ScheduleInfo) -> Value {
+    let s = &info.schedule;
+    let mut value = json!({
+        "id": s.id(),
+        "catch_up": catch_up(s.catch_up_policy()),
+        "name": s.job_name(),
+        "priority": s.job_priority().as_str(),
+        "max_attempts": s.job_max_attempts(),
+        "timeout_ms": s.job_timeout().map(|t| t.as_millis() as u64),
+        "rate_group": s.job_rate_group(),
+        "next_due_ms": info.next_due_ms,
+    });
+    match s.timing() {
+        Timing::Every(interval) => value["every_ms"] = json!(interval.as_millis() as u64),
+        Timing::Cron {
+            expression,
+            time_zone,
+        } => {
+            value["cron"] = json!(expression);
+            value["time_zone"] = json!(time_zone);
+        }
+    }
+    value
+}
+
+pub(crate) fn catch_up(catch_up: CatchUp) -> &'static str {
+    match catch_up {
+        CatchUp::Skip => "skip",
+        CatchUp::RunOnce => "run_once",
+    }
+}
+
+/// What an upsert did.
+pub(crate) fn upserted(id: &str, upserted: &Upserted) -> Value {
+    let change = match upserted.change {
+        ScheduleChange::Created => "created",
+        ScheduleChange::Updated => "updated",
+        ScheduleChange::Unchanged => "unchanged",
+    };
+    json!({ "id": id, "change": change, "next_due_ms": upserted.next_due_ms })
+}
+
+/// What a cancel did: `removed` (with where from) or `stop_requested`.
+pub(crate) fn cancelled(id: &str, outcome: &Cancelled) -> Value {
+    match outcome {
+        Cancelled::Removed {
+            from: RemovedFrom::Waiting { priority },
+        } => json!({
+            "id": id, "outcome": "removed", "from": "waiting", "priority": priority.as_str(),
+        }),
+        Cancelled::Removed {
+            from: RemovedFrom::Delayed { priority, due_ms },
+        } => json!({
+            "id": id, "outcome": "removed", "from": "delayed", "priority": priority.as_str(),
+            "due_ms": due_ms,
+        }),
+        Cancelled::StopRequested { priority, entry_id } => json!({
+            "id": id, "outcome": "stop_requested", "priority": priority.as_str(),
+            "entry_id": entry_id,
+        }),
+        _ => json!({ "id": id, "outcome": "not_found" }),
+    }
 }
 
 /// History points, each with the throughput since the point before it.

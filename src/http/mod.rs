@@ -13,7 +13,8 @@
 //!   ingestion is not one round trip per request.
 //! - `admin`: health in the alert-platform JSON shape, stats, inspection, jobs by id,
 //!   dead letters, pause and resume, recover-stalled, history, Prometheus
-//!   text, `/healthz` and `/readyz`.
+//!   text, `/healthz` and `/readyz`; schedules (list, create or update,
+//!   remove) and cancelling a job by id.
 //! - `dashboard`: the page at `/`, from assets compiled into the binary.
 //! - `auth`: bearer tokens compared in constant time, and `read_only`.
 //! - `sampler`: the task that records the queue's history once per step.
@@ -58,7 +59,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::serve::ListenerExt;
 use tokio_util::sync::DropGuard;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
@@ -137,6 +138,7 @@ pub fn router(queue: Queue, config: HttpConfig) -> Router {
         .route("/api/admin/jobs/{id}", get(admin::job))
         .route("/api/admin/dead-letters", get(admin::dead_letters))
         .route("/api/admin/dead-letters/{id}", get(admin::dead_letter))
+        .route("/api/admin/schedules", get(admin::schedules))
         .route_layer(from_fn_with_state(state.clone(), auth::admin_read));
 
     let admin_writes = Router::new()
@@ -162,6 +164,11 @@ pub fn router(queue: Queue, config: HttpConfig) -> Router {
             "/api/admin/dead-letters/{id}",
             delete(admin::delete_dead_letter),
         )
+        .route(
+            "/api/admin/schedules/{id}",
+            put(admin::upsert_schedule).delete(admin::remove_schedule),
+        )
+        .route("/api/admin/jobs/{id}/cancel", post(admin::cancel_job))
         .route_layer(from_fn_with_state(state.clone(), auth::admin_write));
 
     let open = Router::new()

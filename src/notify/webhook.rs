@@ -1,10 +1,21 @@
 //! [`Webhook`]: posting JSON to a webhook URL with bounded retries, and
 //! never showing the URL whole (a Slack webhook's path is its secret).
+//!
+//! HTTP is hyper's client with rustls on the ring provider streamq uses
+//! for Redis, given to this client alone. (reqwest's rustls without its
+//! aws-lc provider needs a process-wide provider, and every other reqwest
+//! client in an application using streamq would panic without one.)
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use reqwest::header::RETRY_AFTER;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{HeaderMap, Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -14,6 +25,11 @@ use crate::error::{ConfigError, Error};
 
 /// The longest `Retry-After` honoured; a longer one waits this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The most of an answer's body read (it is only shown in errors).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A webhook to post dead letters to, with its limits: at most
 /// `max_per_minute` posts a minute (beyond that, one summary stands for the
@@ -40,8 +56,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 /// ```
 #[derive(Clone)]
 pub struct Webhook {
-    url: reqwest::Url,
-    client: reqwest::Client,
+    url: url::Url,
+    uri: Uri,
+    client: HttpClient,
     pub(crate) max_per_minute: u32,
     max_attempts: u32,
     backoff_base: Duration,
@@ -70,7 +87,7 @@ impl Webhook {
     /// `http(s)://` with a host; [`NotifyError::Client`] when no HTTP
     /// client can be built (no TLS roots, say).
     pub fn new(url: &str) -> Result<Webhook, NotifyError> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| {
+        let parsed = url::Url::parse(url).map_err(|e| {
             NotifyError::Config(ConfigError::single(format!(
                 "the webhook URL does not parse: {e}"
             )))
@@ -81,17 +98,25 @@ impl Webhook {
                 redact(&parsed)
             ))));
         }
-        // rustls needs a process-wide crypto provider; an application that
-        // installed its own keeps it.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("streamq/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| NotifyError::Client(describe(&e.without_url())))?;
+        let uri: Uri = parsed.as_str().parse().map_err(|e| {
+            NotifyError::Config(ConfigError::single(format!(
+                "the webhook URL {} is not a usable HTTP URI: {e}",
+                redact(&parsed)
+            )))
+        })?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
+            .map_err(|e| NotifyError::Client(e.to_string()))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(Webhook {
             url: parsed,
+            uri,
             client,
             max_per_minute: 20,
             max_attempts: 8,
@@ -176,20 +201,10 @@ impl Webhook {
         let mut tries = 0;
         loop {
             tries += 1;
-            let sent = self
-                .client
-                .post(self.url.clone())
-                .timeout(self.timeout)
-                .json(message)
-                .send()
-                .await;
-            let (failure, retry_after) = match sent {
-                Ok(answer) if answer.status().is_success() => return Ok(Some(tries)),
-                Ok(answer) => {
-                    let status = answer.status();
-                    let retry_after = retry_after(&answer);
-                    let body = answer.text().await.unwrap_or_default();
-                    let body = cut(body.trim(), 200);
+            let (failure, retry_after) = match self.try_once(message).await {
+                Ok((status, _, _)) if status.is_success() => return Ok(Some(tries)),
+                Ok((status, headers, body)) => {
+                    let body = cut(String::from_utf8_lossy(&body).trim(), 200);
                     if !retryable(status) {
                         return Err(NotifyError::Rejected {
                             url: self.redacted_url(),
@@ -197,9 +212,9 @@ impl Webhook {
                             body,
                         });
                     }
-                    (format!("answered {status}: {body}"), retry_after)
+                    (format!("answered {status}: {body}"), retry_after(&headers))
                 }
-                Err(e) => (describe(&e.without_url()), None),
+                Err(failure) => (failure, None),
             };
             if tries >= self.max_attempts {
                 return Err(NotifyError::GaveUp {
@@ -218,6 +233,37 @@ impl Webhook {
     }
 }
 
+impl Webhook {
+    /// One try: the answer's status, headers and (the start of) its body,
+    /// or why there was none.
+    async fn try_once(&self, message: &Value) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+        let body = serde_json::to_vec(message).map_err(|e| e.to_string())?;
+        let request = Request::post(self.uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, concat!("streamq/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let answer = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| describe(&e))?;
+            let (parts, body) = answer.into_parts();
+            let body = Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok((parts.status, parts.headers, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+}
+
 /// Whether an answer with this status may go through when tried again.
 fn retryable(status: StatusCode) -> bool {
     status.is_server_error()
@@ -227,8 +273,8 @@ fn retryable(status: StatusCode) -> bool {
 
 /// The answer's `Retry-After`, in seconds or as an HTTP date, at most
 /// [`MAX_RETRY_AFTER`].
-fn retry_after(answer: &reqwest::Response) -> Option<Duration> {
-    let value = answer.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
@@ -243,7 +289,7 @@ fn retry_after(answer: &reqwest::Response) -> Option<Duration> {
 }
 
 /// `scheme://host[:port]/…`: what of a webhook URL may be shown.
-fn redact(url: &reqwest::Url) -> String {
+fn redact(url: &url::Url) -> String {
     let host = url.host_str().unwrap_or("?");
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
     let hidden = url.path() != "/" || url.query().is_some();
@@ -311,7 +357,7 @@ mod tests {
 
     #[test]
     fn urls_show_scheme_and_host_only() {
-        let url = |s: &str| reqwest::Url::parse(s).expect("parses");
+        let url = |s: &str| url::Url::parse(s).expect("parses");
         assert_eq!(
             redact(&url("https://hooks.slack.com/services/T0/B0/secret")),
             "https://hooks.slack.com/…"

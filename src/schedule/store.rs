@@ -150,6 +150,36 @@ impl Schedule {
     pub fn timing(&self) -> &Timing {
         &self.timing
     }
+
+    /// What it does about missed ticks.
+    pub fn catch_up_policy(&self) -> CatchUp {
+        self.catch_up
+    }
+
+    /// The name of each job ("" when none).
+    pub fn job_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The priority of each job.
+    pub fn job_priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// How many times each job may run, when the schedule says.
+    pub fn job_max_attempts(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
+    /// How long one run of each job may take, when the schedule says.
+    pub fn job_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The rate group of each job, if any.
+    pub fn job_rate_group(&self) -> Option<&str> {
+        self.rate_group.as_deref()
+    }
 }
 
 /// What [`Queue::upsert_schedule`] did.
