@@ -594,3 +594,52 @@ async fn streamq_notify_posts_dead_letters_and_stops_on_sigterm() {
          the webhook URL must be http:// or https:// with a host, not ftp://x/…"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_webhooks_verify_the_certificate() {
+    // A TLS server whose certificate no system root knows: a redis-server
+    // with TLS on (the webhook never gets as far as HTTP).
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let files = streamq::TlsFiles {
+        cert: dir.path().join("server.crt"),
+        key: dir.path().join("server.key"),
+        ca: dir.path().join("ca.crt"),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    std::fs::write(&files.ca, ca.pem()).unwrap();
+    let server = match streamq::LocalRedis::builder().tls(files).start() {
+        Ok(server) => server,
+        Err(err) if err.to_string().contains("Failed finding TLS support") => {
+            eprintln!("skipped: this redis-server is built without TLS ({err})");
+            return;
+        }
+        Err(err) => panic!("TLS redis-server did not start: {err}"),
+    };
+
+    let hook = Webhook::new(&format!("https://127.0.0.1:{}/hook/s3cr3t", server.port()))
+        .unwrap()
+        .max_attempts(1);
+    let err = hook.post(&json!({"text": "hello"})).await.unwrap_err();
+    match &err {
+        NotifyError::GaveUp {
+            attempts,
+            last,
+            url,
+        } => {
+            assert_eq!(*attempts, 1);
+            assert!(last.contains("certificate"), "{last}");
+            assert!(!url.contains("s3cr3t"), "{url}");
+        }
+        other => panic!("expected a refused certificate, got {other:?}"),
+    }
+}
