@@ -8,7 +8,9 @@
 //!   [`QueueKeys`].
 //! - **Producing.** [`Queue::enqueue`] adds one job with [`EnqueueOptions`]
 //!   (priority, delay, attempts, idempotency key); a [`Batch`] sends
-//!   thousands in one round trip.
+//!   thousands in one round trip. A [`Flow`] is a parent job that runs
+//!   once all its children (on any queues of the same Redis) finished, and
+//!   reads their results with [`Queue::children_results`].
 //! - **Scheduling.** A [`Schedule`] repeats a job every interval or by a
 //!   cron expression in a time zone; [`Queue::upsert_schedule`] saves it and
 //!   a [`Scheduler`] enqueues one job per tick, however many run.
@@ -86,6 +88,7 @@ mod protocol;
 mod queue;
 
 mod producer;
+mod flow;
 mod results;
 mod schedule;
 mod worker;
@@ -110,6 +113,10 @@ pub use queue::{
 pub use job_id::JobId;
 pub use priority::Priority;
 pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
+pub use flow::{
+    ChildOutcome, DEFAULT_FLOW_RETENTION, Flow, FlowIds, FlowInfo, FlowState, MAX_FLOW_CHILDREN,
+    OnChildFailure,
+};
 
 // Working.
 pub use worker::{

@@ -25,6 +25,7 @@
 //! | `<prefix>:{<queue>}:tick:<id>:<due>` | string | the job enqueued for one schedule tick (with a TTL) |
 //! | `<prefix>:{<queue>}:stop`     | zset   | stop requests for active jobs: `<priority index>:<entry id>`, scored by request ms |
 //! | `<prefix>:{<queue>}:history`  | stream | one snapshot of counters and lengths per step, the entry id is the step's start ms |
+//! | `<prefix>:{<queue>}:flow:<id>` | hash  | a flow parent waiting for its children: its envelope, pending count, state, and `c:<child id>` per settled child (with a TTL once the parent was released or failed) |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -61,6 +62,7 @@ pub struct QueueKeys {
     schedules: String,
     schedule_due: String,
     schedule_changes: String,
+    prefix: String,
     base: String,
 }
 
@@ -86,6 +88,7 @@ impl QueueKeys {
             schedules: format!("{base}:schedules"),
             schedule_due: format!("{base}:schedule_due"),
             schedule_changes: format!("{base}:schedule_changes"),
+            prefix: prefix.to_owned(),
             base,
         })
     }
@@ -189,6 +192,18 @@ impl QueueKeys {
     /// The history stream: one snapshot per step, shared by every process.
     pub fn history(&self) -> String {
         format!("{}:history", self.base)
+    }
+
+    /// A flow's record, kept under its parent's queue: the parent waiting
+    /// for its children, and what each child ended with.
+    pub fn flow(&self, parent_id: &str) -> String {
+        format!("{}:flow:{parent_id}", self.base)
+    }
+
+    /// The keys of another queue under the same prefix (a flow's parent or
+    /// children).
+    pub(crate) fn sibling(&self, queue: &str) -> Result<QueueKeys, Error> {
+        QueueKeys::new(&self.prefix, queue)
     }
 
     /// The counters hash.
