@@ -295,15 +295,16 @@ impl Flow {
                 .arg(child.priority.lua_index())
                 .arg(child.envelope.as_slice());
         }
-        let reply = call
-            .invoke(&mut self.queue.conn())
-            .await
-            .map_err(|err| match reply::is_cross_slot(&err) {
-                true => Error::InvalidFlow(
-                    "on Redis Cluster every queue of a flow must be in one hash slot".to_owned(),
-                ),
-                false => Error::from(err),
-            })?;
+        let reply =
+            call.invoke(&mut self.queue.conn())
+                .await
+                .map_err(|err| match reply::is_cross_slot(&err) {
+                    true => Error::InvalidFlow(
+                        "on Redis Cluster every queue of a flow must be in one hash slot"
+                            .to_owned(),
+                    ),
+                    false => Error::from(err),
+                })?;
         reply::done(&scripts().flow_add, reply)?;
         Ok(FlowIds {
             parent: self.parent_id,

@@ -87,8 +87,8 @@ mod protocol;
 
 mod queue;
 
-mod producer;
 mod flow;
+mod producer;
 mod results;
 mod schedule;
 mod worker;
@@ -110,13 +110,13 @@ pub use queue::{
 };
 
 // Producing.
-pub use job_id::JobId;
-pub use priority::Priority;
-pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
 pub use flow::{
     ChildOutcome, DEFAULT_FLOW_RETENTION, Flow, FlowIds, FlowInfo, FlowState, MAX_FLOW_CHILDREN,
     OnChildFailure,
 };
+pub use job_id::JobId;
+pub use priority::Priority;
+pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
 
 // Working.
 pub use worker::{

@@ -159,9 +159,7 @@ where
             // A flow child's result is for its parent, kept or not here.
             result: keep_result(
                 &value,
-                context
-                    .results
-                    .or(flow_child.then(KeepResults::default)),
+                context.results.or(flow_child.then(KeepResults::default)),
                 job_id,
             ),
         },

@@ -20,11 +20,11 @@ use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::job_id::JobId;
 use crate::priority::Priority;
+use crate::protocol::envelope::ParentRef;
 use crate::protocol::keys::GROUP;
 use crate::protocol::latency;
 use crate::protocol::reply;
 use crate::protocol::scripts::{COMMON_KEYS, ScriptCall, scripts};
-use crate::protocol::envelope::ParentRef;
 use crate::queue::Queue;
 use crate::time::{millis, now_ms};
 

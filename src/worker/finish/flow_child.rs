@@ -33,8 +33,8 @@ impl Finisher {
             tracing::error!(job = job.job_id, %err, "flow child names an invalid parent queue");
             keys.clone()
         });
-        let parent_priority = Priority::from_lua_index(i64::from(parent.priority))
-            .unwrap_or(Priority::Medium);
+        let parent_priority =
+            Priority::from_lua_index(i64::from(parent.priority)).unwrap_or(Priority::Medium);
         let extra = [
             keys.latency().to_owned(),
             keys.events(),
@@ -45,9 +45,10 @@ impl Finisher {
             parent_keys.stats().to_owned(),
             parent_keys.dead().to_owned(),
         ];
-        let (outcome, detail, attempts, failed_run): (&str, &[u8], u32, bool) = match &job.outcome
-        {
-            Outcome::Completed { result } => ("completed", result.as_deref().unwrap_or(&[]), 0, false),
+        let (outcome, detail, attempts, failed_run): (&str, &[u8], u32, bool) = match &job.outcome {
+            Outcome::Completed { result } => {
+                ("completed", result.as_deref().unwrap_or(&[]), 0, false)
+            }
             Outcome::Dead {
                 attempts,
                 error,
@@ -98,7 +99,12 @@ impl Finisher {
                     .map(|id| String::from_utf8_lossy(&id).into_owned())
                     .unwrap_or_default();
                 Counters::add(&self.counters.dead_lettered, 1);
-                tracing::warn!(queue = self.queue.name(), job = job.job_id, error, "flow child dead-lettered");
+                tracing::warn!(
+                    queue = self.queue.name(),
+                    job = job.job_id,
+                    error,
+                    "flow child dead-lettered"
+                );
                 let event = |id| TrackEvent::Dead {
                     id,
                     error: error.clone(),
