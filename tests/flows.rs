@@ -238,19 +238,31 @@ async fn a_child_that_completes_twice_counts_once() {
     for envelope in [first_envelope, entries[1].1[0].1.clone()] {
         let _: String = raw.xadd(stream, "*", &[("e", envelope)]).await.unwrap();
     }
-    // Order now: first, first again, second. Counted twice, the first
-    // would release the parent before the second finished.
-    let child_worker = spawn(
-        &children,
-        fast().concurrency(1).prefetch(0),
-        |job: Job<u32>| async move { Ok::<u32, JobError>(*job.payload()) },
-    );
-    until_stats("three child entries completed", &children, |s| {
-        s.completed() == 3
-    })
-    .await;
+    // Order now: first, first again, second, which waits for the test.
+    // Counted twice, the first would release the parent before the second.
+    let second_may_finish = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = second_may_finish.clone();
+    let config = fast().concurrency(1).prefetch(0);
+    let child_worker = spawn(&children, config, move |job: Job<u32>| {
+        let gate = gate.clone();
+        async move {
+            if *job.payload() == 2 {
+                let _permit = gate.acquire().await.unwrap();
+            }
+            Ok::<u32, JobError>(*job.payload())
+        }
+    });
     let runs: ParentRuns = Arc::default();
     let parent = parent_worker(&parents, &runs);
+    until_stats("the first child completed twice", &children, |s| {
+        s.completed() == 2
+    })
+    .await;
+    let info = parents.flow(&ids.parent).await.unwrap().unwrap();
+    assert_eq!((info.state, info.pending), (FlowState::Waiting, 1));
+    assert_eq!(parents.stats().await.unwrap().enqueued(), 0);
+
+    second_may_finish.add_permits(1);
     until_stats("the parent completed", &parents, |s| s.completed() == 1).await;
     stop(vec![child_worker, parent]).await;
 
