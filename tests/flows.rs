@@ -1,6 +1,7 @@
 //! Flows: a parent job that runs once, after all its children, with their
 //! results; children on other queues and workers; a duplicate completion; the
 //! failure policies; refused input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -42,6 +43,9 @@ async fn stop(workers: Vec<(CancellationToken, tokio::task::JoinHandle<WorkerRep
         handle.await.unwrap();
     }
 }
+
+/// Stream entries as XRANGE returns them: (id, field/value pairs).
+type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
 /// What parent runs saw: (parent id, the children's outcomes), one per run.
 type ParentRuns = Arc<Mutex<Vec<(JobId, BTreeMap<JobId, ChildOutcome<u32>>)>>>;
@@ -221,7 +225,7 @@ async fn a_child_that_completes_twice_counts_once() {
     // would run it again: the same envelope in a new entry, right after it.
     let mut raw = redis.raw().await;
     let stream = children.keys().stream(Priority::Medium);
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let entries: Entries = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
         .arg("+")

@@ -275,7 +275,7 @@ mod tests {
     #[test]
     fn the_key_tables_in_docs_and_here_match_the_names_built() {
         let keys = QueueKeys::new("streamq", "q").expect("valid names");
-        let built: [(&str, String); 14] = [
+        let built: [(&str, String); 15] = [
             ("stream", keys.stream(Priority::Critical).to_owned()),
             ("stream", keys.stream(Priority::High).to_owned()),
             ("stream", keys.stream(Priority::Medium).to_owned()),
@@ -290,6 +290,7 @@ mod tests {
             ("list", keys.job_log("<id>")),
             ("zset", keys.completed()),
             ("zset", keys.stop_requests()),
+            ("hash", keys.flow("<id>")),
         ];
         let design = include_str!("../../docs/design.md");
         let here = include_str!("keys.rs");
