@@ -298,6 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_child_keeps_its_parent_through_a_retry_with_or_without_a_group() {
+        let parent = ParentRef {
+            queue: "reports".to_owned(),
+            id: "parent-1".to_owned(),
+            priority: 2,
+            fail_parent: false,
+        };
+        for group in [None, Some("tenant-1")] {
+            let id = JobId::generate();
+            let job = NewJob {
+                group,
+                parent: Some(&parent),
+                ..new_job(&id, "child", 3, None)
+            };
+            let bytes = Envelope::encode_new(job, &7u32, limits(1024)).expect("encodes");
+            let mut envelope = Envelope::decode(&bytes).expect("decodes");
+            assert_eq!(envelope.group.as_deref(), group);
+            assert_eq!(envelope.parent.as_ref(), Some(&parent));
+            // A retry re-encodes the decoded envelope.
+            envelope.attempt = 1;
+            let again = envelope.encode(1024).expect("encodes");
+            let retried = Envelope::decode(&again).expect("decodes");
+            assert_eq!(
+                (retried.group.as_deref(), retried.parent.as_ref()),
+                (group, Some(&parent))
+            );
+            assert_eq!(retried.payload::<u32>(1024).expect("payload"), 7);
+        }
+    }
+
+    #[test]
     fn oversized_payloads_are_refused() {
         let big = vec![7u8; 2048];
         let err =
