@@ -152,13 +152,13 @@ impl Flow {
         payload: &T,
         options: &EnqueueOptions,
     ) -> Result<Flow, Error> {
-        let (parent_id, priority, envelope) = encode_flow_job(queue, payload, options, None)?;
+        let parent = encode_flow_job(queue, payload, options, None)?;
         Ok(Flow {
             queue: queue.clone(),
-            parent_id,
-            priority,
-            name: options_name(&envelope),
-            envelope,
+            parent_id: parent.id,
+            priority: parent.priority,
+            name: parent.name,
+            envelope: parent.envelope,
             retention: DEFAULT_FLOW_RETENTION,
             children: Vec::new(),
         })
@@ -227,14 +227,14 @@ impl Flow {
             priority: self.priority.lua_index(),
             fail_parent: on_failure == OnChildFailure::FailParent,
         };
-        let (id, priority, envelope) = encode_flow_job(queue, payload, options, Some(&parent))?;
+        let child = encode_flow_job(queue, payload, options, Some(&parent))?;
         self.children.push(Child {
             queue: queue.clone(),
-            id: id.clone(),
-            priority,
-            envelope,
+            id: child.id.clone(),
+            priority: child.priority,
+            envelope: child.envelope,
         });
-        Ok(id)
+        Ok(child.id)
     }
 
     /// Creates the flow in one atomic script call: the parent's record and
@@ -311,13 +311,6 @@ impl Flow {
             children: self.children.into_iter().map(|c| c.id).collect(),
         })
     }
-}
-
-/// The job name inside an envelope just encoded (for the record's `name`).
-fn options_name(envelope: &[u8]) -> String {
-    crate::protocol::envelope::Envelope::decode(envelope)
-        .map(|e| e.name.into_owned())
-        .unwrap_or_default()
 }
 
 impl Queue {

@@ -397,15 +397,24 @@ impl Queue {
     }
 }
 
-/// One job of a flow ([`crate::Flow`]), encoded and checked like
-/// [`Batch::push`]: its id, priority and envelope. A flow job runs when its
-/// flow lets it, so a delay, a run time and an idempotency key are refused.
+/// One job of a flow ([`crate::Flow`]), encoded and checked.
+#[derive(Debug)]
+pub(crate) struct FlowJob {
+    pub(crate) id: JobId,
+    pub(crate) priority: Priority,
+    pub(crate) name: String,
+    pub(crate) envelope: Vec<u8>,
+}
+
+/// Encodes and checks a flow job like [`Batch::push`]. A flow job runs when
+/// its flow lets it, so a delay, a run time and an idempotency key are
+/// refused.
 pub(crate) fn encode_flow_job<T: Serialize + ?Sized>(
     queue: &Queue,
     payload: &T,
     options: &EnqueueOptions,
     parent: Option<&ParentRef>,
-) -> Result<(JobId, Priority, Vec<u8>), Error> {
+) -> Result<FlowJob, Error> {
     if options.run_at.is_some() || options.idempotency.is_some() {
         return Err(Error::InvalidFlow(
             "a flow job cannot have a delay, a run time or an idempotency key".to_owned(),
@@ -427,5 +436,10 @@ pub(crate) fn encode_flow_job<T: Serialize + ?Sized>(
         parent,
     };
     let envelope = Envelope::encode_new(job, payload, settings.payload_limits())?;
-    Ok((id, options.priority, envelope))
+    Ok(FlowJob {
+        id,
+        priority: options.priority,
+        name: options.name.clone(),
+        envelope,
+    })
 }
