@@ -116,6 +116,12 @@ pub enum Error {
         /// The consumers that hold jobs or were active recently.
         consumers: Vec<String>,
     },
+    /// A flow that cannot be created as given ([`crate::Flow`]): no
+    /// children, an option a flow job cannot have, queues under different
+    /// prefixes, or (on Redis Cluster) queues in different hash slots.
+    /// Nothing was written.
+    #[error("invalid flow: {0}")]
+    InvalidFlow(String),
     /// The connection settings are unusable.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),

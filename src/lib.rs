@@ -8,7 +8,9 @@
 //!   [`QueueKeys`].
 //! - **Producing.** [`Queue::enqueue`] adds one job with [`EnqueueOptions`]
 //!   (priority, delay, attempts, idempotency key); a [`Batch`] sends
-//!   thousands in one round trip.
+//!   thousands in one round trip. A [`Flow`] is a parent job that runs
+//!   once all its children (on any queues of the same Redis) finished, and
+//!   reads their results with [`Queue::children_results`].
 //! - **Scheduling.** A [`Schedule`] repeats a job every interval or by a
 //!   cron expression in a time zone; [`Queue::upsert_schedule`] saves it and
 //!   a [`Scheduler`] enqueues one job per tick, however many run.
@@ -90,6 +92,7 @@ mod protocol;
 
 mod queue;
 
+mod flow;
 mod producer;
 mod results;
 mod schedule;
@@ -113,6 +116,10 @@ pub use queue::{
 };
 
 // Producing.
+pub use flow::{
+    ChildOutcome, DEFAULT_FLOW_RETENTION, Flow, FlowIds, FlowInfo, FlowState, MAX_FLOW_CHILDREN,
+    OnChildFailure,
+};
 pub use job_id::JobId;
 pub use priority::Priority;
 pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::error::Error;
 use crate::job_id::JobId;
 use crate::priority::Priority;
-use crate::protocol::envelope::{Envelope, NewJob};
+use crate::protocol::envelope::{Envelope, NewJob, ParentRef};
 use crate::protocol::keys::validate_name;
 use crate::protocol::reply;
 use crate::protocol::scripts::{self, COMMON_KEYS, ScriptCall, scripts};
@@ -183,6 +183,7 @@ impl Batch {
             ready_us: due_us.unwrap_or_else(now_us),
             trace: options.traceparent.as_deref(),
             group: options.rate_group.as_deref(),
+            parent: None,
         };
         let envelope = Envelope::encode_new(job, payload, settings.payload_limits())?;
         self.bytes += envelope.len();
@@ -394,4 +395,51 @@ impl Queue {
             detail: "no job id returned".to_owned(),
         })
     }
+}
+
+/// One job of a flow ([`crate::Flow`]), encoded and checked.
+#[derive(Debug)]
+pub(crate) struct FlowJob {
+    pub(crate) id: JobId,
+    pub(crate) priority: Priority,
+    pub(crate) name: String,
+    pub(crate) envelope: Vec<u8>,
+}
+
+/// Encodes and checks a flow job like [`Batch::push`]. A flow job runs when
+/// its flow lets it, so a delay, a run time and an idempotency key are
+/// refused.
+pub(crate) fn encode_flow_job<T: Serialize + ?Sized>(
+    queue: &Queue,
+    payload: &T,
+    options: &EnqueueOptions,
+    parent: Option<&ParentRef>,
+) -> Result<FlowJob, Error> {
+    if options.run_at.is_some() || options.idempotency.is_some() {
+        return Err(Error::InvalidFlow(
+            "a flow job cannot have a delay, a run time or an idempotency key".to_owned(),
+        ));
+    }
+    if let Some(group) = &options.rate_group {
+        validate_name("rate group", group)?;
+    }
+    let settings = queue.settings();
+    let id = JobId::generate();
+    let job = NewJob {
+        id: &id,
+        name: &options.name,
+        max_attempts: options.max_attempts.unwrap_or(settings.max_attempts),
+        timeout_ms: options.timeout.map(millis),
+        ready_us: now_us(),
+        trace: options.traceparent.as_deref(),
+        group: options.rate_group.as_deref(),
+        parent,
+    };
+    let envelope = Envelope::encode_new(job, payload, settings.payload_limits())?;
+    Ok(FlowJob {
+        id,
+        priority: options.priority,
+        name: options.name.clone(),
+        envelope,
+    })
 }

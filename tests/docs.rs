@@ -94,7 +94,7 @@ const LAYERS: [&[&str]; 7] = [
     &["error", "job_id", "priority", "time", "backoff"],
     &["protocol"],
     &["queue"],
-    &["producer", "results", "schedule", "worker"],
+    &["producer", "results", "schedule", "worker", "flow"],
     &["admin"],
     &["http", "notify"],
     &["testing"],

@@ -21,6 +21,9 @@ pub struct QueueStats {
     pub dead_letters: u64,
     /// Jobs waiting for their time: retries and scheduled jobs.
     pub delayed: u64,
+    /// Flow parents of this queue waiting for their children
+    /// ([`crate::Flow`]): in no stream yet, and not in `waiting`.
+    pub waiting_children: u64,
 }
 
 /// A snapshot of one priority stream.
@@ -148,6 +151,7 @@ impl Queue {
             priorities,
             dead_letters,
             delayed,
+            waiting_children: counters.get("waiting_children").copied().unwrap_or(0),
         })
     }
 }

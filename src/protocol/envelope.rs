@@ -57,6 +57,25 @@ pub(crate) struct Envelope<'a> {
     /// written only when set, so envelopes without one stay 11 long.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub(crate) group: Option<Cow<'a, str>>,
+    /// The flow parent this job is a child of; written only when set (with
+    /// `group` written as "" before it when the job has no group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) parent: Option<ParentRef>,
+}
+
+/// Which flow parent a child job settles when it completes or is
+/// dead-lettered: the parent's queue (same prefix and Redis), its job id
+/// (which names its flow record), its priority (the stream it is released
+/// into) and what the child's failure does to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ParentRef {
+    pub(crate) queue: String,
+    pub(crate) id: String,
+    /// The parent's priority index, 1 = critical .. 4 = low.
+    pub(crate) priority: u8,
+    /// Whether the child's dead-lettering fails the parent (else it counts
+    /// as done, its error recorded).
+    pub(crate) fail_parent: bool,
 }
 
 /// What a new envelope says besides its payload.
@@ -70,6 +89,7 @@ pub(crate) struct NewJob<'a> {
     pub(crate) ready_us: u64,
     pub(crate) trace: Option<&'a str>,
     pub(crate) group: Option<&'a str>,
+    pub(crate) parent: Option<&'a ParentRef>,
 }
 
 impl<'a> Envelope<'a> {
@@ -121,13 +141,24 @@ impl<'a> Envelope<'a> {
             compressed,
             trace: job.trace.map(Cow::Borrowed),
             group: job.group.map(Cow::Borrowed),
+            parent: job.parent.cloned(),
         }
         .encode(limit.saturating_add(ENVELOPE_OVERHEAD))
     }
 
     /// Encodes this envelope, refusing it when larger than `limit` bytes.
     pub(crate) fn encode(&self, limit: usize) -> Result<Vec<u8>, Error> {
-        let bytes = rmp_serde::to_vec(self).map_err(|e| Error::Encode(e.to_string()))?;
+        let encoded = if self.parent.is_some() && self.group.is_none() {
+            // Fields are by position: `parent` needs `group` written before it.
+            let placeholder = Envelope {
+                group: Some(Cow::Borrowed("")),
+                ..self.clone()
+            };
+            rmp_serde::to_vec(&placeholder)
+        } else {
+            rmp_serde::to_vec(self)
+        };
+        let bytes = encoded.map_err(|e| Error::Encode(e.to_string()))?;
         if bytes.len() > limit {
             return Err(Error::PayloadTooLarge {
                 size: bytes.len(),
@@ -139,8 +170,11 @@ impl<'a> Envelope<'a> {
 
     /// Decodes an envelope, borrowing its strings and payload from `bytes`.
     pub(crate) fn decode(bytes: &'a [u8]) -> Result<Envelope<'a>, Error> {
-        let envelope: Envelope<'a> =
+        let mut envelope: Envelope<'a> =
             rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        if envelope.group.as_deref() == Some("") {
+            envelope.group = None;
+        }
         if envelope.version > SCHEMA_VERSION {
             return Err(Error::Decode(format!(
                 "envelope schema version {} is newer than this build reads ({SCHEMA_VERSION})",
@@ -193,6 +227,7 @@ mod tests {
             ready_us: now_us(),
             trace: Some("00-trace-span-01"),
             group: None,
+            parent: None,
         }
     }
 
@@ -263,6 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_child_keeps_its_parent_through_a_retry_with_or_without_a_group() {
+        let parent = ParentRef {
+            queue: "reports".to_owned(),
+            id: "parent-1".to_owned(),
+            priority: 2,
+            fail_parent: false,
+        };
+        for group in [None, Some("tenant-1")] {
+            let id = JobId::generate();
+            let job = NewJob {
+                group,
+                parent: Some(&parent),
+                ..new_job(&id, "child", 3, None)
+            };
+            let bytes = Envelope::encode_new(job, &7u32, limits(1024)).expect("encodes");
+            let mut envelope = Envelope::decode(&bytes).expect("decodes");
+            assert_eq!(envelope.group.as_deref(), group);
+            assert_eq!(envelope.parent.as_ref(), Some(&parent));
+            // A retry re-encodes the decoded envelope.
+            envelope.attempt = 1;
+            let again = envelope.encode(1024).expect("encodes");
+            let retried = Envelope::decode(&again).expect("decodes");
+            assert_eq!(
+                (retried.group.as_deref(), retried.parent.as_ref()),
+                (group, Some(&parent))
+            );
+            assert_eq!(retried.payload::<u32>(1024).expect("payload"), 7);
+        }
+    }
+
+    #[test]
     fn oversized_payloads_are_refused() {
         let big = vec![7u8; 2048];
         let err =
@@ -330,7 +396,8 @@ mod tests {
                 "payload",
                 "compressed",
                 "trace",
-                "group"
+                "group",
+                "parent"
             ]
         );
         // Decode by position, with the documented types, as another

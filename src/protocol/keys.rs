@@ -26,6 +26,7 @@
 //! | `<prefix>:{<queue>}:stop`     | zset   | stop requests for active jobs: `<priority index>:<entry id>`, scored by request ms |
 //! | `<prefix>:{<queue>}:history`  | stream | one snapshot of counters and lengths per step, the entry id is the step's start ms |
 //! | `<prefix>:{<queue>}:notify:<name>` | string | the last dead-letter id a notifier has delivered |
+//! | `<prefix>:{<queue>}:flow:<id>` | hash  | a flow parent waiting for its children: its envelope, pending count, state, and `c:<child id>` per settled child (with a TTL once the parent was released or failed) |
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -62,6 +63,7 @@ pub struct QueueKeys {
     schedules: String,
     schedule_due: String,
     schedule_changes: String,
+    prefix: String,
     base: String,
 }
 
@@ -87,6 +89,7 @@ impl QueueKeys {
             schedules: format!("{base}:schedules"),
             schedule_due: format!("{base}:schedule_due"),
             schedule_changes: format!("{base}:schedule_changes"),
+            prefix: prefix.to_owned(),
             base,
         })
     }
@@ -198,6 +201,18 @@ impl QueueKeys {
         format!("{}:notify:{name}", self.base)
     }
 
+    /// A flow's record, kept under its parent's queue: the parent waiting
+    /// for its children, and what each child ended with.
+    pub fn flow(&self, parent_id: &str) -> String {
+        format!("{}:flow:{parent_id}", self.base)
+    }
+
+    /// The keys of another queue under the same prefix (a flow's parent or
+    /// children).
+    pub(crate) fn sibling(&self, queue: &str) -> Result<QueueKeys, Error> {
+        QueueKeys::new(&self.prefix, queue)
+    }
+
     /// The counters hash.
     pub fn stats(&self) -> &str {
         &self.stats
@@ -267,7 +282,7 @@ mod tests {
     #[test]
     fn the_key_tables_in_docs_and_here_match_the_names_built() {
         let keys = QueueKeys::new("streamq", "q").expect("valid names");
-        let built: [(&str, String); 15] = [
+        let built: [(&str, String); 16] = [
             ("stream", keys.stream(Priority::Critical).to_owned()),
             ("stream", keys.stream(Priority::High).to_owned()),
             ("stream", keys.stream(Priority::Medium).to_owned()),
@@ -283,6 +298,7 @@ mod tests {
             ("zset", keys.completed()),
             ("zset", keys.stop_requests()),
             ("string", keys.notifier("<name>")),
+            ("hash", keys.flow("<id>")),
         ];
         let design = include_str!("../../docs/design.md");
         let here = include_str!("keys.rs");

@@ -289,6 +289,12 @@ pub(crate) fn is_unknown_command(err: &RedisError) -> bool {
     err.code() == Some("ERR")
 }
 
+/// Whether a script was refused for touching keys of several hash slots
+/// (Redis Cluster's `CROSSSLOT`): a flow whose queues are on different slots.
+pub(crate) fn is_cross_slot(err: &RedisError) -> bool {
+    err.code() == Some("CROSSSLOT")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

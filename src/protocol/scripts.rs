@@ -77,6 +77,8 @@ pub(crate) struct Scripts {
     pub(crate) cancel: Script,
     pub(crate) drain: Script,
     pub(crate) clean_completed: Script,
+    pub(crate) flow_add: Script,
+    pub(crate) flow_child: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -112,6 +114,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         "retire_consumer",
         include_str!("../../lua/retire_consumer.lua"),
     ),
+    flow_add: Script::new("flow_add", include_str!("../../lua/flow_add.lua")),
+    flow_child: Script::new("flow_child", include_str!("../../lua/flow_child.lua")),
 });
 
 /// The script registry.
@@ -231,6 +235,8 @@ mod tests {
             &s.cancel,
             &s.drain,
             &s.clean_completed,
+            &s.flow_add,
+            &s.flow_child,
         ]
     }
 

@@ -221,6 +221,7 @@ impl Scheduler {
                 ready_us: due_ms.saturating_mul(1000),
                 trace: None,
                 group: definition.rate_group.as_deref(),
+                parent: None,
             },
             definition.payload.clone(),
             settings.payload_limits(),

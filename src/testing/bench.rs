@@ -23,6 +23,7 @@ pub fn encode<T: Serialize + ?Sized>(
             ready_us: now_us(),
             trace: None,
             group: None,
+            parent: None,
         },
         payload,
         PayloadLimits {

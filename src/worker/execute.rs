@@ -21,7 +21,7 @@ use super::job::{Handler, Job, JobError};
 use super::run_loop::JobContext;
 use super::tracker::TrackEvent;
 use crate::error::Error;
-use crate::protocol::envelope::Envelope;
+use crate::protocol::envelope::{Envelope, ParentRef};
 use crate::queue::KeepResults;
 use crate::time::{micros, now_us};
 
@@ -37,8 +37,9 @@ where
         job_id: String::new(),
         wait_us: 0,
         run_us: 0,
+        parent: None,
     };
-    let outcome = match decode::<T>(&claimed, context.max_payload_bytes) {
+    let outcome = match decode::<T>(&claimed, context.max_payload_bytes, &mut report.parent) {
         Err(poison) => poison,
         Ok((mut job, ready_us)) => {
             let (stop, cancelled) = context.holdings.stop_signal(&claimed.entry_id);
@@ -78,7 +79,8 @@ where
                 attempt = job.attempt,
                 traceparent = job.traceparent.as_deref().unwrap_or(""),
             );
-            let outcome = run_handler(&claimed, &context, job, &report.job_id)
+            let child = report.parent.is_some();
+            let outcome = run_handler(&claimed, &context, job, &report.job_id, child)
                 .instrument(span)
                 .await;
             report.run_us = micros(started.elapsed());
@@ -104,6 +106,7 @@ async fn send<H>(context: Arc<JobContext<H>>, claimed: Claimed, report: Report, 
         wait_us: report.wait_us,
         run_us: report.run_us,
         deliveries: claimed.deliveries,
+        parent: report.parent,
     };
     if context.finished.send(finished).await.is_err() {
         tracing::error!(
@@ -118,6 +121,8 @@ struct Report {
     job_id: String,
     wait_us: u64,
     run_us: u64,
+    /// The flow parent, when the job is a flow child.
+    parent: Option<ParentRef>,
 }
 
 /// Runs the handler (with its timeout, catching panics) and decides the
@@ -127,6 +132,7 @@ async fn run_handler<T, R, H>(
     context: &JobContext<H>,
     job: Job<T>,
     job_id: &str,
+    flow_child: bool,
 ) -> Outcome
 where
     T: DeserializeOwned + Send + 'static,
@@ -150,7 +156,12 @@ where
     });
     match result {
         Ok(value) => Outcome::Completed {
-            result: keep_result(&value, context.results, job_id),
+            // A flow child's result is for its parent, kept or not here.
+            result: keep_result(
+                &value,
+                context.results.or(flow_child.then(KeepResults::default)),
+                job_id,
+            ),
         },
         // Cancelled (`Queue::cancel`): whatever the error, the job is done
         // with, neither retried nor handed back, and kept as a dead letter
@@ -270,6 +281,7 @@ fn retry_outcome(
 fn decode<T: DeserializeOwned>(
     claimed: &Claimed,
     max_bytes: usize,
+    parent: &mut Option<ParentRef>,
 ) -> Result<(Job<T>, u64), Outcome> {
     let poison = |job_id: &str, attempts: u32, error: String| Outcome::Dead {
         job_id: job_id.to_owned(),
@@ -304,6 +316,7 @@ fn decode<T: DeserializeOwned>(
     };
     let envelope = Envelope::decode(bytes)
         .map_err(|e| poison("", 1, format!("undecodable job: {}", why(e))))?;
+    parent.clone_from(&envelope.parent);
     let attempt = envelope.attempt + 1;
     let payload = envelope.payload::<T>(max_bytes).map_err(|e| {
         poison(

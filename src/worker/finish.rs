@@ -20,12 +20,15 @@ use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::job_id::JobId;
 use crate::priority::Priority;
+use crate::protocol::envelope::ParentRef;
 use crate::protocol::keys::GROUP;
 use crate::protocol::latency;
 use crate::protocol::reply;
 use crate::protocol::scripts::{COMMON_KEYS, ScriptCall, scripts};
 use crate::queue::Queue;
 use crate::time::{millis, now_ms};
+
+mod flow_child;
 
 /// How one run of a job ended.
 #[derive(Debug)]
@@ -70,6 +73,9 @@ pub(crate) struct Finished {
     pub(crate) run_us: u64,
     /// Deliveries of this entry, this one included.
     pub(crate) deliveries: u32,
+    /// The flow parent, when the job is a flow child: it is then completed
+    /// or dead-lettered by `flow_child`, which settles the parent.
+    pub(crate) parent: Option<ParentRef>,
 }
 
 /// What a worker did, counted as it happened.
@@ -201,7 +207,7 @@ impl Finisher {
             let mut releases = Vec::new();
             for finished in batch.drain(..) {
                 match finished.outcome {
-                    Outcome::Completed { .. } => acks.push(finished),
+                    Outcome::Completed { .. } if finished.parent.is_none() => acks.push(finished),
                     Outcome::Release => releases.push((finished.priority, finished.entry_id)),
                     _ => {
                         self.apply_or_defer(Deferred::new(finished), &mut deferred)
@@ -261,6 +267,9 @@ impl Finisher {
     /// Tries a retry or dead-letter move once; defers it on a Redis error.
     async fn apply_or_defer(&mut self, mut item: Deferred, deferred: &mut Vec<Deferred>) {
         let result = match &item.finished.outcome {
+            Outcome::Completed { .. } | Outcome::Dead { .. } if item.finished.parent.is_some() => {
+                self.finish_child(&item.finished).await
+            }
             Outcome::Completed { .. } | Outcome::Release => return,
             Outcome::Retry {
                 envelope,

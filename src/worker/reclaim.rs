@@ -60,11 +60,11 @@ impl Worker {
                 lane.holdings.hold(job.priority, &job.entry_id);
                 if job.deliveries > self.config.max_deliveries {
                     let outcome = poison_outcome(&job, self.config.max_deliveries);
-                    let (name, job_id) = job
+                    let (name, job_id, parent) = job
                         .envelope
                         .as_deref()
                         .and_then(|bytes| Envelope::decode(bytes).ok())
-                        .map(|e| (e.name.into_owned(), e.id.into_owned()))
+                        .map(|e| (e.name.into_owned(), e.id.into_owned(), e.parent))
                         .unwrap_or_default();
                     let finished = Finished {
                         priority: job.priority,
@@ -75,6 +75,7 @@ impl Worker {
                         wait_us: 0,
                         run_us: 0,
                         deliveries: job.deliveries,
+                        parent,
                     };
                     if context.finished.send(finished).await.is_err() {
                         tracing::error!("finisher stopped; the job stays pending");
