@@ -377,8 +377,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
                             index: p,
                             step,
                             goal,
-                            deadline: deadline_secs
-                                .map(|s| started + Duration::from_secs_f64(s)),
+                            deadline: deadline_secs.map(|s| started + Duration::from_secs_f64(s)),
                             rate,
                             batch,
                             mix,
