@@ -44,7 +44,7 @@ run() {
     local cpu0 cpu1 line load
     load=$(cut -d' ' -f1 /proc/loadavg)
     cpu0=$(redis_cpu)
-    line=$("$@" 2>>"$out/stderr.log" | tail -n 1)
+    line=$("$@" 2>>"$out/stderr.log" | tail -n 1) || echo "  $name: the command failed (see $out/stderr.log)"
     cpu1=$(redis_cpu)
     cli info commandstats | tr -d '\r' | grep '^cmdstat' >"$out/$name.$(date +%s).cmdstats" || true
     local evalsha

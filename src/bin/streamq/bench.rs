@@ -543,7 +543,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     } else {
         print_summary(&report)?;
     }
-    let goal_met = jobs_goal.is_none_or(|goal| jobs == goal);
+    // A paced run for a duration stops at its deadline, a job or two short
+    // of rate x duration; only a job count is a goal to meet exactly.
+    let goal_met = args.duration.is_some() || jobs_goal.is_none_or(|goal| jobs == goal);
     Ok(
         if goal_met && jobs == tally.enqueued.load(Ordering::Relaxed) {
             ExitCode::SUCCESS
