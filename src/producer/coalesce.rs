@@ -203,11 +203,12 @@ impl Drop for Leader<'_> {
         }
         let mut state = self.coalescer.lock();
         state.filling = false;
-        if state.waiting.is_empty() {
-            state.leading = false;
-        } else {
-            let queue = self.queue.clone();
-            tokio::spawn(lead_detached(queue, Fill::ADAPTIVE));
+        // Outside a runtime (it is shutting down) nothing could send them.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !state.waiting.is_empty() => {
+                runtime.spawn(lead_detached(self.queue.clone(), Fill::ADAPTIVE));
+            }
+            _ => state.leading = false,
         }
     }
 }
