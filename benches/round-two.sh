@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13's scenarios ("performance round two"), RUNS times each (default 3),
+# The "performance round two" scenarios of docs/benchmarks.md, RUNS times each (default 3),
 # interleaved so each round has its own raw baseline and BullMQ figure.
 # One private redis-server for the whole script, flushed and reset before
 # every run, so each run also reports Redis's own CPU per job and INFO
