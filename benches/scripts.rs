@@ -75,7 +75,15 @@ fn scripts(c: &mut Criterion) {
                             call.key(stream);
                         }
                         call.key(keys.latency());
-                        call.arg("streamq").arg("c1").arg(metrics);
+                        call.key(keys.events());
+                        // group, consumer, per-name metrics, result ttl,
+                        // events cap (0: none), now; then eleven per job.
+                        call.arg("streamq")
+                            .arg("c1")
+                            .arg(metrics)
+                            .arg(0)
+                            .arg(0)
+                            .arg(1_795_000_000_000u64);
                         for id in &ids {
                             call.arg(2)
                                 .arg(id)
@@ -84,12 +92,19 @@ fn scripts(c: &mut Criterion) {
                                 .arg(17)
                                 .arg(350)
                                 .arg(20)
-                                .arg(0);
+                                .arg(0)
+                                .arg("job")
+                                .arg(0)
+                                .arg("");
                         }
                         let started = Instant::now();
                         let reply: Vec<redis::Value> = call.invoke_async(&mut conn).await.unwrap();
                         measured += started.elapsed();
-                        assert_eq!(reply.len(), 1, "fenced: {reply:?}");
+                        // {OK, lost}: nothing lost.
+                        assert!(
+                            matches!(reply.get(1), Some(redis::Value::Array(lost)) if lost.is_empty()),
+                            "fenced: {reply:?}"
+                        );
                     }
                     measured
                 }
@@ -111,14 +126,19 @@ fn scripts(c: &mut Criterion) {
             let mut conn = conn.clone();
             let (reclaim, keys) = (&reclaim, &keys);
             async move {
-                let reply: Vec<redis::Value> = reclaim
-                    .key(keys.stats())
-                    .key(keys.stream(Priority::High))
-                    .arg(&["streamq", "c2", "600000", "0-0", "100", "high"])
+                let mut call = reclaim.prepare_invoke();
+                call.key(keys.stats());
+                for stream in keys.streams() {
+                    call.key(stream);
+                }
+                // group, consumer, priority index (high), lease ms, cursor, count
+                let reply: Vec<redis::Value> = call
+                    .arg(&["streamq", "c2", "2", "600000", "0-0", "100"])
                     .invoke_async(&mut conn)
                     .await
                     .unwrap();
-                assert!(matches!(reply.get(1), Some(redis::Value::Int(0))));
+                // {OK, cursor, jobs, deleted}: nothing taken over.
+                assert!(matches!(reply.get(2), Some(redis::Value::Array(jobs)) if jobs.is_empty()));
             }
         });
     });

@@ -27,10 +27,12 @@
   Returns    {OK, jobs, last}    jobs: triples of priority index (1..4),
                                  entry id, envelope bytes (false when the
                                  entry has no "e" field: not ours, poison).
-                                 last: when jobs is empty, the group's last
-                                 delivered id per stream (four), so the caller
-                                 can block for anything newer without a race;
-                                 empty otherwise
+                                 last: when fewer than COUNT jobs were found
+                                 (every stream read to its end), the group's
+                                 last delivered id per stream (four), so the
+                                 caller can block for anything newer without
+                                 a race and without fetching again; empty
+                                 when COUNT jobs were found
              {PAUSED}            the queue is paused; nothing was claimed
              {RATE_LIMITED, wait}
                                  the window's claims are spent; nothing was
@@ -61,6 +63,8 @@ end
 
 local jobs = {}
 local found = 0
+-- The last entry claimed per stream: its group's last delivered id now.
+local claimed_last = {}
 for p = 1, 4 do
   local res = redis.call('XREADGROUP', 'GROUP', group, consumer,
                          'COUNT', wanted - found, 'STREAMS', KEYS[1 + p], '>')
@@ -75,29 +79,37 @@ for p = 1, 4 do
       jobs[#jobs + 1] = entry[1]
       jobs[#jobs + 1] = envelope
       found = found + 1
+      claimed_last[p] = entry[1]
     end
   end
   if found >= wanted then break end
 end
 
-if found > 0 then
-  if max > 0 then
-    redis.call('HSET', rate, 'w', window, 'n', spent + found)
-    redis.call('PEXPIRE', rate, 2 * period)
-  end
+if found > 0 and max > 0 then
+  redis.call('HSET', rate, 'w', window, 'n', spent + found)
+  redis.call('PEXPIRE', rate, 2 * period)
+end
+if found >= wanted then
   return { OK, jobs, {} }
 end
 
+-- Where the caller's blocking XREAD starts, per stream: the last entry
+-- claimed there (the group's last delivered id now), else the group's last
+-- delivered id as XINFO GROUPS reports it. (XREVRANGE of the newest entry
+-- would also do, but converting a 1 KiB entry to Lua costs more than this.)
 local last_ids = {}
 for p = 1, 4 do
-  local last = '0-0'
-  for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1 + p])) do
-    local name, delivered
-    for f = 1, #info, 2 do
-      if info[f] == 'name' then name = info[f + 1] end
-      if info[f] == 'last-delivered-id' then delivered = info[f + 1] end
+  local last = claimed_last[p]
+  if not last then
+    last = '0-0'
+    for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1 + p])) do
+      local name, delivered
+      for f = 1, #info, 2 do
+        if info[f] == 'name' then name = info[f + 1] end
+        if info[f] == 'last-delivered-id' then delivered = info[f + 1] end
+      end
+      if name == group then last = delivered end
     end
-    if name == group then last = delivered end
   end
   last_ids[p] = last
 end

@@ -9,7 +9,7 @@ use crate::job_id::JobId;
 ///
 /// Messages are short and lowercase; [`Error::is_retryable`] tells whether
 /// trying the same call again may succeed.
-#[derive(thiserror::Error)]
+#[derive(Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A queue name or key prefix is not usable in a key name.

@@ -16,6 +16,10 @@ use crate::protocol::scripts::{self, COMMON_KEYS, ScriptCall, scripts};
 use crate::queue::Queue;
 use crate::time::{micros, millis, now_ms, now_us};
 
+mod coalesce;
+
+pub(crate) use coalesce::Fill;
+
 /// Options for one enqueued job. Cheap to reuse across many jobs.
 #[derive(Debug, Clone, Default)]
 pub struct EnqueueOptions {
@@ -375,6 +379,11 @@ impl Queue {
     /// the first job's id). When it returns `Ok`, the job is in Redis and
     /// will be completed, retried or dead-lettered.
     ///
+    /// Concurrent calls on one queue handle (and its clones) share script
+    /// calls: while earlier enqueues are in flight, new jobs wait and go out
+    /// together in the next call (at most 1,000 jobs, applied whole or not at
+    /// all). A call with nothing else in flight is sent at once.
+    ///
     /// # Errors
     ///
     /// As [`Batch::push`] (before any Redis call) and [`Batch::send`].
@@ -387,13 +396,26 @@ impl Queue {
         payload: &T,
         options: &EnqueueOptions,
     ) -> Result<JobId, Error> {
+        self.enqueue_filling(payload, options, Fill::ADAPTIVE).await
+    }
+
+    /// [`Queue::enqueue`], with the leader of a shared call filling it as
+    /// `fill` says.
+    pub(crate) async fn enqueue_filling<T: Serialize + ?Sized>(
+        &self,
+        payload: &T,
+        options: &EnqueueOptions,
+        fill: Fill,
+    ) -> Result<JobId, Error> {
         let mut batch = self.batch();
         batch.push(payload, options)?;
-        let mut ids = batch.send().await?;
-        ids.pop().ok_or_else(|| Error::UnexpectedReply {
-            script: "enqueue",
-            detail: "no job id returned".to_owned(),
-        })
+        let Some(job) = batch.jobs.pop() else {
+            return Err(Error::UnexpectedReply {
+                script: "enqueue",
+                detail: "no job to send".to_owned(),
+            });
+        };
+        coalesce::enqueue(self, job, fill).await
     }
 }
 

@@ -45,6 +45,9 @@ struct Inner {
     /// Set once this handle made sure the consumer groups exist (its first
     /// enqueue does).
     groups: tokio::sync::OnceCell<()>,
+    /// The producer's per-handle state (its enqueue coalescer), made on
+    /// first use.
+    producer: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Per-queue settings, fixed when the queue is opened.
@@ -323,6 +326,7 @@ impl QueueBuilder {
                 server,
                 conn,
                 groups: tokio::sync::OnceCell::new(),
+                producer: std::sync::OnceLock::new(),
             }),
         };
         queue.key_types().await?;
@@ -372,6 +376,18 @@ impl Queue {
 
     pub(crate) fn settings(&self) -> &QueueSettings {
         &self.inner.settings
+    }
+
+    /// The producer layer's state kept with this handle, made by `init` on
+    /// first use; `None` if it was made with another type.
+    pub(crate) fn producer_state<T: std::any::Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        self.inner
+            .producer
+            .get_or_init(|| Box::new(init()))
+            .downcast_ref()
     }
 
     pub(crate) fn redis(&self) -> &RedisConfig {

@@ -56,7 +56,10 @@ fn files(dir: &str) -> Vec<String> {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
-                stack.push(path);
+                // npm's install folder (benches/bullmq) is never committed.
+                if !path.ends_with("node_modules") {
+                    stack.push(path);
+                }
             } else if let Ok(relative) = path.strip_prefix(ROOT) {
                 found.push(relative.to_string_lossy().into_owned());
             }

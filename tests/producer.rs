@@ -155,3 +155,73 @@ async fn unknown_priority_names_are_typed_errors() {
     assert!(matches!(err, Error::UnknownPriority(_)));
     assert_eq!(Priority::from_severity("error"), Priority::High);
 }
+
+#[tokio::test]
+async fn concurrent_single_enqueues_share_script_calls() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("coalesce").await;
+    queue.enqueue(&0u32, &EnqueueOptions::new()).await.unwrap();
+    let calls_before = redis.script_calls().await;
+    // On this single-threaded runtime every task adds its job before the
+    // first script call can answer: at most two calls are in flight, the
+    // rest wait and leave together.
+    let tasks: Vec<_> = (0..200u32)
+        .map(|i| {
+            let queue = queue.clone();
+            let priority = Priority::ALL[(i % 4) as usize];
+            tokio::spawn(async move {
+                queue
+                    .enqueue(&i, &EnqueueOptions::new().priority(priority))
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap().unwrap());
+    }
+    assert_eq!(ids.len(), 200);
+    let calls = redis.script_calls().await - calls_before;
+    assert!(calls < 100, "{calls} script calls for 200 enqueues");
+    assert_eq!(queue.stats().await.unwrap().enqueued(), 201);
+}
+
+#[tokio::test]
+async fn coalesced_enqueues_keep_idempotency_and_refusals_per_job() {
+    let redis = TestRedis::start();
+    let queue = redis
+        .open(Queue::builder("coalesce-refusals").max_backlog(150))
+        .await;
+    let keyed = EnqueueOptions::new().idempotency_key("same", std::time::Duration::from_secs(60));
+    let tasks: Vec<_> = (0..200u32)
+        .map(|i| {
+            let queue = queue.clone();
+            let options = if i % 2 == 0 {
+                keyed.clone()
+            } else {
+                EnqueueOptions::new()
+            };
+            tokio::spawn(async move { queue.enqueue(&i, &options).await })
+        })
+        .collect();
+    let mut keyed_ids = std::collections::HashSet::new();
+    let (mut keyed_ok, mut added, mut full) = (0u64, 0u64, 0u64);
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(id) if i % 2 == 0 => {
+                keyed_ok += 1;
+                keyed_ids.insert(id);
+            }
+            Ok(_) => added += 1,
+            Err(Error::QueueFull { .. }) => full += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(keyed_ok + added + full, 200);
+    // Every job with the key got the one id that took it, however the
+    // jobs were grouped into calls; a refused call added none of its jobs.
+    assert!(keyed_ids.len() <= 1, "{keyed_ids:?}");
+    let waiting = queue.stats().await.unwrap().waiting();
+    assert_eq!(waiting, added + keyed_ids.len() as u64);
+    assert!(waiting <= 150, "{waiting}");
+}

@@ -118,6 +118,14 @@ impl HttpConfig {
         self
     }
 
+    /// How the queue's enqueue coalescing fills a shared script call.
+    pub(crate) fn fill(&self) -> crate::producer::Fill {
+        crate::producer::Fill {
+            max_jobs: self.coalesce_jobs,
+            wait: self.coalesce_wait,
+        }
+    }
+
     /// Coalesce at most this many concurrent single-job requests into one
     /// enqueue, clamped to 1..=[`MAX_COALESCE_JOBS`]. Default: 500.
     pub fn coalesce_jobs(mut self, jobs: usize) -> HttpConfig {
@@ -125,10 +133,11 @@ impl HttpConfig {
         self
     }
 
-    /// How long the coalescer may wait for more requests to fill a batch
-    /// once it holds one, clamped to [`MAX_COALESCE_WAIT`]. With zero it
-    /// sends what has arrived as soon as a send slot is free, which batches
-    /// under load and adds no delay when idle. Default: zero.
+    /// How long the caller leading a shared enqueue may wait for more
+    /// requests to fill it once it holds a send slot, clamped to
+    /// [`MAX_COALESCE_WAIT`]. With zero it sends what has arrived as soon
+    /// as a send slot is free, which batches under load and adds no delay
+    /// when idle. Default: zero.
     pub fn coalesce_wait(mut self, wait: Duration) -> HttpConfig {
         self.coalesce_wait = wait.min(MAX_COALESCE_WAIT);
         self

@@ -105,11 +105,9 @@ pub(crate) async fn alert(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| rejected(&r))?;
     let options = alert_options(&alert_head(&body)?, state.config());
-    let bytes = body.len();
     let id = state
-        .inner
-        .coalescer
-        .enqueue(Payload::Raw(body), options, bytes)
+        .queue()
+        .enqueue_filling(&Payload::Raw(body), &options, state.config().fill())
         .await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -201,9 +199,8 @@ pub(crate) async fn job(
     let body = body.map_err(|r| rejected(&r))?;
     let (payload, options) = JobRequest::parse(object(&body)?, state.config())?;
     let id = state
-        .inner
-        .coalescer
-        .enqueue(payload, options, body.len())
+        .queue()
+        .enqueue_filling(&payload, &options, state.config().fill())
         .await?;
     Ok(accepted(json!({ "status": "queued", "id": id.as_str() })))
 }

@@ -9,8 +9,9 @@
 //!   and batches (JSON array or NDJSON). A request is answered `202` only
 //!   after Redis acknowledged its job.
 //! - `payload`: an alert's JSON bytes stored without building a tree.
-//! - `coalesce`: concurrent single-job requests share one batch enqueue, so
-//!   ingestion is not one round trip per request.
+//!   Concurrent single-job requests share script calls through the queue's
+//!   own enqueue coalescing ([`Queue::enqueue`]), so ingestion is not one
+//!   round trip per request.
 //! - `admin`: health in the alert-platform JSON shape, stats, inspection, jobs by id,
 //!   dead letters, pause and resume, recover-stalled, history, Prometheus
 //!   text, `/healthz` and `/readyz`; schedules (list, create or update,
@@ -43,7 +44,6 @@
 
 mod admin;
 mod auth;
-mod coalesce;
 mod config;
 mod dashboard;
 mod error;
@@ -69,7 +69,7 @@ pub use config::{HttpConfig, MAX_COALESCE_JOBS, MAX_COALESCE_WAIT};
 
 use crate::queue::Queue;
 
-/// What every handler shares: the queue, the settings, the coalescer, and
+/// What every handler shares: the queue, the settings, and
 /// the guard that stops the history sampler when the last clone is dropped.
 #[derive(Clone)]
 struct AppState {
@@ -79,7 +79,6 @@ struct AppState {
 struct Shared {
     queue: Queue,
     config: HttpConfig,
-    coalescer: coalesce::Coalescer,
     _sampler: Option<DropGuard>,
 }
 
@@ -95,15 +94,14 @@ impl AppState {
 
 /// The HTTP API and dashboard of `queue`, as a router to serve or nest.
 ///
-/// Starts two background tasks that end when the router and every clone of
-/// it are dropped: the coalescer that batches single-job requests, and
-/// (unless [`HttpConfig::history`] turned it off) the history sampler.
+/// Unless [`HttpConfig::history`] turned it off, starts the history
+/// sampler, a background task that ends when the router and every clone of
+/// it are dropped.
 ///
 /// # Panics
 ///
-/// When called outside a Tokio runtime (it spawns those tasks).
+/// When called outside a Tokio runtime (it spawns that task).
 pub fn router(queue: Queue, config: HttpConfig) -> Router {
-    let coalescer = coalesce::Coalescer::start(queue.clone(), &config);
     let one = DefaultBodyLimit::max(config.body_limit);
     let many = DefaultBodyLimit::max(config.batch_body_limit);
     let sampler = config
@@ -113,7 +111,6 @@ pub fn router(queue: Queue, config: HttpConfig) -> Router {
         inner: Arc::new(Shared {
             queue,
             config,
-            coalescer,
             _sampler: sampler,
         }),
     };

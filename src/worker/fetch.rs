@@ -52,7 +52,9 @@ pub(crate) struct Reclaimed {
 /// What one fetch found.
 #[derive(Debug)]
 pub(crate) enum Fetched {
-    Jobs(Vec<Claimed>),
+    /// Jobs, and when fewer than asked were found, the group's last
+    /// delivered id per stream (nothing else waits: block from there).
+    Jobs(Vec<Claimed>, Option<[String; 4]>),
     /// Nothing waiting; the group's last delivered id per stream.
     Idle([String; 4]),
     /// The queue is paused: claim nothing until it is resumed.
@@ -105,7 +107,7 @@ impl Fetcher {
         );
         let reply: Value = call.invoke(&mut self.conn).instrument(span.clone()).await?;
         let fetched = parse_fetch(reply, now)?;
-        if let Fetched::Jobs(jobs) = &fetched {
+        if let Fetched::Jobs(jobs, _) = &fetched {
             span.record("jobs", jobs.len());
             for job in jobs {
                 tracing::trace!(parent: &span, entry = job.entry_id, priority = %job.priority, "claimed");
@@ -206,15 +208,24 @@ fn parse_fetch(reply: Value, now: u64) -> Result<Fetched, Error> {
             claimed_ms: now,
         });
     }
-    if !jobs.is_empty() {
-        return Ok(Fetched::Jobs(jobs));
-    }
     let mut last = body.array()?;
-    let mut ids: [String; 4] = Default::default();
-    for id in &mut ids {
-        *id = last.text()?;
+    let ids = if last.is_empty() {
+        None
+    } else {
+        let mut ids: [String; 4] = Default::default();
+        for id in &mut ids {
+            *id = last.text()?;
+        }
+        Some(ids)
+    };
+    match (jobs.is_empty(), ids) {
+        (false, ids) => Ok(Fetched::Jobs(jobs, ids)),
+        (true, Some(ids)) => Ok(Fetched::Idle(ids)),
+        (true, None) => Err(Error::UnexpectedReply {
+            script: "fetch",
+            detail: "no jobs and no last ids".to_owned(),
+        }),
     }
-    Ok(Fetched::Idle(ids))
 }
 
 /// Reads `reclaim`'s reply: the next cursor, and what was taken over.
@@ -330,7 +341,7 @@ mod tests {
             ]),
             Value::Array(vec![]),
         ]);
-        let Ok(Fetched::Jobs(jobs)) = parse_fetch(reply, 7) else {
+        let Ok(Fetched::Jobs(jobs, None)) = parse_fetch(reply, 7) else {
             panic!("jobs expected")
         };
         assert_eq!(jobs[0].priority, Priority::Critical);

@@ -76,6 +76,10 @@ impl Worker {
         let mut next_promote = Instant::now();
         let mut next_reclaim = Instant::now();
         let mut paused = false;
+        // Set when a fetch read every stream to its end: the next wait can
+        // block from these ids without fetching again first (ids gone stale
+        // meanwhile only make that wait return at once).
+        let mut drained: Option<[String; 4]> = None;
         while !shutdown.is_cancelled() {
             while lane.running.try_join_next().is_some() {}
             self.dispatch::<T, R, H>(lane, context);
@@ -101,7 +105,10 @@ impl Worker {
                 continue;
             }
             // Never cancelled: a fetch dropped mid-flight may have claimed jobs.
-            let fetched = lane.fetcher.fetch(room, self.config.rate_limit).await;
+            let fetched = match drained.take() {
+                Some(last_ids) => Ok(Fetched::Idle(last_ids)),
+                None => lane.fetcher.fetch(room, self.config.rate_limit).await,
+            };
             if paused != matches!(fetched, Ok(Fetched::Paused)) {
                 paused = !paused;
                 tracing::info!(
@@ -117,7 +124,8 @@ impl Worker {
                         _ = tokio::time::sleep_until(upkeep_at.min(Instant::now() + self.config.promote_interval)) => Ok(()),
                     }
                 }
-                Ok(Fetched::Jobs(jobs)) => {
+                Ok(Fetched::Jobs(jobs, last_ids)) => {
+                    drained = last_ids;
                     for job in &jobs {
                         lane.holdings.hold(job.priority, &job.entry_id);
                     }

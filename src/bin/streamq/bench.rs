@@ -212,6 +212,10 @@ fn body(kind: PayloadKind, bytes: usize, seq: u64) -> Body {
 /// Shared between producers, handlers and the reporter.
 struct Tally {
     enqueued: AtomicU64,
+    /// CPU time of the producer threads (pacing sleeps included), ns.
+    producer_cpu_ns: AtomicU64,
+    /// CPU time the producer threads spent in their pacing sleeps, ns.
+    pacing_cpu_ns: AtomicU64,
     /// When the last producer's last batch was acknowledged, Unix us.
     enqueue_done_us: AtomicU64,
     processed: AtomicU64,
@@ -240,6 +244,15 @@ struct Report {
     redis_used_memory_before_bytes: u64,
     redis_bytes_per_queued_job: Option<f64>,
     client_cpu_s_per_1k_jobs: f64,
+    /// Producer threads' CPU per job, their pacing sleeps excluded.
+    producer_cpu_us_per_job: f64,
+    /// Producer threads' CPU per job spent pacing (the harness, not the queue).
+    pacing_cpu_us_per_job: f64,
+    /// The rest of the process per job: workers, their connections, the
+    /// handler's bookkeeping and the 200 ms sampler.
+    worker_cpu_us_per_job: f64,
+    /// Producing plus working: the queue's client CPU per job.
+    queue_cpu_us_per_job: f64,
     redis_version: String,
     rate: Option<f64>,
     producers: u64,
@@ -268,6 +281,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         builder = builder.compress_above(threshold);
     }
     let queue = builder
+        .clone()
         .connect(&target.config)
         .await
         .map_err(|e| explain(&e, &target.config))?;
@@ -306,6 +320,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let memory_before = used_memory(&queue).await?;
     let tally = Arc::new(Tally {
         enqueued: AtomicU64::new(0),
+        producer_cpu_ns: AtomicU64::new(0),
+        pacing_cpu_ns: AtomicU64::new(0),
         enqueue_done_us: AtomicU64::new(0),
         processed: AtomicU64::new(0),
         first_start_us: AtomicU64::new(u64::MAX),
@@ -317,6 +333,72 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
             .map(|seq| body(args.payload, args.payload_bytes, seq))
             .collect(),
     );
+    // Producers get a thread, a runtime and a connection each, connected
+    // before the clock starts: their CPU time is then theirs alone (the
+    // connection's I/O included), and the rest of the process is the
+    // workers'. Paced producers need the thread anyway: tokio's timer rounds
+    // every sleep up to a whole millisecond, which would add up to 1 ms of
+    // schedule slip to every job; a thread's sleep is ~100x finer.
+    let deadline_secs = args.duration;
+    let mut producers = Vec::new();
+    let mut go = Vec::new();
+    for p in 0..args.producers {
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<(Instant, u64)>();
+        let (done, handle) = tokio::sync::oneshot::channel();
+        let builder = builder.clone();
+        let config = target.config.clone();
+        let tally = tally.clone();
+        let bodies = bodies.clone();
+        let (goal, rate, batch, mix) = (jobs_goal, args.rate, args.batch.max(1), args.priorities);
+        let step = args.producers;
+        std::thread::spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| streamq::Error::LocalServer(e.to_string()))
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let queue = match builder.connect(&config).await {
+                            Ok(queue) => queue,
+                            Err(e) => {
+                                let _ = ready_tx.send(());
+                                return Err(e);
+                            }
+                        };
+                        let _ = ready_tx.send(());
+                        let Ok((started, started_us)) = go_rx.recv() else {
+                            return Ok(());
+                        };
+                        let cpu = cpu_time::ThreadTime::now();
+                        let producer = Producer {
+                            queue,
+                            tally: tally.clone(),
+                            index: p,
+                            step,
+                            goal,
+                            deadline: deadline_secs.map(|s| started + Duration::from_secs_f64(s)),
+                            rate,
+                            batch,
+                            mix,
+                            bodies,
+                            started,
+                            started_us,
+                        };
+                        let result = producer.run().await;
+                        tally
+                            .producer_cpu_ns
+                            .fetch_add(nanos(cpu.elapsed()), Ordering::Relaxed);
+                        result
+                    })
+                });
+            let _ = done.send(result);
+        });
+        let _ = ready.await;
+        go.push(go_tx);
+        producers.push(tokio::spawn(async move { handle.await.unwrap_or(Ok(())) }));
+    }
+
     let cpu_start = cpu_time::ProcessTime::now();
     let started = Instant::now();
     let started_us = now_us();
@@ -344,41 +426,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         start_workers(&mut workers)?;
     }
 
-    let deadline = args.duration.map(|s| started + Duration::from_secs_f64(s));
-    let mut producers = Vec::new();
-    for p in 0..args.producers {
-        let producer = Producer {
-            queue: queue.clone(),
-            tally: tally.clone(),
-            index: p,
-            step: args.producers,
-            goal: jobs_goal,
-            deadline,
-            rate: args.rate,
-            batch: args.batch.max(1),
-            mix: args.priorities,
-            bodies: bodies.clone(),
-            started,
-            started_us,
-        };
-        producers.push(match args.rate {
-            // Paced producers get a thread each: tokio's timer rounds every
-            // sleep up to a whole millisecond, which would add up to 1 ms of
-            // schedule slip to every job; a thread's sleep is ~100x finer.
-            Some(_) => {
-                let (done, handle) = tokio::sync::oneshot::channel();
-                std::thread::spawn(move || {
-                    let result = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| streamq::Error::LocalServer(e.to_string()))
-                        .and_then(|runtime| runtime.block_on(producer.run()));
-                    let _ = done.send(result);
-                });
-                tokio::spawn(async move { handle.await.unwrap_or(Ok(())) })
-            }
-            None => tokio::spawn(producer.run()),
-        });
+    for go in go {
+        let _ = go.send((started, started_us));
     }
 
     let mut sampler = Sampler::default();
@@ -451,6 +500,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     let e2e = jobs as f64 / e2e_secs.max(1e-9);
     let mb_per_s = e2e * args.payload_bytes as f64 / 1e6;
+    let per = jobs.max(1) as f64;
+    let producer_us = tally.producer_cpu_ns.load(Ordering::Relaxed) as f64 / 1e3;
+    let pacing_us = tally.pacing_cpu_ns.load(Ordering::Relaxed) as f64 / 1e3;
+    let producing_us = (producer_us - pacing_us).max(0.0);
+    let working_us = (cpu.as_secs_f64() * 1e6 - producer_us).max(0.0);
     let report = Report {
         jobs,
         payload_bytes: args.payload_bytes,
@@ -469,6 +523,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         redis_used_memory_before_bytes: memory_before,
         redis_bytes_per_queued_job: bytes_per_queued_job.map(round),
         client_cpu_s_per_1k_jobs: cpu.as_secs_f64() / jobs.max(1) as f64 * 1000.0,
+        producer_cpu_us_per_job: round(producing_us / per),
+        pacing_cpu_us_per_job: round(pacing_us / per),
+        worker_cpu_us_per_job: round(working_us / per),
+        queue_cpu_us_per_job: round((producing_us + working_us) / per),
         redis_version: format!("{} {}", server.server, server.version),
         rate: args.rate,
         producers: args.producers,
@@ -485,7 +543,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     } else {
         print_summary(&report)?;
     }
-    let goal_met = jobs_goal.is_none_or(|goal| jobs == goal);
+    // A paced run for a duration stops at its deadline, a job or two short
+    // of rate x duration; only a job count is a goal to meet exactly.
+    let goal_met = args.duration.is_some() || jobs_goal.is_none_or(|goal| jobs == goal);
     Ok(
         if goal_met && jobs == tally.enqueued.load(Ordering::Relaxed) {
             ExitCode::SUCCESS
@@ -560,8 +620,11 @@ fn print_summary(r: &Report) -> Result<(), Box<dyn std::error::Error>> {
         outln!("  memory per queued job  {per_job:.0} B");
     }
     outln!(
-        "  client cpu          {:.1} us per job",
-        r.client_cpu_s_per_1k_jobs * 1000.0
+        "  client cpu          {:.1} us per job: producing {:.1}, working {:.1}, pacing {:.1}",
+        r.client_cpu_s_per_1k_jobs * 1000.0,
+        r.producer_cpu_us_per_job,
+        r.worker_cpu_us_per_job,
+        r.pacing_cpu_us_per_job
     );
     Ok(())
 }
@@ -598,7 +661,11 @@ impl Producer {
             if let Some(rate) = self.rate {
                 let due = self.started + Duration::from_secs_f64(seq as f64 / rate);
                 // On this producer's own thread (see `run`): blocking is fine.
+                let pacing = cpu_time::ThreadTime::now();
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                self.tally
+                    .pacing_cpu_ns
+                    .fetch_add(nanos(pacing.elapsed()), Ordering::Relaxed);
             }
             let mut batch = self.queue.batch();
             let now = self.started.elapsed().as_secs_f64();
@@ -670,6 +737,10 @@ async fn used_memory(queue: &Queue) -> Result<u64, streamq::Error> {
         .get("used_memory")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn round(x: f64) -> f64 {
