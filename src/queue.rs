@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
-
 use crate::error::ConfigCheck;
 use crate::error::Error;
 use crate::priority::Priority;
+use crate::protocol::cluster::Conn;
 use crate::protocol::connection::{RedisConfig, ServerInfo};
 use crate::protocol::keys::{GROUP, QueueKeys};
 use crate::protocol::{fields, reply};
@@ -41,7 +40,7 @@ struct Inner {
     settings: QueueSettings,
     redis: RedisConfig,
     server: ServerInfo,
-    conn: ConnectionManager,
+    conn: Conn,
     /// Set once this handle made sure the consumer groups exist (its first
     /// enqueue does).
     groups: tokio::sync::OnceCell<()>,
@@ -312,14 +311,14 @@ impl QueueBuilder {
         }
         check.finish()?;
 
-        let mut conn = redis.connection_manager().await?;
+        let (mut conn, redis) = redis.shared_connection().await?;
         let server = ServerInfo::detect(&mut conn).await?;
         let queue = Queue {
             inner: Arc::new(Inner {
                 name: self.name,
                 keys,
                 settings: self.settings,
-                redis: redis.clone(),
+                redis,
                 server,
                 conn,
                 groups: tokio::sync::OnceCell::new(),
@@ -360,6 +359,12 @@ impl Queue {
         &self.inner.server
     }
 
+    /// Whether the queue lives on a Redis Cluster (chosen with
+    /// [`RedisConfig::cluster`] or detected at connect).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
+    }
+
     /// The stream key holding jobs of `priority`, for inspection with other tools.
     pub fn stream_key(&self, priority: Priority) -> &str {
         self.inner.keys.stream(priority)
@@ -379,7 +384,7 @@ impl Queue {
     }
 
     /// A handle on the shared connection (clones are cheap and share it).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 
@@ -506,7 +511,7 @@ pub(crate) fn check_types(
 }
 
 /// Whether the stream `key` has streamq's consumer group.
-async fn has_group(conn: &mut ConnectionManager, key: &str) -> Result<bool, Error> {
+async fn has_group(conn: &mut Conn, key: &str) -> Result<bool, Error> {
     let groups: redis::Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(key)

@@ -12,6 +12,8 @@
 //!   become typed errors ([`crate::Error`]).
 //! - `fields`: reading field/value replies (`HELLO`, `XINFO`).
 //! - `latency`: the latency histogram's bucket scheme.
+//! - `cluster`: one connection type for a single Redis and a Redis Cluster,
+//!   and the cluster hash slot of a key.
 
 pub(crate) mod connection;
 pub(crate) mod envelope;
@@ -20,3 +22,4 @@ pub(crate) mod keys;
 pub(crate) mod latency;
 pub(crate) mod reply;
 pub(crate) mod scripts;
+pub(crate) mod cluster;

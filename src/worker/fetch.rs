@@ -15,11 +15,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use redis::Value;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tracing::Instrument;
 
 use crate::error::Error;
 use crate::priority::Priority;
+use crate::protocol::cluster::Conn;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply::{self, Reply};
 use crate::protocol::scripts::scripts;
@@ -64,8 +64,8 @@ pub(crate) enum Fetched {
 pub(crate) struct Fetcher {
     queue: Queue,
     consumer: String,
-    conn: ConnectionManager,
-    blocking: Option<MultiplexedConnection>,
+    conn: Conn,
+    blocking: Option<Conn>,
     max_block: Duration,
     reclaim_cursors: [String; 4],
 }

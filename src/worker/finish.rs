@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Value;
-use redis::aio::ConnectionManager;
+use crate::protocol::cluster::Conn;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -151,7 +151,7 @@ async fn sleep_until_some(due: Option<Instant>) {
 pub(crate) struct Finisher {
     queue: Queue,
     consumer: String,
-    conn: ConnectionManager,
+    conn: Conn,
     counters: Arc<Counters>,
     holdings: Holdings,
     config: WorkerConfig,
