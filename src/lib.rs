@@ -83,6 +83,7 @@ mod time;
 
 mod protocol;
 
+mod partition;
 mod queue;
 
 mod producer;
@@ -102,6 +103,7 @@ pub mod testing;
 pub use error::{ConfigError, Error};
 pub use protocol::connection::{MIN_REDIS, MIN_VALKEY, RedisConfig, ServerInfo, Version};
 pub use protocol::keys::{MAX_NAME_LEN, QueueKeys};
+pub use protocol::partition::{LAYOUT_VERSION, MAX_PARTITIONS, partition_of};
 pub use queue::{
     DEFAULT_MAX_PAYLOAD_BYTES, EventLog, JobTracking, KeepResults, Queue, QueueBuilder,
 };

@@ -14,6 +14,8 @@
 //! - `latency`: the latency histogram's bucket scheme.
 //! - `cluster`: one connection type for a single Redis and a Redis Cluster,
 //!   and the cluster hash slot of a key.
+//! - `partition`: where each partition of a queue lives (hash tags) and
+//!   which partition a job goes to (the routing hash).
 
 pub(crate) mod connection;
 pub(crate) mod envelope;
@@ -23,3 +25,4 @@ pub(crate) mod latency;
 pub(crate) mod reply;
 pub(crate) mod scripts;
 pub(crate) mod cluster;
+pub(crate) mod partition;

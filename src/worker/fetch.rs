@@ -265,6 +265,14 @@ impl PriorityBuffer {
         self.len
     }
 
+    /// The priority of the job [`PriorityBuffer::pop`] would hand out.
+    pub(crate) fn peek_priority(&self) -> Option<Priority> {
+        self.lanes
+            .iter()
+            .find_map(VecDeque::front)
+            .map(|job| job.priority)
+    }
+
     /// Takes every buffered job out, most urgent first.
     pub(crate) fn drain(&mut self) -> Vec<Claimed> {
         self.len = 0;
