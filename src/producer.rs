@@ -291,14 +291,13 @@ impl Batch {
         }
         // Every partition at once: the connection pipelines concurrent calls
         // to one node, so this is one round trip per node.
-        let sent = futures_util::future::join_all(
-            groups
-                .into_iter()
-                .filter(|g| !g.jobs.is_empty())
-                .map(|g| async move { (g.queue.partition_index() as usize, g.send_partition().await) }),
-        )
-        .await;
-        let mut results: Vec<Option<Result<Vec<JobId>, Error>>> = (0..parts.len()).map(|_| None).collect();
+        let sent =
+            futures_util::future::join_all(groups.into_iter().filter(|g| !g.jobs.is_empty()).map(
+                |g| async move { (g.queue.partition_index() as usize, g.send_partition().await) },
+            ))
+            .await;
+        let mut results: Vec<Option<Result<Vec<JobId>, Error>>> =
+            (0..parts.len()).map(|_| None).collect();
         for (index, result) in sent {
             results[index] = Some(result);
         }

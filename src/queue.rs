@@ -329,12 +329,15 @@ impl QueueBuilder {
             });
         }
         if let Some(n) = self.partitions {
-            check.require((1..=crate::protocol::partition::MAX_PARTITIONS).contains(&n), || {
-                format!(
-                    "partitions must be 1 to {}",
-                    crate::protocol::partition::MAX_PARTITIONS
-                )
-            });
+            check.require(
+                (1..=crate::protocol::partition::MAX_PARTITIONS).contains(&n),
+                || {
+                    format!(
+                        "partitions must be 1 to {}",
+                        crate::protocol::partition::MAX_PARTITIONS
+                    )
+                },
+            );
         }
         check.finish()?;
 
@@ -360,7 +363,13 @@ impl QueueBuilder {
             single
         } else {
             let parts = (0..count)
-                .map(|i| Ok(part(i, QueueKeys::partition(&self.prefix, &self.name, i)?, Vec::new())))
+                .map(|i| {
+                    Ok(part(
+                        i,
+                        QueueKeys::partition(&self.prefix, &self.name, i)?,
+                        Vec::new(),
+                    ))
+                })
                 .collect::<Result<Vec<Queue>, Error>>()?;
             part(0, keys, parts)
         };

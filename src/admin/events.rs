@@ -11,9 +11,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::protocol::cluster::Conn;
 use futures_util::Stream;
 use redis::Value;
-use crate::protocol::cluster::Conn;
 use serde::de::DeserializeOwned;
 
 use crate::backoff::Backoff;

@@ -21,6 +21,9 @@ pub struct QueueStats {
     pub dead_letters: u64,
     /// Jobs waiting for their time: retries and scheduled jobs.
     pub delayed: u64,
+    /// For a queue of several partitions, each partition's own snapshot, by
+    /// index (the fields above are their sums); empty for a queue of one.
+    pub partitions: Vec<QueueStats>,
 }
 
 /// A snapshot of one priority stream.
@@ -81,6 +84,49 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn stats(&self) -> Result<QueueStats, Error> {
+        if self.partition_count() == 1 {
+            return self.partition_stats().await;
+        }
+        let parts = self.partitions();
+        let each = futures_util::future::join_all(parts.iter().map(Queue::partition_stats)).await;
+        let each = each
+            .into_iter()
+            .collect::<Result<Vec<QueueStats>, Error>>()?;
+        let mut total = QueueStats {
+            priorities: Priority::ALL
+                .into_iter()
+                .map(|priority| PriorityStats {
+                    priority,
+                    length: 0,
+                    waiting: 0,
+                    in_flight: 0,
+                    enqueued: 0,
+                    completed: 0,
+                    dead_lettered: 0,
+                })
+                .collect(),
+            dead_letters: 0,
+            delayed: 0,
+            partitions: Vec::new(),
+        };
+        for part in &each {
+            total.dead_letters += part.dead_letters;
+            total.delayed += part.delayed;
+            for (sum, p) in total.priorities.iter_mut().zip(&part.priorities) {
+                sum.length += p.length;
+                sum.waiting += p.waiting;
+                sum.in_flight += p.in_flight;
+                sum.enqueued += p.enqueued;
+                sum.completed += p.completed;
+                sum.dead_lettered += p.dead_lettered;
+            }
+        }
+        total.partitions = each;
+        Ok(total)
+    }
+
+    /// [`Queue::stats`] of one partition (or a queue of one).
+    async fn partition_stats(&self) -> Result<QueueStats, Error> {
         let keys = self.keys();
         // Errors come back per command: a stream nobody has worked on has no
         // group yet, and reads as nothing in flight.
@@ -148,6 +194,7 @@ impl Queue {
             priorities,
             dead_letters,
             delayed,
+            partitions: Vec::new(),
         })
     }
 }

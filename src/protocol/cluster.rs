@@ -79,11 +79,9 @@ impl Conn {
 /// says `cluster_enabled:1`). A server that refuses `INFO` (an ACL) is taken
 /// for a single server: set [`crate::RedisConfig::cluster`] then.
 pub(crate) async fn detect<C: ConnectionLike>(conn: &mut C) -> bool {
-    let info: redis::RedisResult<String> = redis::cmd("INFO").arg("cluster").query_async(conn).await;
-    info.is_ok_and(|text| {
-        text.lines()
-            .any(|l| l.trim() == "cluster_enabled:1")
-    })
+    let info: redis::RedisResult<String> =
+        redis::cmd("INFO").arg("cluster").query_async(conn).await;
+    info.is_ok_and(|text| text.lines().any(|l| l.trim() == "cluster_enabled:1"))
 }
 
 /// A cluster connection seeded by `seed` (any node; the rest are found

@@ -17,12 +17,12 @@
 //! - `partition`: where each partition of a queue lives (hash tags) and
 //!   which partition a job goes to (the routing hash).
 
+pub(crate) mod cluster;
 pub(crate) mod connection;
 pub(crate) mod envelope;
 pub(crate) mod fields;
 pub(crate) mod keys;
 pub(crate) mod latency;
+pub(crate) mod partition;
 pub(crate) mod reply;
 pub(crate) mod scripts;
-pub(crate) mod cluster;
-pub(crate) mod partition;

@@ -83,7 +83,10 @@ mod tests {
             assert!(t.starts_with(&format!("alerts#{i}.")), "{t}");
             let offset = (slot(&t) + SLOTS - base) % SLOTS;
             let ideal = (i as u16).reverse_bits() >> 2;
-            assert!((offset + SLOTS - ideal) % SLOTS < WINDOW, "{i}: {offset} vs {ideal}");
+            assert!(
+                (offset + SLOTS - ideal) % SLOTS < WINDOW,
+                "{i}: {offset} vs {ideal}"
+            );
         }
         // Stable: the same answer every time (other clients depend on it).
         assert_eq!(tag("alerts", 1), tag("alerts", 1));

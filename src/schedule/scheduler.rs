@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use redis::Value;
 use crate::protocol::cluster::Conn;
+use redis::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Definition, read_schedules};

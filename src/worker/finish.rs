@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::Value;
 use crate::protocol::cluster::Conn;
+use redis::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;

@@ -24,9 +24,9 @@ mod finish;
 mod job;
 mod lease;
 mod limit;
+mod partitioned;
 mod promote;
 mod reclaim;
-mod partitioned;
 mod run_loop;
 mod share;
 mod tracker;
@@ -225,12 +225,15 @@ impl Worker {
             buffer: PriorityBuffer::default(),
             running: JoinSet::new(),
             holdings,
-            share: self.share.as_ref().map(|(share, lane)| run_loop::LaneShare {
-                share: share.clone(),
-                lane: *lane,
-                changes: share.subscribe(),
-                floor: Some(crate::priority::Priority::Critical),
-            }),
+            share: self
+                .share
+                .as_ref()
+                .map(|(share, lane)| run_loop::LaneShare {
+                    share: share.clone(),
+                    lane: *lane,
+                    changes: share.subscribe(),
+                    floor: Some(crate::priority::Priority::Critical),
+                }),
         };
         self.fetch_loop::<T, R, H>(&mut lane, &context, &shutdown)
             .await;

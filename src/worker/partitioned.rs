@@ -76,11 +76,18 @@ impl Worker {
                 only: None,
                 share: Some((share.clone(), lane)),
             };
-            worker.run_one(Shared(handler.clone()), shutdown.clone())
+            // A task each: the loops run in parallel on a multi-threaded
+            // runtime, and one busy loop cannot hold the others up.
+            tokio::spawn(worker.run_one(Shared(handler.clone()), shutdown.clone()))
         });
         let mut total = WorkerReport::default();
         let mut first_error = None;
         for report in futures_util::future::join_all(runs).await {
+            let report = match report {
+                Ok(report) => report,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => continue, // cancelled: only at runtime shutdown
+            };
             match report {
                 Ok(r) => {
                     total.completed += r.completed;

@@ -23,15 +23,15 @@ use super::lease::Holdings;
 use super::limit;
 use super::promote;
 use super::share::Share;
-use crate::priority::Priority;
-use tokio::sync::watch;
 use super::tracker::Tracker;
 use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
 use crate::queue::KeepResults;
+use tokio::sync::watch;
 
 /// What every job task needs.
 pub(super) struct JobContext<H> {
@@ -120,9 +120,11 @@ impl Worker {
             }
             let upkeep_at = next_promote.min(next_reclaim);
             if room == 0 {
+                // Reclaiming waits for room: only promotion can be due now.
+                let upkeep_at = next_promote;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = lane.running.join_next() => {}
+                    _ = lane.running.join_next(), if !lane.running.is_empty() => {}
                     _ = share_changed(&mut lane.share) => {}
                     _ = tokio::time::sleep_until(upkeep_at) => {}
                 }
@@ -134,7 +136,9 @@ impl Worker {
                 // A full fetch may have left more behind, from the last
                 // claimed job's priority down.
                 s.floor = match &fetched {
-                    Ok(Fetched::Jobs(jobs)) if jobs.len() >= room => jobs.last().map(|j| j.priority),
+                    Ok(Fetched::Jobs(jobs)) if jobs.len() >= room => {
+                        jobs.last().map(|j| j.priority)
+                    }
                     _ => None,
                 };
             }
@@ -180,7 +184,7 @@ impl Worker {
                 Ok(Fetched::Idle(_)) if !lane.buffer.is_empty() => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = lane.running.join_next() => Ok(()),
+                        _ = lane.running.join_next(), if !lane.running.is_empty() => Ok(()),
                         _ = share_changed(&mut lane.share) => Ok(()),
                         _ = tokio::time::sleep_until(upkeep_at) => Ok(()),
                     }

@@ -98,8 +98,7 @@ impl Share {
         let blocked = state.floors.iter().enumerate().any(|(other, floor)| {
             other != lane
                 && floor.is_some_and(|f| {
-                    f.index() < priority.index()
-                        || (f == priority && state.per[other] < mine)
+                    f.index() < priority.index() || (f == priority && state.per[other] < mine)
                 })
         });
         if blocked {
@@ -124,11 +123,19 @@ mod tests {
         // Before announcing, every lane may hold critical work.
         assert!(share.try_start(0, Priority::Low).is_none());
         share.announce(1, None);
-        let a = share.try_start(0, Priority::Low).expect("nothing more urgent");
+        let a = share
+            .try_start(0, Priority::Low)
+            .expect("nothing more urgent");
         share.announce(1, Some(Priority::High));
-        assert!(share.try_start(0, Priority::Low).is_none(), "high waits in lane 1");
+        assert!(
+            share.try_start(0, Priority::Low).is_none(),
+            "high waits in lane 1"
+        );
         let b = share.try_start(1, Priority::High).expect("slot free");
-        assert!(share.try_start(1, Priority::High).is_none(), "both slots taken");
+        assert!(
+            share.try_start(1, Priority::High).is_none(),
+            "both slots taken"
+        );
         drop(a);
         share.announce(0, Some(Priority::High));
         // Lane 0 runs nothing now, lane 1 runs one: lane 0 goes first.

@@ -74,8 +74,7 @@ impl TestCluster {
                 let repl = self.cli(n.port(), &["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
-                    && (repl.contains("role:master")
-                        || repl.contains("master_link_status:up"))
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
             });
             if ok {
                 return;
@@ -129,6 +128,31 @@ impl TestCluster {
                 Some((id, port))
             })
             .collect()
+    }
+
+    /// The port of the master serving `slot` (by `CLUSTER NODES` on a live
+    /// node).
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .expect("a live node");
+        let out = self.cli(live.port(), &["CLUSTER", "NODES"]);
+        for line in out
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            for range in fields.iter().skip(8).filter(|r| !r.starts_with('[')) {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if (a.parse().unwrap()..=b.parse().unwrap()).contains(&slot) {
+                    return port;
+                }
+            }
+        }
+        panic!("no owner for slot {slot} in {out}");
     }
 
     /// Which node index listens on `port`.
