@@ -83,6 +83,7 @@ mod time;
 
 mod protocol;
 
+mod durability;
 mod partition;
 mod queue;
 
@@ -112,6 +113,7 @@ pub use queue::{
 pub use job_id::JobId;
 pub use priority::Priority;
 pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
+pub use durability::Durability;
 
 // Working.
 pub use worker::{

@@ -307,17 +307,38 @@ impl Batch {
         for (partition, at) in order {
             match &results[partition] {
                 Some(Ok(ids)) => enqueued.extend(ids.get(at).cloned()),
-                Some(Err(Error::PartialBatch { enqueued: some, .. })) if at == 0 => {
+                Some(Err(
+                    Error::PartialBatch { enqueued: some, .. }
+                    | Error::NotReplicated { enqueued: some, .. },
+                )) if at == 0 => {
                     enqueued.extend(some.iter().cloned());
                     complete = false;
                 }
                 _ => complete = false,
             }
         }
+        // Every partition enqueued but some fell short of the durability
+        // asked: one NotReplicated with every id, the fewest replicas reached.
+        let mut short: Option<(u64, u64)> = None;
         for result in results.into_iter().flatten() {
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
+            match result {
+                Err(Error::NotReplicated { reached, wanted, .. }) if first_error.is_none() => {
+                    let (r, _) = short.get_or_insert((reached, wanted));
+                    *r = (*r).min(reached);
+                }
+                Err(e) => {
+                    first_error = Some(e);
+                    short = None;
+                }
+                Ok(_) => {}
             }
+        }
+        if let Some((reached, wanted)) = short {
+            return Err(Error::NotReplicated {
+                enqueued,
+                reached,
+                wanted,
+            });
         }
         match first_error {
             None if complete => Ok(enqueued),
@@ -340,9 +361,11 @@ impl Batch {
         let per_call = self.jobs_per_call();
         let calls: Vec<ScriptCall> = self.jobs.chunks(per_call).map(|c| self.call(c)).collect();
         let mut chunks = self.jobs.chunks(per_call);
+        let durability = self.queue.settings().durability;
         if let [call] = calls.as_slice() {
             let reply = call.invoke(&mut conn).await?;
-            return job_ids(&self.jobs, reply);
+            let ids = job_ids(&self.jobs, reply)?;
+            return crate::durability::wait(&self.queue, durability, ids).await;
         }
         let mut enqueued = Vec::with_capacity(self.jobs.len());
         let mut first_error = None;
@@ -360,7 +383,7 @@ impl Batch {
             }
         }
         match first_error {
-            None => Ok(enqueued),
+            None => crate::durability::wait(&self.queue, durability, enqueued).await,
             Some(e) if enqueued.is_empty() => Err(e),
             Some(e) => Err(Error::PartialBatch {
                 enqueued,

@@ -65,6 +65,9 @@ pub(crate) struct QueueSettings {
     pub(crate) tracking: Option<JobTracking>,
     pub(crate) results: Option<KeepResults>,
     pub(crate) events: Option<EventLog>,
+    /// Set by the producer layer's `Durability` (kept as data here: the
+    /// queue layer sits below it).
+    pub(crate) durability: crate::durability::Durability,
 }
 
 /// The queue's event stream ([`QueueBuilder::events`]): what happened to
@@ -285,6 +288,14 @@ impl QueueBuilder {
         self
     }
 
+    /// What an enqueue's `Ok` waits for: the master alone (the default),
+    /// or also replicas (`WAIT`) or append-only files (`WAITAOF`); see
+    /// [`crate::Durability`] and `docs/guarantees.md`.
+    pub fn durability(mut self, durability: crate::durability::Durability) -> QueueBuilder {
+        self.settings.durability = durability;
+        self
+    }
+
     /// Keep about this many dead letters, trimming the oldest. Default: no
     /// bound; dead letters are never trimmed.
     pub fn max_dead_letters(mut self, entries: u64) -> QueueBuilder {
@@ -343,6 +354,9 @@ impl QueueBuilder {
 
         let (mut conn, redis) = redis.shared_connection().await?;
         let server = ServerInfo::detect(&mut conn).await?;
+        let mut check = ConfigCheck::default();
+        self.settings.durability.check(&server, &mut check);
+        check.finish()?;
         let part = |index: u32, keys: QueueKeys, parts: Vec<Queue>| Queue {
             inner: Arc::new(Inner {
                 name: self.name.clone(),
@@ -396,6 +410,7 @@ impl Queue {
                 tracking: None,
                 results: None,
                 events: None,
+                durability: crate::durability::Durability::Acknowledged,
             },
             partitions: None,
         }

@@ -93,7 +93,7 @@ fn the_readme_tree_names_every_file_and_nothing_else() {
 const LAYERS: [&[&str]; 7] = [
     &["error", "job_id", "priority", "time", "backoff"],
     &["protocol"],
-    &["queue", "partition"],
+    &["queue", "partition", "durability"],
     &["producer", "results", "schedule", "worker"],
     &["admin"],
     &["http"],
