@@ -66,7 +66,12 @@ impl Durability {
                     });
                     check.require(
                         server.is_valkey() || server.version >= Version::new(7, 2, 0),
-                        || format!("WAITAOF needs Redis 7.2 or Valkey; the server is {} {}", server.server, server.version),
+                        || {
+                            format!(
+                                "WAITAOF needs Redis 7.2 or Valkey; the server is {} {}",
+                                server.server, server.version
+                            )
+                        },
                     );
                 } else {
                     check.require(replicas > 0, || {

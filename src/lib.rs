@@ -110,10 +110,10 @@ pub use queue::{
 };
 
 // Producing.
+pub use durability::Durability;
 pub use job_id::JobId;
 pub use priority::Priority;
 pub use producer::{Batch, EnqueueOptions, MAX_IDEMPOTENCY_KEY_LEN};
-pub use durability::Durability;
 
 // Working.
 pub use worker::{

@@ -322,7 +322,9 @@ impl Batch {
         let mut short: Option<(u64, u64)> = None;
         for result in results.into_iter().flatten() {
             match result {
-                Err(Error::NotReplicated { reached, wanted, .. }) if first_error.is_none() => {
+                Err(Error::NotReplicated {
+                    reached, wanted, ..
+                }) if first_error.is_none() => {
                     let (r, _) = short.get_or_insert((reached, wanted));
                     *r = (*r).min(reached);
                 }

@@ -87,12 +87,15 @@ pub(crate) async fn detect<C: ConnectionLike>(conn: &mut C) -> bool {
 /// A cluster connection seeded by `seed` (any node; the rest are found
 /// through `CLUSTER SLOTS`).
 pub(crate) async fn connect(
-    seed: &ConnectionInfo,
+    seeds: &[ConnectionInfo],
     tls_root_cert: Option<&[u8]>,
     connect_timeout: Duration,
     response_timeout: Duration,
 ) -> Result<ClusterConnection, Error> {
-    let mut builder = ClusterClientBuilder::new([seed.clone()])
+    let Some(seed) = seeds.first() else {
+        return Err(crate::error::ConfigError::single("no cluster node to connect to").into());
+    };
+    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
         .connection_timeout(connect_timeout)
         .response_timeout(response_timeout)
         .tcp_settings(seed.tcp_settings().clone())
@@ -112,6 +115,46 @@ pub(crate) async fn connect(
         .set_connection_timeout(connect_timeout)
         .set_response_timeout(response_timeout);
     Ok(client.get_async_connection_with_config(config).await?)
+}
+
+/// Every node of the cluster as a connection seed like `seed` (same
+/// credentials and TLS, another address), from `CLUSTER NODES`: later
+/// connections (blocking reads) then start even when the first seed died.
+pub(crate) async fn all_nodes(conn: &mut Conn, seed: &ConnectionInfo) -> Vec<ConnectionInfo> {
+    let text: String = match redis::cmd("CLUSTER").arg("NODES").query_async(conn).await {
+        Ok(text) => text,
+        Err(_) => return vec![seed.clone()],
+    };
+    let mut nodes = vec![seed.clone()];
+    for line in text.lines() {
+        let Some(addr) = line.split_whitespace().nth(1) else {
+            continue;
+        };
+        let addr = addr.split('@').next().unwrap_or_default();
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let (Ok(port), false) = (port.parse::<u16>(), host.is_empty()) else {
+            continue;
+        };
+        let moved = match seed.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        if !nodes.iter().any(|n| *n.addr() == moved) {
+            nodes.push(seed.clone().set_addr(moved));
+        }
+    }
+    nodes
 }
 
 /// The cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the

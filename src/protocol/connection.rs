@@ -26,6 +26,9 @@ pub struct RedisConfig {
     tls_root_cert: Option<Vec<u8>>,
     /// `Some` once chosen ([`RedisConfig::cluster`]) or detected at connect.
     cluster: Option<bool>,
+    /// In cluster mode, every node known at connect (seeds for blocking
+    /// connections, so they start while the first node is down).
+    cluster_nodes: Vec<ConnectionInfo>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -169,6 +172,7 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(5),
             tls_root_cert: None,
             cluster: None,
+            cluster_nodes: Vec::new(),
         }
     }
 
@@ -264,7 +268,8 @@ impl RedisConfig {
             return Ok((Conn::Single(manager), resolved));
         }
         drop(manager);
-        let conn = self.cluster_connection(self.response_timeout).await?;
+        let mut conn = self.cluster_connection(self.response_timeout).await?;
+        resolved.cluster_nodes = cluster::all_nodes(&mut conn, &self.info).await;
         Ok((conn, resolved))
     }
 
@@ -276,8 +281,13 @@ impl RedisConfig {
         if matches!(self.info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
+        let seeds = if self.cluster_nodes.is_empty() {
+            std::slice::from_ref(&self.info)
+        } else {
+            self.cluster_nodes.as_slice()
+        };
         let conn = cluster::connect(
-            &self.info,
+            seeds,
             self.tls_root_cert.as_deref(),
             self.connect_timeout,
             response_timeout,
