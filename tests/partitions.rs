@@ -188,3 +188,82 @@ async fn a_flooding_tenant_does_not_starve_a_quiet_one() {
     );
     let _: WorkerConfig = fast();
 }
+
+#[tokio::test]
+async fn operators_see_the_whole_partitioned_queue() {
+    let redis = TestRedis::start();
+    let queue = redis
+        .open(
+            Queue::builder("ops")
+                .partitions(4)
+                .track_jobs(streamq::JobTracking::default()),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..40u32 {
+        let options = EnqueueOptions::new()
+            .partition_key(format!("t{i}"))
+            .max_attempts(1);
+        ids.push(queue.enqueue(&i, &options).await.unwrap());
+    }
+    // Lookup by id finds jobs in any partition.
+    for id in &ids {
+        assert!(queue.job(id.as_str()).await.unwrap().is_some(), "{id}");
+    }
+    // Pausing pauses every partition; a worker claims nothing.
+    queue.pause().await.unwrap();
+    assert!(queue.is_paused().await.unwrap());
+    let report = queue.inspect(&Default::default()).await.unwrap();
+    assert!(report.paused);
+    assert_eq!(report.waiting(), 40);
+    queue.resume().await.unwrap();
+    assert!(!queue.is_paused().await.unwrap());
+
+    // Every job fails once: 40 dead letters over 4 partitions.
+    let (stop, worker) = spawn_worker(&queue, fast(), |_job: Job<u32>| async {
+        Err::<(), JobError>(JobError::permanent("no"))
+    });
+    eventually("40 dead letters", WAIT, || async {
+        queue.stats().await.unwrap().dead_letters == 40
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        stats
+            .partitions
+            .iter()
+            .filter(|p| p.dead_letters > 0)
+            .count(),
+        4
+    );
+    let metrics = queue.metrics().await.unwrap();
+    let dead: u64 = metrics.by_priority.values().map(|c| c.dead_lettered).sum();
+    assert_eq!(dead, 40);
+
+    // Paging the dead letters walks all partitions, each letter once.
+    let mut seen = std::collections::HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = queue.dead_letters(after.as_deref(), 7).await.unwrap();
+        for letter in &page.letters {
+            assert!(seen.insert(letter.id.clone()), "{} twice", letter.id);
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 40);
+    let text = queue.prometheus(&Default::default()).await.unwrap();
+    assert!(
+        text.contains("streamq_partition_waiting{queue=\"ops\",partition=\"3\""),
+        "{text}"
+    );
+    assert_eq!(queue.requeue_all_dead_letters().await.unwrap(), 40);
+    eventually("requeued", WAIT, || async {
+        queue.stats().await.unwrap().waiting() == 40
+    })
+    .await;
+}

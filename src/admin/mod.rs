@@ -18,6 +18,8 @@
 //! - `recover`: put stalled jobs back in line now.
 //! - `cancel`: cancel one job by id: remove it, or ask its worker to stop it.
 //! - `remove`: clean old dead letters and completed jobs, drain, obliterate.
+//! - `partitions`: every call above on a partitioned queue covers all its
+//!   partitions: merged reads, writes by id tried per partition.
 
 pub(crate) mod cancel;
 pub(crate) mod dead_letter_delete;
@@ -27,6 +29,7 @@ pub(crate) mod history;
 pub(crate) mod inspect;
 pub(crate) mod lookup;
 pub(crate) mod metrics;
+pub(crate) mod partitions;
 pub(crate) mod pause;
 pub(crate) mod prometheus;
 pub(crate) mod recover;
