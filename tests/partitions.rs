@@ -267,3 +267,63 @@ async fn operators_see_the_whole_partitioned_queue() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn growing_and_shrinking_the_partition_count_loses_no_job() {
+    let redis = TestRedis::start();
+    // Grow 1 -> 4: record the count, reopen; old jobs stay in partition 0.
+    let one = redis.queue("resize").await;
+    let mut batch = one.batch();
+    for i in 0..100u32 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    batch.send().await.unwrap();
+    one.set_partitions(4).await.unwrap();
+    let four = redis.queue("resize").await;
+    assert_eq!(four.partition_count(), 4);
+    let mut batch = four.batch();
+    for i in 100..200u32 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    batch.send().await.unwrap();
+    assert_eq!(four.stats().await.unwrap().waiting(), 200);
+
+    // Shrink 4 -> 2 while a worker opened with 4 runs: new producers use 2,
+    // the old worker drains partitions 2 and 3, then workers reopen with 2.
+    let seen = Seen::default();
+    let (stop, worker) = spawn_worker(&four, fast(), seen.handler::<u32>());
+    four.set_partitions(2).await.unwrap();
+    let two = redis.queue("resize").await;
+    assert_eq!(two.partition_count(), 2);
+    let mut batch = two.batch();
+    for i in 200..300u32 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    batch.send().await.unwrap();
+    eventually("partitions 2 and 3 drained", WAIT, || async {
+        let stats = four.stats().await.unwrap();
+        stats.partitions[2..]
+            .iter()
+            .all(|p| p.is_idle() && p.dead_letters == 0)
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    let seen_after = Seen::default();
+    let (stop, worker) = spawn_worker(&two, fast(), {
+        let (a, b) = (seen.clone(), seen_after.clone());
+        move |job: Job<u32>| {
+            a.record(job.id());
+            b.record(job.id());
+            async { Ok::<(), JobError>(()) }
+        }
+    });
+    eventually("all 300 done", WAIT, || async {
+        four.stats().await.unwrap().completed() == 300
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    assert_eq!(seen.len(), 300);
+    assert!(seen.duplicates().is_empty());
+}
