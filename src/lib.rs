@@ -27,6 +27,14 @@
 //!   Removing: [`Queue::cancel`] one job ([`Cancelled`]), [`Queue::clean`]
 //!   old dead letters and completed jobs, [`Queue::drain`],
 //!   [`Queue::obliterate`].
+//! - **Scaling out.** [`QueueBuilder::partitions`] splits one logical queue
+//!   into partitions, each under its own hash tag (one cluster slot each),
+//!   with jobs routed by [`EnqueueOptions::partition_key`]
+//!   ([`partition_of`]); workers read every partition with strict priority
+//!   across them and a fair share between them. On a Redis Cluster
+//!   ([`RedisConfig::cluster`], or detected) the same code follows
+//!   redirects and failovers. [`Durability`] makes an enqueue wait for
+//!   replicas.
 //! - **Serving.** [`http`] (feature `http`, on by default) is `streamq
 //!   serve` as a library: alert and job ingestion over HTTP, the admin API
 //!   and the dashboard, as an `axum::Router` to mount in your own service.

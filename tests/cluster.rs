@@ -246,7 +246,7 @@ fn produce(
                 batch.push(n, &options).unwrap();
             }
             let outcome = batch.send().await;
-            record(&produced, outcome, numbers);
+            record(&produced, &outcome, numbers);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -254,7 +254,7 @@ fn produce(
 
 fn record(
     produced: &Mutex<Produced>,
-    outcome: Result<Vec<streamq::JobId>, streamq::Error>,
+    outcome: &Result<Vec<streamq::JobId>, streamq::Error>,
     numbers: Vec<u32>,
 ) {
     let mut produced = produced.lock().unwrap();

@@ -200,7 +200,8 @@ impl Queue {
 }
 
 impl Queue {
-    /// One section of `INFO` from the queue's server, as field/value pairs
+    /// One section of `INFO` from the queue's server (on a cluster: the node
+    /// holding partition 0), as field/value pairs
     /// (for example `"memory"` for `used_memory`).
     ///
     /// # Errors
@@ -211,7 +212,12 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn server_info(&self, section: &str) -> Result<HashMap<String, String>, Error> {
-        let text: String = redis::cmd("INFO")
+        // Behind a read of the queue's key: on a cluster the pipeline goes to
+        // the node holding it (partition 0), not to every node.
+        let (_, text): (Value, String) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(self.keys().stats())
+            .cmd("INFO")
             .arg(section)
             .query_async(&mut self.conn())
             .await?;
