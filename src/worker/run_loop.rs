@@ -141,6 +141,11 @@ impl Worker {
                     }
                     _ => None,
                 };
+                // Say so now: an idle loop is about to block, and must not
+                // hold the others back with an old floor meanwhile.
+                if !matches!(fetched, Ok(Fetched::Jobs(_))) {
+                    s.share.announce(s.lane, lane.buffer.peek_priority());
+                }
             }
             if paused != matches!(fetched, Ok(Fetched::Paused)) {
                 paused = !paused;
