@@ -126,6 +126,7 @@ mod tests {
         let a = share
             .try_start(0, Priority::Low)
             .expect("nothing more urgent");
+        share.announce(0, Some(Priority::Low));
         share.announce(1, Some(Priority::High));
         assert!(
             share.try_start(0, Priority::Low).is_none(),
