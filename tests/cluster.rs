@@ -15,6 +15,7 @@ use support::{Seen, eventually, fast, spawn_worker, until_stats, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_partition_queue_works_on_a_cluster() {
+    let _serial = SERIAL.lock().await;
     let cluster = TestCluster::start();
     let queue = cluster.queue("plain").await;
     assert!(queue.is_cluster());
@@ -40,6 +41,10 @@ async fn a_single_partition_queue_works_on_a_cluster() {
     assert!(seen.duplicates().is_empty());
 }
 
+/// One cluster at a time: six redis-servers per test on two cores are
+/// plenty, and timing-sensitive steps (failover, leases) need the CPU.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn rank(p: Priority) -> usize {
     Priority::ALL.iter().position(|q| *q == p).unwrap()
 }
@@ -63,6 +68,7 @@ fn in_priority_order(order: &[usize], window: usize) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_jobs_over_16_partitions_complete_once_most_urgent_first() {
+    let _serial = SERIAL.lock().await;
     const JOBS: u32 = 100_000;
     let cluster = TestCluster::start();
     let queue = cluster
@@ -139,6 +145,7 @@ async fn a_hundred_thousand_jobs_over_16_partitions_complete_once_most_urgent_fi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_flooding_tenant_does_not_starve_a_quiet_one() {
+    let _serial = SERIAL.lock().await;
     let cluster = TestCluster::start();
     let queue = cluster.open(Queue::builder("fair").partitions(8)).await;
     let (flood, quiet) = ("flood", "quiet");
@@ -372,6 +379,7 @@ async fn kill_a_master_under_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replicated_durability_a_master_failover_loses_no_acknowledged_job() {
+    let _serial = SERIAL.lock().await;
     let durability = streamq::Durability::Replicated {
         replicas: 1,
         timeout: Duration::from_secs(2),
@@ -396,6 +404,7 @@ async fn with_replicated_durability_a_master_failover_loses_no_acknowledged_job(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_replication_a_failover_loss_is_counted_and_reported() {
+    let _serial = SERIAL.lock().await;
     let (produced, done, _cluster) =
         kill_a_master_under_load(streamq::Durability::Acknowledged).await;
     let lost = produced
@@ -422,6 +431,7 @@ async fn without_replication_a_failover_loss_is_counted_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_slots_under_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
     let cluster = TestCluster::start();
     let queue = cluster.open(Queue::builder("reshard").partitions(6)).await;
     let produced = Arc::new(Mutex::new(Produced::default()));
