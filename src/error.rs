@@ -144,6 +144,43 @@ pub enum Error {
     /// Any other Redis error.
     #[error(transparent)]
     Redis(redis::RedisError),
+    /// The queue is stored with another number of partitions than this
+    /// handle was opened with (`QueueBuilder::partitions`); nothing was
+    /// written. Open it without a count to adopt the stored one, or change
+    /// the count with [`crate::Queue::set_partitions`].
+    #[error("queue {queue:?} has {stored} partitions in Redis, not {requested}")]
+    PartitionMismatch {
+        /// The queue's name.
+        queue: String,
+        /// The count recorded in the queue's layout key.
+        stored: u32,
+        /// The count asked for.
+        requested: u32,
+    },
+    /// The queue's layout record has a layout version this build does not
+    /// know (written by a newer streamq or another client).
+    #[error("queue {queue:?} has layout version {found:?}; this streamq reads version {known}")]
+    UnknownLayout {
+        /// The queue's name.
+        queue: String,
+        /// The version field found in the layout key.
+        found: String,
+        /// The version this build reads and writes.
+        known: u32,
+    },
+    /// A replicated enqueue (`Durability::Replicated`) was applied on the
+    /// master, but fewer replicas than asked confirmed it within the timeout.
+    /// The jobs are enqueued (their ids are here) but a failover before the
+    /// replicas catch up could lose them.
+    #[error("enqueue confirmed by {reached} of {wanted} replicas within the timeout")]
+    NotReplicated {
+        /// The ids enqueued on the master.
+        enqueued: Vec<JobId>,
+        /// Replicas (with `WAITAOF`: replica fsyncs) that acknowledged.
+        reached: u64,
+        /// Replicas asked for.
+        wanted: u64,
+    },
 }
 
 fn wrong_key_type(key: &str, found: &str, expected: &str) -> String {
@@ -180,6 +217,16 @@ impl std::fmt::Debug for Error {
                 .field("source", source)
                 .finish(),
             Error::Redis(e) => f.debug_tuple("Redis").field(e).finish(),
+            Error::NotReplicated {
+                enqueued,
+                reached,
+                wanted,
+            } => f
+                .debug_struct("NotReplicated")
+                .field("enqueued", &enqueued.len())
+                .field("reached", reached)
+                .field("wanted", wanted)
+                .finish(),
             Error::Unavailable(e) => f.debug_tuple("Unavailable").field(e).finish(),
             other => write!(f, "{other}"),
         }

@@ -34,6 +34,14 @@
 //!   ([`notify::DeadLetterWatcher`]); with feature `notify` (on by default),
 //!   [`notify::Webhook`] posts them to a Slack-compatible webhook with
 //!   retries and a rate limit, as `streamq notify` does.
+//! - **Scaling out.** [`QueueBuilder::partitions`] splits one logical queue
+//!   into partitions, each under its own hash tag (one cluster slot each),
+//!   with jobs routed by [`EnqueueOptions::partition_key`]
+//!   ([`partition_of`]); workers read every partition with strict priority
+//!   across them and a fair share between them. On a Redis Cluster
+//!   ([`RedisConfig::cluster`], or detected) the same code follows
+//!   redirects and failovers. [`Durability`] makes an enqueue wait for
+//!   replicas.
 //! - **Serving.** [`http`] (feature `http`, on by default) is `streamq
 //!   serve` as a library: alert and job ingestion over HTTP, the admin API
 //!   and the dashboard, as an `axum::Router` to mount in your own service.
@@ -90,6 +98,8 @@ mod time;
 
 mod protocol;
 
+mod durability;
+mod partition;
 mod queue;
 
 mod flow;
@@ -111,11 +121,13 @@ pub mod testing;
 pub use error::{ConfigError, Error};
 pub use protocol::connection::{MIN_REDIS, MIN_VALKEY, RedisConfig, ServerInfo, Version};
 pub use protocol::keys::{MAX_NAME_LEN, QueueKeys};
+pub use protocol::partition::{LAYOUT_VERSION, MAX_PARTITIONS, partition_of};
 pub use queue::{
     DEFAULT_MAX_PAYLOAD_BYTES, EventLog, JobTracking, KeepResults, Queue, QueueBuilder,
 };
 
 // Producing.
+pub use durability::Durability;
 pub use flow::{
     ChildOutcome, DEFAULT_FLOW_RETENTION, Flow, FlowIds, FlowInfo, FlowState, MAX_FLOW_CHILDREN,
     OnChildFailure,

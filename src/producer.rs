@@ -11,6 +11,7 @@ use crate::job_id::JobId;
 use crate::priority::Priority;
 use crate::protocol::envelope::{Envelope, NewJob, ParentRef};
 use crate::protocol::keys::validate_name;
+use crate::protocol::partition::partition_of;
 use crate::protocol::reply;
 use crate::protocol::scripts::{self, COMMON_KEYS, ScriptCall, scripts};
 use crate::queue::Queue;
@@ -31,6 +32,7 @@ pub struct EnqueueOptions {
     idempotency: Option<(String, Duration)>,
     traceparent: Option<String>,
     rate_group: Option<String>,
+    partition_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +114,17 @@ impl EnqueueOptions {
         self
     }
 
+    /// The partition key of a partitioned queue
+    /// ([`crate::QueueBuilder::partitions`]): a tenant, a source, any
+    /// string. Jobs with the same key go to the same partition, in every
+    /// process and across restarts (`partition_of`, documented in
+    /// `docs/design.md`). Ignored by a queue of one partition. Default:
+    /// none: the idempotency key when there is one, else round-robin.
+    pub fn partition_key(mut self, key: impl Into<String>) -> EnqueueOptions {
+        self.partition_key = Some(key.into());
+        self
+    }
+
     /// When the job may run, Unix microseconds; `None` for now.
     fn due_us(&self) -> Option<u64> {
         match self.run_at {
@@ -131,6 +144,8 @@ struct Pending {
     due_ms: u64,
     idempotency: Option<(String, u64)>,
     envelope: Vec<u8>,
+    /// The partition the job goes to.
+    partition: u32,
 }
 
 /// Jobs encoded and checked, waiting to be sent together with
@@ -191,7 +206,14 @@ impl Batch {
         };
         let envelope = Envelope::encode_new(job, payload, settings.payload_limits())?;
         self.bytes += envelope.len();
+        let partitions = self.queue.partition_count();
+        let partition = match (&options.partition_key, &options.idempotency) {
+            _ if partitions == 1 => 0,
+            (Some(key), _) | (None, Some((key, _))) => partition_of(key, partitions),
+            (None, None) => self.queue.next_partition(),
+        };
         self.jobs.push(Pending {
+            partition,
             id: id.clone(),
             name: options.name.clone(),
             priority: options.priority,
@@ -253,14 +275,104 @@ impl Batch {
     }
 
     async fn send_inner(self) -> Result<Vec<JobId>, Error> {
+        if self.queue.partition_count() == 1 {
+            return self.send_partition().await;
+        }
+        let parts = self.queue.partitions();
+        let mut groups: Vec<Batch> = parts
+            .iter()
+            .map(|queue| Batch {
+                queue: queue.clone(),
+                jobs: Vec::new(),
+                bytes: 0,
+            })
+            .collect();
+        let mut order = Vec::with_capacity(self.jobs.len());
+        for job in self.jobs {
+            let group = &mut groups[job.partition as usize];
+            order.push((job.partition as usize, group.jobs.len()));
+            group.bytes += job.envelope.len();
+            group.jobs.push(job);
+        }
+        // Every partition at once: the connection pipelines concurrent calls
+        // to one node, so this is one round trip per node.
+        let sent =
+            futures_util::future::join_all(groups.into_iter().filter(|g| !g.jobs.is_empty()).map(
+                |g| async move { (g.queue.partition_index() as usize, g.send_partition().await) },
+            ))
+            .await;
+        let mut results: Vec<Option<Result<Vec<JobId>, Error>>> =
+            (0..parts.len()).map(|_| None).collect();
+        for (index, result) in sent {
+            results[index] = Some(result);
+        }
+        let mut enqueued = Vec::with_capacity(order.len());
+        let mut first_error = None;
+        let mut complete = true;
+        for (partition, at) in order {
+            match &results[partition] {
+                Some(Ok(ids)) => enqueued.extend(ids.get(at).cloned()),
+                Some(Err(
+                    Error::PartialBatch { enqueued: some, .. }
+                    | Error::NotReplicated { enqueued: some, .. },
+                )) if at == 0 => {
+                    enqueued.extend(some.iter().cloned());
+                    complete = false;
+                }
+                _ => complete = false,
+            }
+        }
+        // Every partition enqueued but some fell short of the durability
+        // asked: one NotReplicated with every id, the fewest replicas reached.
+        let mut short: Option<(u64, u64)> = None;
+        for result in results.into_iter().flatten() {
+            match result {
+                Err(Error::NotReplicated {
+                    reached, wanted, ..
+                }) if first_error.is_none() => {
+                    let (r, _) = short.get_or_insert((reached, wanted));
+                    *r = (*r).min(reached);
+                }
+                Err(e) => {
+                    first_error = Some(e);
+                    short = None;
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some((reached, wanted)) = short {
+            return Err(Error::NotReplicated {
+                enqueued,
+                reached,
+                wanted,
+            });
+        }
+        match first_error {
+            None if complete => Ok(enqueued),
+            None => Err(Error::UnexpectedReply {
+                script: "enqueue",
+                detail: "a partition returned fewer ids than jobs".to_owned(),
+            }),
+            Some(e) if enqueued.is_empty() => Err(e),
+            Some(e) => Err(Error::PartialBatch {
+                enqueued,
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    /// Sends jobs of one partition (`self.queue` is that partition).
+    async fn send_partition(self) -> Result<Vec<JobId>, Error> {
         self.queue.ensure_groups_once().await?;
         let mut conn = self.queue.conn();
         let per_call = self.jobs_per_call();
         let calls: Vec<ScriptCall> = self.jobs.chunks(per_call).map(|c| self.call(c)).collect();
         let mut chunks = self.jobs.chunks(per_call);
+        let durability = self.queue.settings().durability;
         if let [call] = calls.as_slice() {
             let reply = call.invoke(&mut conn).await?;
-            return job_ids(&self.jobs, reply);
+            let ids = job_ids(&self.jobs, reply)?;
+            return crate::durability::wait(&self.queue, durability, ids).await;
         }
         let mut enqueued = Vec::with_capacity(self.jobs.len());
         let mut first_error = None;
@@ -278,7 +390,7 @@ impl Batch {
             }
         }
         match first_error {
-            None => Ok(enqueued),
+            None => crate::durability::wait(&self.queue, durability, enqueued).await,
             Some(e) if enqueued.is_empty() => Err(e),
             Some(e) => Err(Error::PartialBatch {
                 enqueued,

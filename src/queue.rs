@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
-
 use crate::error::ConfigCheck;
 use crate::error::Error;
 use crate::priority::Priority;
+use crate::protocol::cluster::Conn;
 use crate::protocol::connection::{RedisConfig, ServerInfo};
 use crate::protocol::keys::{GROUP, QueueKeys};
 use crate::protocol::{fields, reply};
@@ -41,13 +40,20 @@ struct Inner {
     settings: QueueSettings,
     redis: RedisConfig,
     server: ServerInfo,
-    conn: ConnectionManager,
+    conn: Conn,
     /// Set once this handle made sure the consumer groups exist (its first
     /// enqueue does).
     groups: tokio::sync::OnceCell<()>,
     /// The producer's per-handle state (its enqueue coalescer), made on
     /// first use.
     producer: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    /// Which partition this handle's keys are (0 for the logical queue).
+    index: u32,
+    /// The partitions of a queue of more than one; empty for one (the
+    /// handle is then its only partition).
+    parts: Vec<Queue>,
+    /// Round-robin cursor for jobs without a partition key.
+    next: std::sync::atomic::AtomicU64,
 }
 
 /// Per-queue settings, fixed when the queue is opened.
@@ -62,6 +68,9 @@ pub(crate) struct QueueSettings {
     pub(crate) tracking: Option<JobTracking>,
     pub(crate) results: Option<KeepResults>,
     pub(crate) events: Option<EventLog>,
+    /// Set by the producer layer's `Durability` (kept as data here: the
+    /// queue layer sits below it).
+    pub(crate) durability: crate::durability::Durability,
 }
 
 /// The queue's event stream ([`QueueBuilder::events`]): what happened to
@@ -191,6 +200,7 @@ pub struct QueueBuilder {
     name: String,
     prefix: String,
     settings: QueueSettings,
+    partitions: Option<u32>,
 }
 
 /// The default limit on one job's encoded size: 1 MiB.
@@ -270,6 +280,25 @@ impl QueueBuilder {
         self
     }
 
+    /// Split the queue into `count` partitions, each its own key set under
+    /// its own hash tag (so each lives in one cluster slot), with jobs
+    /// routed by [`crate::EnqueueOptions::partition_key`]. 1 is an ordinary
+    /// queue, with the same key names. The count is recorded in the queue's
+    /// layout key on first use; opening with another count then fails with
+    /// [`Error::PartitionMismatch`]. Default: the recorded count, or 1.
+    pub fn partitions(mut self, count: u32) -> QueueBuilder {
+        self.partitions = Some(count);
+        self
+    }
+
+    /// What an enqueue's `Ok` waits for: the master alone (the default),
+    /// or also replicas (`WAIT`) or append-only files (`WAITAOF`); see
+    /// [`crate::Durability`] and `docs/guarantees.md`.
+    pub fn durability(mut self, durability: crate::durability::Durability) -> QueueBuilder {
+        self.settings.durability = durability;
+        self
+    }
+
     /// Keep about this many dead letters, trimming the oldest. Default: no
     /// bound; dead letters are never trimmed.
     pub fn max_dead_letters(mut self, entries: u64) -> QueueBuilder {
@@ -313,23 +342,58 @@ impl QueueBuilder {
                 "result ttl must be at least 1 ms".to_owned()
             });
         }
+        if let Some(n) = self.partitions {
+            check.require(
+                (1..=crate::protocol::partition::MAX_PARTITIONS).contains(&n),
+                || {
+                    format!(
+                        "partitions must be 1 to {}",
+                        crate::protocol::partition::MAX_PARTITIONS
+                    )
+                },
+            );
+        }
         check.finish()?;
 
-        let mut conn = redis.connection_manager().await?;
+        let (mut conn, redis) = redis.shared_connection().await?;
         let server = ServerInfo::detect(&mut conn).await?;
-        let queue = Queue {
+        let mut check = ConfigCheck::default();
+        self.settings.durability.check(&server, &mut check);
+        check.finish()?;
+        let part = |index: u32, keys: QueueKeys, parts: Vec<Queue>| Queue {
             inner: Arc::new(Inner {
-                name: self.name,
+                name: self.name.clone(),
                 keys,
-                settings: self.settings,
+                settings: self.settings.clone(),
                 redis: redis.clone(),
-                server,
-                conn,
+                server: server.clone(),
+                conn: conn.clone(),
                 groups: tokio::sync::OnceCell::new(),
                 producer: std::sync::OnceLock::new(),
+                index,
+                parts,
+                next: std::sync::atomic::AtomicU64::new(fastrand::u64(..)),
             }),
         };
-        queue.key_types().await?;
+        let single = part(0, keys.clone(), Vec::new());
+        let count = single.resolve_layout(self.partitions).await?;
+        let queue = if count == 1 {
+            single
+        } else {
+            let parts = (0..count)
+                .map(|i| {
+                    Ok(part(
+                        i,
+                        QueueKeys::partition(&self.prefix, &self.name, i)?,
+                        Vec::new(),
+                    ))
+                })
+                .collect::<Result<Vec<Queue>, Error>>()?;
+            part(0, keys, parts)
+        };
+        for p in queue.partitions() {
+            p.key_types().await?;
+        }
         Ok(queue)
     }
 }
@@ -350,7 +414,9 @@ impl Queue {
                 tracking: None,
                 results: None,
                 events: None,
+                durability: crate::durability::Durability::Acknowledged,
             },
+            partitions: None,
         }
     }
 
@@ -364,6 +430,12 @@ impl Queue {
         &self.inner.server
     }
 
+    /// Whether the queue lives on a Redis Cluster (chosen with
+    /// [`RedisConfig::cluster`] or detected at connect).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
+    }
+
     /// The stream key holding jobs of `priority`, for inspection with other tools.
     pub fn stream_key(&self, priority: Priority) -> &str {
         self.inner.keys.stream(priority)
@@ -372,6 +444,37 @@ impl Queue {
     /// The names of the queue's Redis keys, for inspection with other tools.
     pub fn keys(&self) -> &QueueKeys {
         &self.inner.keys
+    }
+
+    /// The queue's partitions, in index order: itself alone for a queue of
+    /// one. Each is a handle on one partition's key set, sharing this
+    /// handle's connection.
+    pub(crate) fn partitions(&self) -> Vec<Queue> {
+        if self.inner.parts.is_empty() {
+            vec![self.clone()]
+        } else {
+            self.inner.parts.clone()
+        }
+    }
+
+    /// How many partitions the queue has.
+    pub fn partition_count(&self) -> u32 {
+        u32::try_from(self.inner.parts.len().max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Which partition this handle's keys are: 0 for a logical queue.
+    pub(crate) fn partition_index(&self) -> u32 {
+        self.inner.index
+    }
+
+    /// The next partition for a job without a partition key (round-robin).
+    pub(crate) fn next_partition(&self) -> u32 {
+        let n = u64::from(self.partition_count());
+        let at = self
+            .inner
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        u32::try_from(at % n).unwrap_or(0)
     }
 
     pub(crate) fn settings(&self) -> &QueueSettings {
@@ -395,7 +498,7 @@ impl Queue {
     }
 
     /// A handle on the shared connection (clones are cheap and share it).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 
@@ -522,7 +625,7 @@ pub(crate) fn check_types(
 }
 
 /// Whether the stream `key` has streamq's consumer group.
-async fn has_group(conn: &mut ConnectionManager, key: &str) -> Result<bool, Error> {
+async fn has_group(conn: &mut Conn, key: &str) -> Result<bool, Error> {
     let groups: redis::Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(key)

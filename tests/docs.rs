@@ -96,7 +96,7 @@ fn the_readme_tree_names_every_file_and_nothing_else() {
 const LAYERS: [&[&str]; 7] = [
     &["error", "job_id", "priority", "time", "backoff"],
     &["protocol"],
-    &["queue"],
+    &["queue", "partition", "durability"],
     &["producer", "results", "schedule", "worker", "flow"],
     &["admin"],
     &["http", "notify"],

@@ -136,6 +136,23 @@ impl Queue {
         if id.is_empty() {
             return Ok(Cancelled::NotFound);
         }
+        if let Some(parts) = self.split() {
+            let found = crate::admin::partitions::first(&parts, |p| {
+                Box::pin(async move {
+                    Ok(match p.cancel_one(id).await? {
+                        Cancelled::NotFound => None,
+                        other => Some(other),
+                    })
+                })
+            })
+            .await?;
+            return Ok(found.unwrap_or(Cancelled::NotFound));
+        }
+        self.cancel_one(id).await
+    }
+
+    /// [`Queue::cancel`] on one partition (or a queue of one).
+    async fn cancel_one(&self, id: &str) -> Result<Cancelled, Error> {
         for round in 0..ROUNDS {
             if round == 0 {
                 match self.tracked_location(id).await? {

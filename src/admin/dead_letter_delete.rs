@@ -16,6 +16,15 @@ impl Queue {
     ///
     /// Cancel-safe: one `XDEL`, applied or not.
     pub async fn delete_dead_letter(&self, id: &str) -> Result<bool, Error> {
+        if let Some(parts) = self.split() {
+            let (id, p) = crate::admin::partitions::unqualify(id, parts.len())?;
+            return parts[p].delete_dead_letter_one(id).await;
+        }
+        self.delete_dead_letter_one(id).await
+    }
+
+    /// [`Queue::delete_dead_letter`] on one partition (or a queue of one).
+    async fn delete_dead_letter_one(&self, id: &str) -> Result<bool, Error> {
         let deleted: i64 = redis::cmd("XDEL")
             .arg(self.keys().dead())
             .arg(id)

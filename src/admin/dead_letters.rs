@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use redis::Value;
 use serde::de::DeserializeOwned;
 
+use crate::admin::partitions;
 use crate::error::Error;
 use crate::job_id::JobId;
 use crate::priority::Priority;
@@ -154,10 +155,62 @@ impl Queue {
         after: Option<&str>,
         count: usize,
     ) -> Result<DeadLetterPage, Error> {
+        if let Some(parts) = self.split() {
+            // Each partition's next page, interleaved by (entry id,
+            // partition); ids are qualified `<entry id>@<partition>`.
+            let after = match after {
+                Some(after) => Some(partitions::unqualify(after, parts.len())?),
+                None => None,
+            };
+            let starts: Vec<Option<String>> = (0..parts.len())
+                .map(|q| after.map(|(id, p)| partitions::start_after(id, p, q)))
+                .collect();
+            let each = partitions::each(&parts, |p| {
+                let start = starts[p.partition_index() as usize].clone();
+                Box::pin(async move { p.dead_letters_one(start.as_deref(), count).await })
+            })
+            .await?;
+            let mut letters: Vec<DeadLetter> = each
+                .into_iter()
+                .enumerate()
+                .flat_map(|(q, page)| {
+                    page.letters.into_iter().map(move |mut l| {
+                        l.id = partitions::qualify(&l.id, q);
+                        l
+                    })
+                })
+                .collect();
+            letters.sort_by_key(|l| partitions::qualified_order(&l.id));
+            let next = if letters.len() > count {
+                letters.truncate(count);
+                letters.last().map(|l| l.id.clone())
+            } else {
+                None
+            };
+            return Ok(DeadLetterPage { letters, next });
+        }
         if let Some(after) = after {
             check_entry_id(after)?;
         }
-        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        self.dead_letters_one(after, count).await
+    }
+
+    /// [`Queue::dead_letters`] on one partition (or a queue of one).
+    async fn dead_letters_one(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<DeadLetterPage, Error> {
+        let start = after.map_or_else(
+            || "-".to_owned(),
+            |id| {
+                // `[id` (inclusive) comes from `start_after`; others exclude.
+                match id.strip_prefix('[') {
+                    Some(inclusive) => inclusive.to_owned(),
+                    None => format!("({id}"),
+                }
+            },
+        );
         let mut letters = self.read_dead(&start, "+", count + 1).await?;
         let next = if letters.len() > count {
             letters.truncate(count);
@@ -179,7 +232,20 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, Error> {
+        if let Some(parts) = self.split() {
+            let (id, p) = partitions::unqualify(id, parts.len())?;
+            let letter = parts[p].dead_letter_one(id).await?;
+            return Ok(letter.map(|mut l| {
+                l.id = partitions::qualify(&l.id, p);
+                l
+            }));
+        }
         check_entry_id(id)?;
+        self.dead_letter_one(id).await
+    }
+
+    /// [`Queue::dead_letter`] on one partition (or a queue of one).
+    async fn dead_letter_one(&self, id: &str) -> Result<Option<DeadLetter>, Error> {
         Ok(self.read_dead(id, id, 1).await?.pop())
     }
 
@@ -196,7 +262,16 @@ impl Queue {
     ///
     /// Cancel-safe: requeueing is atomic and skips letters already gone.
     pub async fn requeue_dead_letter(&self, id: &str) -> Result<bool, Error> {
+        if let Some(parts) = self.split() {
+            let (id, p) = partitions::unqualify(id, parts.len())?;
+            return parts[p].requeue_dead_letter_one(id).await;
+        }
         check_entry_id(id)?;
+        self.requeue_dead_letter_one(id).await
+    }
+
+    /// [`Queue::requeue_dead_letter`] on one partition (or a queue of one).
+    async fn requeue_dead_letter_one(&self, id: &str) -> Result<bool, Error> {
         let letters = self.read_dead(id, id, 1).await?;
         Ok(self.requeue(&letters).await? == 1)
     }
@@ -214,6 +289,18 @@ impl Queue {
     ///
     /// Cancel-safe: each chunk is atomic; call again to finish.
     pub async fn requeue_all_dead_letters(&self) -> Result<u64, Error> {
+        if let Some(parts) = self.split() {
+            let each = crate::admin::partitions::each(&parts, |p| {
+                Box::pin(p.requeue_all_dead_letters_one())
+            })
+            .await?;
+            return Ok(each.into_iter().sum());
+        }
+        self.requeue_all_dead_letters_one().await
+    }
+
+    /// [`Queue::requeue_all_dead_letters`] on one partition (or a queue of one).
+    async fn requeue_all_dead_letters_one(&self) -> Result<u64, Error> {
         // Only the letters there now: jobs that fail again while this runs
         // are dead-lettered after `end`, and must not be chased.
         let last: Vec<(String, HashMap<String, Value>)> = redis::cmd("XREVRANGE")
@@ -249,6 +336,17 @@ impl Queue {
     ///
     /// Cancel-safe: it is one atomic transaction.
     pub async fn purge_dead_letters(&self) -> Result<u64, Error> {
+        if let Some(parts) = self.split() {
+            let each =
+                crate::admin::partitions::each(&parts, |p| Box::pin(p.purge_dead_letters_one()))
+                    .await?;
+            return Ok(each.into_iter().sum());
+        }
+        self.purge_dead_letters_one().await
+    }
+
+    /// [`Queue::purge_dead_letters`] on one partition (or a queue of one).
+    async fn purge_dead_letters_one(&self) -> Result<u64, Error> {
         let dead = self.keys().dead();
         let (count, _): (u64, i64) = redis::pipe()
             .atomic()

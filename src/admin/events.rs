@@ -11,9 +11,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::protocol::cluster::Conn;
 use futures_util::Stream;
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use serde::de::DeserializeOwned;
 
 use crate::backoff::Backoff;
@@ -172,7 +172,7 @@ const BLOCK: Duration = Duration::from_secs(5);
 struct Reader {
     queue: Queue,
     key: String,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     after: Option<String>,
     from_now: bool,
     ready: VecDeque<Event>,

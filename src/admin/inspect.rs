@@ -206,6 +206,19 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn inspect(&self, thresholds: &HealthThresholds) -> Result<QueueReport, Error> {
+        if let Some(parts) = self.split() {
+            let each =
+                crate::admin::partitions::each(&parts, |p| Box::pin(p.inspect_one(thresholds)))
+                    .await?;
+            if let Some(report) = crate::admin::partitions::merge_reports(each) {
+                return Ok(report);
+            }
+        }
+        self.inspect_one(thresholds).await
+    }
+
+    /// [`Queue::inspect`] on one partition (or a queue of one).
+    async fn inspect_one(&self, thresholds: &HealthThresholds) -> Result<QueueReport, Error> {
         let keys = self.keys();
         let typed = self.typed_keys();
         // Errors come back per command: a stream without the group (no

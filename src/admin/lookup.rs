@@ -91,6 +91,14 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn job(&self, id: &str) -> Result<Option<JobInfo>, Error> {
+        if let Some(parts) = self.split() {
+            return crate::admin::partitions::first(&parts, |p| Box::pin(p.job_one(id))).await;
+        }
+        self.job_one(id).await
+    }
+
+    /// [`Queue::job`] on one partition (or a queue of one).
+    async fn job_one(&self, id: &str) -> Result<Option<JobInfo>, Error> {
         let keys = self.keys();
         let (meta, logs): (HashMap<String, String>, Vec<String>) = redis::pipe()
             .cmd("HGETALL")

@@ -70,6 +70,14 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// Adds `other`'s recordings to these (partitions of one queue).
+    pub(crate) fn merge(&mut self, other: &LatencyHistogram) {
+        for (bucket, n) in &other.buckets {
+            *self.buckets.entry(*bucket).or_default() += n;
+        }
+        self.sum_us += other.sum_us;
+    }
+
     /// How many durations were recorded.
     pub fn count(&self) -> u64 {
         self.buckets.values().sum()
@@ -241,6 +249,16 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn metrics(&self) -> Result<QueueMetrics, Error> {
+        if let Some(parts) = self.split() {
+            let each =
+                crate::admin::partitions::each(&parts, |p| Box::pin(p.metrics_one())).await?;
+            return Ok(crate::admin::partitions::merge_metrics(each));
+        }
+        self.metrics_one().await
+    }
+
+    /// [`Queue::metrics`] on one partition (or a queue of one).
+    async fn metrics_one(&self) -> Result<QueueMetrics, Error> {
         let (stats, latency): (HashMap<String, u64>, HashMap<String, u64>) = redis::pipe()
             .cmd("HGETALL")
             .arg(self.keys().stats())

@@ -20,6 +20,8 @@
 //! - `remove`: clean old dead letters and completed jobs, drain, obliterate.
 //! - `payload_json` (feature `json`): payloads as JSON and previews, for
 //!   people.
+//! - `partitions`: every call above on a partitioned queue covers all its
+//!   partitions: merged reads, writes by id tried per partition.
 
 pub(crate) mod cancel;
 pub(crate) mod dead_letter_delete;
@@ -29,6 +31,7 @@ pub(crate) mod history;
 pub(crate) mod inspect;
 pub(crate) mod lookup;
 pub(crate) mod metrics;
+pub(crate) mod partitions;
 pub(crate) mod pause;
 #[cfg(feature = "json")]
 pub(crate) mod payload_json;

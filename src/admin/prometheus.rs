@@ -37,7 +37,11 @@ impl Queue {
     pub async fn prometheus(&self, thresholds: &HealthThresholds) -> Result<String, Error> {
         let report = self.inspect(thresholds).await?;
         let metrics = self.metrics().await?;
-        Ok(render(&report, &metrics))
+        let mut text = render(&report, &metrics);
+        if self.partition_count() > 1 {
+            text.push_str(&render_partitions(self.name(), &self.stats().await?));
+        }
+        Ok(text)
     }
 }
 
@@ -249,6 +253,39 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// The per-partition breakdown of a partitioned queue: jobs waiting and
+/// in flight per partition and priority.
+fn render_partitions(queue: &str, stats: &crate::admin::stats::QueueStats) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (name, help, read) in [
+        (
+            "waiting",
+            "Jobs waiting per partition.",
+            (|p: &crate::admin::stats::PriorityStats| p.waiting)
+                as fn(&crate::admin::stats::PriorityStats) -> u64,
+        ),
+        ("in_flight", "Jobs in flight per partition.", |p| {
+            p.in_flight
+        }),
+    ] {
+        let _ = writeln!(out, "# HELP streamq_partition_{name} {help}");
+        let _ = writeln!(out, "# TYPE streamq_partition_{name} gauge");
+        for (i, part) in stats.partitions.iter().enumerate() {
+            for p in &part.priorities {
+                let _ = writeln!(
+                    out,
+                    "streamq_partition_{name}{{queue=\"{}\",partition=\"{i}\",priority=\"{}\"}} {}",
+                    escape(queue),
+                    p.priority,
+                    read(p)
+                );
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

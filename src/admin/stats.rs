@@ -24,6 +24,9 @@ pub struct QueueStats {
     /// Flow parents of this queue waiting for their children
     /// ([`crate::Flow`]): in no stream yet, and not in `waiting`.
     pub waiting_children: u64,
+    /// For a queue of several partitions, each partition's own snapshot, by
+    /// index (the fields above are their sums); empty for a queue of one.
+    pub partitions: Vec<QueueStats>,
 }
 
 /// A snapshot of one priority stream.
@@ -84,6 +87,51 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn stats(&self) -> Result<QueueStats, Error> {
+        if self.partition_count() == 1 {
+            return self.partition_stats().await;
+        }
+        let parts = self.partitions();
+        let each = futures_util::future::join_all(parts.iter().map(Queue::partition_stats)).await;
+        let each = each
+            .into_iter()
+            .collect::<Result<Vec<QueueStats>, Error>>()?;
+        let mut total = QueueStats {
+            priorities: Priority::ALL
+                .into_iter()
+                .map(|priority| PriorityStats {
+                    priority,
+                    length: 0,
+                    waiting: 0,
+                    in_flight: 0,
+                    enqueued: 0,
+                    completed: 0,
+                    dead_lettered: 0,
+                })
+                .collect(),
+            dead_letters: 0,
+            delayed: 0,
+            waiting_children: 0,
+            partitions: Vec::new(),
+        };
+        for part in &each {
+            total.dead_letters += part.dead_letters;
+            total.delayed += part.delayed;
+            total.waiting_children += part.waiting_children;
+            for (sum, p) in total.priorities.iter_mut().zip(&part.priorities) {
+                sum.length += p.length;
+                sum.waiting += p.waiting;
+                sum.in_flight += p.in_flight;
+                sum.enqueued += p.enqueued;
+                sum.completed += p.completed;
+                sum.dead_lettered += p.dead_lettered;
+            }
+        }
+        total.partitions = each;
+        Ok(total)
+    }
+
+    /// [`Queue::stats`] of one partition (or a queue of one).
+    async fn partition_stats(&self) -> Result<QueueStats, Error> {
         let keys = self.keys();
         // Errors come back per command: a stream nobody has worked on has no
         // group yet, and reads as nothing in flight.
@@ -152,12 +200,14 @@ impl Queue {
             dead_letters,
             delayed,
             waiting_children: counters.get("waiting_children").copied().unwrap_or(0),
+            partitions: Vec::new(),
         })
     }
 }
 
 impl Queue {
-    /// One section of `INFO` from the queue's server, as field/value pairs
+    /// One section of `INFO` from the queue's server (on a cluster: the node
+    /// holding partition 0), as field/value pairs
     /// (for example `"memory"` for `used_memory`).
     ///
     /// # Errors
@@ -168,7 +218,12 @@ impl Queue {
     ///
     /// Cancel-safe: it only reads.
     pub async fn server_info(&self, section: &str) -> Result<HashMap<String, String>, Error> {
-        let text: String = redis::cmd("INFO")
+        // Behind a read of the queue's key: on a cluster the pipeline goes to
+        // the node holding it (partition 0), not to every node.
+        let (_, text): (Value, String) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(self.keys().stats())
+            .cmd("INFO")
             .arg(section)
             .query_async(&mut self.conn())
             .await?;

@@ -93,6 +93,8 @@ pub(crate) fn stats(stats: &QueueStats) -> Value {
         "in_flight": stats.in_flight(),
         "delayed": stats.delayed,
         "dead_letters": stats.dead_letters,
+        // A partitioned queue's breakdown, by partition index (empty for one).
+        "partitions": stats.partitions.iter().map(self::stats).collect::<Vec<_>>(),
     })
 }
 

@@ -5,13 +5,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::dead_letters::{DeadLetter, check_entry_id};
 use crate::admin::events::entries;
 use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::protocol::cluster::Conn;
 use crate::protocol::fields;
 use crate::protocol::keys::validate_name;
 use crate::queue::Queue;
@@ -75,7 +75,7 @@ pub struct DeadLetterWatcher {
     key: String,
     committed: String,
     read_after: String,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
 }
 
 impl DeadLetterWatcher {

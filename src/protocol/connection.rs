@@ -4,11 +4,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, Value};
 
 use crate::error::{ConfigCheck, ConfigError, Error};
+use crate::protocol::cluster::{self, Conn};
 use crate::protocol::{fields, reply};
 
 /// How to connect to Redis: address, credentials, TLS and timeouts.
@@ -23,6 +24,11 @@ pub struct RedisConfig {
     connect_timeout: Duration,
     response_timeout: Duration,
     tls_root_cert: Option<Vec<u8>>,
+    /// `Some` once chosen ([`RedisConfig::cluster`]) or detected at connect.
+    cluster: Option<bool>,
+    /// In cluster mode, every node known at connect (seeds for blocking
+    /// connections, so they start while the first node is down).
+    cluster_nodes: Vec<ConnectionInfo>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -34,6 +40,7 @@ impl fmt::Debug for RedisConfig {
             .field("user", &self.info.redis_settings().username())
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -164,7 +171,24 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             tls_root_cert: None,
+            cluster: None,
+            cluster_nodes: Vec::new(),
         }
+    }
+
+    /// Talk to a Redis Cluster (`true`, the URL names any one node; the
+    /// others are found through it) or to a single server (`false`).
+    /// Default: detected at connect from the node's `INFO cluster`
+    /// (`cluster_enabled:1`); set it where an ACL denies `INFO`.
+    pub fn cluster(mut self, cluster: bool) -> RedisConfig {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Whether this configuration talks to a cluster: `None` until chosen
+    /// or detected.
+    pub fn is_cluster(&self) -> Option<bool> {
+        self.cluster
     }
 
     /// How long establishing a connection may take. Default: 5 s.
@@ -229,18 +253,64 @@ impl RedisConfig {
             .await?)
     }
 
-    /// A connection of its own for a blocking read of up to `block`.
-    pub(crate) async fn blocking_connection(
-        &self,
-        block: Duration,
-    ) -> Result<MultiplexedConnection, Error> {
+    /// The shared connection of a queue: a self-reconnecting one to a
+    /// single server, or a cluster connection. Returns the configuration
+    /// with cluster mode resolved (detected when not chosen).
+    pub(crate) async fn shared_connection(&self) -> Result<(Conn, RedisConfig), Error> {
+        let mut resolved = self.clone();
+        let mut manager = self.connection_manager().await?;
+        let cluster = match self.cluster {
+            Some(cluster) => cluster,
+            None => cluster::detect(&mut manager).await,
+        };
+        resolved.cluster = Some(cluster);
+        if !cluster {
+            return Ok((Conn::Single(manager), resolved));
+        }
+        drop(manager);
+        let mut conn = self.cluster_connection(self.response_timeout).await?;
+        resolved.cluster_nodes = cluster::all_nodes(&mut conn, &self.info).await;
+        Ok((conn, resolved))
+    }
+
+    async fn cluster_connection(&self, response_timeout: Duration) -> Result<Conn, Error> {
+        let mut check = ConfigCheck::default();
+        check.nonzero("connect timeout", self.connect_timeout);
+        check.nonzero("response timeout", self.response_timeout);
+        check.finish()?;
+        if matches!(self.info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let seeds = if self.cluster_nodes.is_empty() {
+            std::slice::from_ref(&self.info)
+        } else {
+            self.cluster_nodes.as_slice()
+        };
+        let conn = cluster::connect(
+            seeds,
+            self.tls_root_cert.as_deref(),
+            self.connect_timeout,
+            response_timeout,
+        )
+        .await?;
+        Ok(Conn::Cluster(conn))
+    }
+
+    /// A connection of its own for a blocking read of up to `block`: to the
+    /// server, or on a cluster a cluster connection of its own (a blocking
+    /// read holds its node's connection until it returns).
+    pub(crate) async fn blocking_connection(&self, block: Duration) -> Result<Conn, Error> {
+        if self.cluster == Some(true) {
+            return self.cluster_connection(block + self.response_timeout).await;
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(block + self.response_timeout));
-        Ok(self
-            .client()?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        Ok(Conn::Plain(
+            self.client()?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        ))
     }
 }
 

@@ -27,6 +27,11 @@
 //! | `<prefix>:{<queue>}:history`  | stream | one snapshot of counters and lengths per step, the entry id is the step's start ms |
 //! | `<prefix>:{<queue>}:notify:<name>` | string | the last dead-letter id a notifier has delivered |
 //! | `<prefix>:{<queue>}:flow:<id>` | hash  | a flow parent waiting for its children: its envelope, pending count, state, and `c:<child id>` per settled child (with a TTL once the parent was released or failed) |
+//! | `<prefix>:{<queue>}:layout`   | hash   | `partitions` (N) and `version` (1): a partitioned queue's layout |
+//!
+//! A queue of N > 1 partitions has this key set N times: partition 0 is the
+//! set above, partition `i` the same names under the tag `{<queue>#<i>.<s>}`
+//! (`protocol::partition`).
 
 use crate::error::Error;
 use crate::priority::Priority;
@@ -75,9 +80,22 @@ impl QueueKeys {
     /// [`Error::InvalidName`] when either name is empty, longer than
     /// [`MAX_NAME_LEN`], or holds braces, whitespace or control characters.
     pub fn new(prefix: &str, queue: &str) -> Result<QueueKeys, Error> {
+        QueueKeys::partition(prefix, queue, 0)
+    }
+
+    /// The key names of partition `index` of a partitioned queue: partition
+    /// 0 is the queue's own key set ([`QueueKeys::new`]); partition `i > 0`
+    /// lives under the hash tag `{<queue>#<i>.<s>}` (see
+    /// `docs/design.md`, "Partitions", for how `s` is chosen).
+    ///
+    /// # Errors
+    ///
+    /// As [`QueueKeys::new`].
+    pub fn partition(prefix: &str, queue: &str, index: u32) -> Result<QueueKeys, Error> {
         validate_name("queue name", queue)?;
         validate_name("key prefix", prefix)?;
-        let base = format!("{prefix}:{{{queue}}}");
+        let tag = crate::protocol::partition::tag(queue, index);
+        let base = format!("{prefix}:{{{tag}}}");
         Ok(QueueKeys {
             streams: Priority::ALL.map(|p| format!("{base}:{}", p.as_str())),
             stats: format!("{base}:stats"),
@@ -211,6 +229,12 @@ impl QueueKeys {
     /// children).
     pub(crate) fn sibling(&self, queue: &str) -> Result<QueueKeys, Error> {
         QueueKeys::new(&self.prefix, queue)
+    }
+
+    /// The layout record (a hash: `partitions`, `version`), kept in
+    /// partition 0 only: how many partitions the queue has.
+    pub fn layout(&self) -> String {
+        format!("{}:layout", self.base)
     }
 
     /// The counters hash.

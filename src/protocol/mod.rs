@@ -12,11 +12,17 @@
 //!   become typed errors ([`crate::Error`]).
 //! - `fields`: reading field/value replies (`HELLO`, `XINFO`).
 //! - `latency`: the latency histogram's bucket scheme.
+//! - `cluster`: one connection type for a single Redis and a Redis Cluster,
+//!   and the cluster hash slot of a key.
+//! - `partition`: where each partition of a queue lives (hash tags) and
+//!   which partition a job goes to (the routing hash).
 
+pub(crate) mod cluster;
 pub(crate) mod connection;
 pub(crate) mod envelope;
 pub(crate) mod fields;
 pub(crate) mod keys;
 pub(crate) mod latency;
+pub(crate) mod partition;
 pub(crate) mod reply;
 pub(crate) mod scripts;

@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
+use crate::protocol::cluster::Conn;
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Definition, read_schedules};
@@ -99,7 +99,7 @@ impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) -> Result<SchedulerReport, Error> {
         let mut total = SchedulerReport::default();
         let mut backoff = Backoff::redis();
-        let mut blocking: Option<MultiplexedConnection> = None;
+        let mut blocking: Option<Conn> = None;
         while !shutdown.is_cancelled() {
             let pass = async {
                 let last_change = last_change(&self.queue).await?;
@@ -271,7 +271,7 @@ impl Scheduler {
     /// passes.
     async fn wait_for_change(
         &self,
-        blocking: &mut Option<MultiplexedConnection>,
+        blocking: &mut Option<Conn>,
         last: &str,
         wait: Duration,
     ) -> Result<(), Error> {

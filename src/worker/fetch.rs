@@ -15,11 +15,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use redis::Value;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tracing::Instrument;
 
 use crate::error::Error;
 use crate::priority::Priority;
+use crate::protocol::cluster::Conn;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply::{self, Reply};
 use crate::protocol::scripts::scripts;
@@ -66,8 +66,8 @@ pub(crate) enum Fetched {
 pub(crate) struct Fetcher {
     queue: Queue,
     consumer: String,
-    conn: ConnectionManager,
-    blocking: Option<MultiplexedConnection>,
+    conn: Conn,
+    blocking: Option<Conn>,
     max_block: Duration,
     reclaim_cursors: [String; 4],
 }
@@ -274,6 +274,14 @@ impl PriorityBuffer {
 
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The priority of the job [`PriorityBuffer::pop`] would hand out.
+    pub(crate) fn peek_priority(&self) -> Option<Priority> {
+        self.lanes
+            .iter()
+            .find_map(VecDeque::front)
+            .map(|job| job.priority)
     }
 
     /// Takes every buffered job out, most urgent first.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::protocol::cluster::Conn;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -157,7 +157,7 @@ async fn sleep_until_some(due: Option<Instant>) {
 pub(crate) struct Finisher {
     queue: Queue,
     consumer: String,
-    conn: ConnectionManager,
+    conn: Conn,
     counters: Arc<Counters>,
     holdings: Holdings,
     config: WorkerConfig,

@@ -13,6 +13,9 @@
 //! - `limit`: [`RateLimit`], per-group admission, deferring rate-limited jobs.
 //! - `tracker`: writes tracked jobs' state, off the job's path.
 //! - `job`: what a handler receives and returns.
+//! - `share`: one worker over many partitions: shared slots, priority
+//!   across partitions, fair share between them.
+//! - `partitioned`: running one loop per partition of a partitioned queue.
 
 mod config;
 mod execute;
@@ -21,9 +24,11 @@ mod finish;
 mod job;
 mod lease;
 mod limit;
+mod partitioned;
 mod promote;
 mod reclaim;
 mod run_loop;
+mod share;
 mod tracker;
 
 use std::sync::Arc;
@@ -81,6 +86,17 @@ pub struct Worker {
     queue: Queue,
     config: WorkerConfig,
     consumer: String,
+    /// The partitions to read (indexes); `None` for all.
+    only: Option<Vec<u32>>,
+    /// Set on the loops of a partitioned worker: the shared slots and
+    /// this loop's place among them.
+    share: Option<(Arc<share::Share>, usize)>,
+}
+
+impl std::fmt::Debug for share::Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Share")
+    }
 }
 
 impl Worker {
@@ -99,6 +115,8 @@ impl Worker {
             queue: queue.clone(),
             config,
             consumer,
+            only: None,
+            share: None,
         })
     }
 
@@ -131,6 +149,23 @@ impl Worker {
     /// stay pending until another worker reclaims them after the lease.
     /// Cancel `shutdown` instead.
     pub async fn run<T, R, H>(
+        self,
+        handler: H,
+        shutdown: CancellationToken,
+    ) -> Result<WorkerReport, Error>
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        H: Handler<T, R>,
+    {
+        if self.queue.partition_count() > 1 {
+            return self.run_partitioned(handler, shutdown).await;
+        }
+        self.run_one(handler, shutdown).await
+    }
+
+    /// [`Worker::run`] over one partition (or a queue of one).
+    async fn run_one<T, R, H>(
         self,
         handler: H,
         shutdown: CancellationToken,
@@ -190,6 +225,15 @@ impl Worker {
             buffer: PriorityBuffer::default(),
             running: JoinSet::new(),
             holdings,
+            share: self
+                .share
+                .as_ref()
+                .map(|(share, lane)| run_loop::LaneShare {
+                    share: share.clone(),
+                    lane: *lane,
+                    changes: share.subscribe(),
+                    floor: Some(crate::priority::Priority::Critical),
+                }),
         };
         self.fetch_loop::<T, R, H>(&mut lane, &context, &shutdown)
             .await;

@@ -22,13 +22,16 @@ use super::job::Handler;
 use super::lease::Holdings;
 use super::limit;
 use super::promote;
+use super::share::Share;
 use super::tracker::Tracker;
 use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
 use crate::queue::KeepResults;
+use tokio::sync::watch;
 
 /// What every job task needs.
 pub(super) struct JobContext<H> {
@@ -53,6 +56,30 @@ pub(super) struct Lane {
     pub(super) buffer: PriorityBuffer,
     pub(super) running: JoinSet<()>,
     pub(super) holdings: Holdings,
+    /// For one loop of a partitioned worker: the slots it shares.
+    pub(super) share: Option<LaneShare>,
+}
+
+/// One partition loop's view of the shared slots (`share`).
+pub(super) struct LaneShare {
+    pub(super) share: Arc<Share>,
+    pub(super) lane: usize,
+    pub(super) changes: watch::Receiver<u64>,
+    /// The most urgent priority that may still wait unclaimed in this
+    /// partition, as the last fetch left it.
+    pub(super) floor: Option<Priority>,
+}
+
+/// Waits until the shared slots change; never, without a share.
+async fn share_changed(share: &mut Option<LaneShare>) {
+    match share {
+        Some(s) => {
+            if s.changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Worker {
@@ -97,9 +124,12 @@ impl Worker {
             }
             let upkeep_at = next_promote.min(next_reclaim);
             if room == 0 {
+                // Reclaiming waits for room: only promotion can be due now.
+                let upkeep_at = next_promote;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = lane.running.join_next() => {}
+                    _ = lane.running.join_next(), if !lane.running.is_empty() => {}
+                    _ = share_changed(&mut lane.share) => {}
                     _ = tokio::time::sleep_until(upkeep_at) => {}
                 }
                 continue;
@@ -109,6 +139,22 @@ impl Worker {
                 Some(last_ids) => Ok(Fetched::Idle(last_ids)),
                 None => lane.fetcher.fetch(room, self.config.rate_limit).await,
             };
+            if let Some(s) = &mut lane.share {
+                // A full fetch that did not read every stream to its end
+                // may have left more behind, from the last claimed job's
+                // priority down.
+                s.floor = match &fetched {
+                    Ok(Fetched::Jobs(jobs, None)) if jobs.len() >= room => {
+                        jobs.last().map(|j| j.priority)
+                    }
+                    _ => None,
+                };
+                // Say so now: an idle loop is about to block, and must not
+                // hold the others back with an old floor meanwhile.
+                if !matches!(fetched, Ok(Fetched::Jobs(..))) {
+                    s.share.announce(s.lane, lane.buffer.peek_priority());
+                }
+            }
             if paused != matches!(fetched, Ok(Fetched::Paused)) {
                 paused = !paused;
                 tracing::info!(
@@ -152,7 +198,8 @@ impl Worker {
                 Ok(Fetched::Idle(_)) if !lane.buffer.is_empty() => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = lane.running.join_next() => Ok(()),
+                        _ = lane.running.join_next(), if !lane.running.is_empty() => Ok(()),
+                        _ = share_changed(&mut lane.share) => Ok(()),
                         _ = tokio::time::sleep_until(upkeep_at) => Ok(()),
                     }
                 }
@@ -213,6 +260,29 @@ impl Worker {
         R: Serialize + Send + 'static,
         H: Handler<T, R>,
     {
+        if let Some(s) = &mut lane.share {
+            s.changes.borrow_and_update();
+            while let Some(priority) = lane.buffer.peek_priority() {
+                let Some(slot) = s.share.try_start(s.lane, priority) else {
+                    break;
+                };
+                let Some(claimed) = lane.buffer.pop() else {
+                    break;
+                };
+                let context = context.clone();
+                lane.running.spawn(async move {
+                    run_job::<T, R, H>(claimed, context).await;
+                    drop(slot);
+                });
+            }
+            let held = lane.buffer.peek_priority();
+            let floor = match (held, s.floor) {
+                (Some(a), Some(b)) => Some(if a.index() <= b.index() { a } else { b }),
+                (a, b) => a.or(b),
+            };
+            s.share.announce(s.lane, floor);
+            return;
+        }
         while lane.running.len() < self.config.concurrency {
             let Some(claimed) = lane.buffer.pop() else {
                 break;

@@ -310,7 +310,7 @@ fn record_metadata(
 /// Bounds retained completed jobs by count and age: the evicted jobs'
 /// metadata and logs are deleted with their index entries.
 async fn trim_completed(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::protocol::cluster::Conn,
     keys: &QueueKeys,
     tracking: &JobTracking,
 ) -> redis::RedisResult<()> {

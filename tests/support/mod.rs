@@ -19,6 +19,7 @@
 )]
 
 pub mod cli;
+pub mod cluster;
 mod handlers;
 mod wait;
 

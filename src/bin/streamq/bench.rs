@@ -85,6 +85,10 @@ pub(crate) struct BenchArgs {
     /// The queue to use.
     #[arg(long, default_value = "streamq-bench")]
     queue: String,
+    /// Split the queue into this many partitions (spread over a cluster's
+    /// masters; the URL may name any cluster node).
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
     /// Print one JSON line with the results instead of a summary.
     #[arg(long)]
     json: bool,
@@ -270,7 +274,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     if args.raw {
         return raw(&args, &target).await;
     }
-    let mut builder = Queue::builder(&args.queue).metrics(!args.no_metrics);
+    let mut builder = Queue::builder(&args.queue)
+        .metrics(!args.no_metrics)
+        .partitions(args.partitions);
     if args.track_jobs {
         builder = builder.track_jobs(streamq::JobTracking::default());
     }

@@ -89,6 +89,9 @@ pub(crate) async fn run(args: StatsArgs) -> Result<ExitCode, Box<dyn std::error:
                     outln!("{}", to_json(&report, &metrics));
                 } else {
                     print_table(&report, &metrics)?;
+                    if queue.partition_count() > 1 {
+                        print_partitions(&queue.stats().await?)?;
+                    }
                 }
                 matches!(report.health, Health::Healthy)
             }
@@ -273,6 +276,21 @@ fn print_table(
             p(&latency.run, 0.5),
             p(&latency.run, 0.99),
             latency.run.count()
+        );
+    }
+    Ok(())
+}
+
+/// One line per partition of a partitioned queue.
+fn print_partitions(stats: &streamq::QueueStats) -> std::io::Result<()> {
+    outln!("partitions:");
+    for (i, p) in stats.partitions.iter().enumerate() {
+        outln!(
+            "  {i:>4}  waiting {:>8}  in flight {:>6}  delayed {:>6}  dead letters {:>6}",
+            p.waiting(),
+            p.in_flight(),
+            p.delayed,
+            p.dead_letters
         );
     }
     Ok(())
