@@ -44,5 +44,12 @@ fn envelope(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, envelope);
+criterion_group! {
+    name = benches;
+    // Short windows keep the whole `cargo bench` under five minutes.
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = envelope
+}
 criterion_main!(benches);

@@ -47,7 +47,11 @@ fn producer(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20);
+    // Short windows keep the whole `cargo bench` under five minutes.
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
     targets = producer
 }
 criterion_main!(benches);

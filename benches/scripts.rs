@@ -147,7 +147,11 @@ fn scripts(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20);
+    // Short windows keep the whole `cargo bench` under five minutes.
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
     targets = scripts
 }
 criterion_main!(benches);

@@ -59,7 +59,11 @@ fn round_trip(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20);
+    // Short windows keep the whole `cargo bench` under five minutes.
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
     targets = round_trip
 }
 criterion_main!(benches);
