@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,63 +147,7 @@ async fn on_a_cluster_a_flooding_tenant_does_not_starve_a_quiet_one() {
     let _serial = SERIAL.lock().await;
     let cluster = TestCluster::start();
     let queue = cluster.open(Queue::builder("fair").partitions(8)).await;
-    let (flood, quiet) = ("flood", "quiet");
-    assert_ne!(
-        streamq::partition_of(flood, 8),
-        streamq::partition_of(quiet, 8)
-    );
-    let mut batch = queue.batch();
-    for i in 0..5_000u32 {
-        batch
-            .push(
-                &(flood.to_owned(), i),
-                &EnqueueOptions::new().partition_key(flood),
-            )
-            .unwrap();
-    }
-    batch.send().await.unwrap();
-    let concurrency = 8;
-    let started = Arc::new(AtomicUsize::new(0));
-    let quiet_at = Arc::new(Mutex::new(None));
-    let (stop, worker) = spawn_worker(&queue, fast().concurrency(concurrency), {
-        let (started, quiet_at) = (started.clone(), quiet_at.clone());
-        move |job: Job<(String, u32)>| {
-            let n = started.fetch_add(1, Ordering::SeqCst);
-            if job.payload().0 == "quiet" {
-                *quiet_at.lock().unwrap() = Some(n);
-            }
-            async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                Ok::<(), JobError>(())
-            }
-        }
-    });
-    wait_for("the flood is being worked", || {
-        started.load(Ordering::SeqCst) >= 2 * concurrency
-    })
-    .await;
-    let before = started.load(Ordering::SeqCst);
-    queue
-        .enqueue(
-            &(quiet.to_owned(), 0u32),
-            &EnqueueOptions::new().partition_key(quiet),
-        )
-        .await
-        .unwrap();
-    wait_for("the quiet job started", || {
-        quiet_at.lock().unwrap().is_some()
-    })
-    .await;
-    let at = quiet_at.lock().unwrap().unwrap();
-    stop.cancel();
-    worker.await.unwrap();
-    // The bound stated in docs/guarantees.md: at most one flood job per
-    // slot starts between the quiet job's enqueue and its start.
-    assert!(
-        at - before <= 2 * concurrency,
-        "{} flood jobs first",
-        at - before
-    );
+    support::fairness::a_quiet_tenant_is_not_starved(&queue, 8, 5_000, 8).await;
 }
 
 async fn until_stats_for(

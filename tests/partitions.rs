@@ -4,12 +4,10 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use streamq::{EnqueueOptions, Error, Job, JobError, Priority, Queue, QueueKeys, WorkerConfig};
-use support::{Seen, TestRedis, WAIT, eventually, fast, spawn_worker, wait_for};
+use streamq::{EnqueueOptions, Error, Job, JobError, Priority, Queue, QueueKeys};
+use support::{Seen, TestRedis, WAIT, eventually, fast, spawn_worker};
 
 async fn total_completed(queue: &Queue) -> u64 {
     queue.stats().await.unwrap().completed()
@@ -127,66 +125,7 @@ async fn a_worker_runs_every_partition_once_most_urgent_first() {
 async fn a_flooding_tenant_does_not_starve_a_quiet_one() {
     let redis = TestRedis::start();
     let queue = redis.open(Queue::builder("fair").partitions(4)).await;
-    let (flood, quiet) = ("flood", "quiet");
-    assert_ne!(
-        streamq::partition_of(flood, 4),
-        streamq::partition_of(quiet, 4),
-        "the test needs two partitions"
-    );
-    let mut batch = queue.batch();
-    for i in 0..2_000u32 {
-        batch
-            .push(
-                &(flood.to_owned(), i),
-                &EnqueueOptions::new().partition_key(flood),
-            )
-            .unwrap();
-    }
-    batch.send().await.unwrap();
-    let concurrency = 4;
-    let started = Arc::new(AtomicUsize::new(0));
-    let quiet_at = Arc::new(Mutex::new(None));
-    let (stop, worker) = spawn_worker(&queue, fast().concurrency(concurrency), {
-        let (started, quiet_at) = (started.clone(), quiet_at.clone());
-        move |job: Job<(String, u32)>| {
-            let n = started.fetch_add(1, Ordering::SeqCst);
-            if job.payload().0 == "quiet" {
-                *quiet_at.lock().unwrap() = Some(n);
-            }
-            async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                Ok::<(), JobError>(())
-            }
-        }
-    });
-    wait_for("the flood is being worked", || {
-        started.load(Ordering::SeqCst) >= 2 * concurrency
-    })
-    .await;
-    let before = started.load(Ordering::SeqCst);
-    queue
-        .enqueue(
-            &(quiet.to_owned(), 0u32),
-            &EnqueueOptions::new().partition_key(quiet),
-        )
-        .await
-        .unwrap();
-    wait_for("the quiet job started", || {
-        quiet_at.lock().unwrap().is_some()
-    })
-    .await;
-    let at = quiet_at.lock().unwrap().unwrap();
-    stop.cancel();
-    worker.await.unwrap();
-    // Stated bound (docs/guarantees.md): the quiet job takes the next free
-    // slot once its partition loop claimed it; flood jobs that start in
-    // between are at most one per slot (handlers outlast a round trip).
-    assert!(
-        at - before <= 2 * concurrency,
-        "{} flood jobs started before the quiet one",
-        at - before
-    );
-    let _: WorkerConfig = fast();
+    support::fairness::a_quiet_tenant_is_not_starved(&queue, 4, 2_000, 4).await;
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod fairness;
 mod handlers;
 mod wait;
 
