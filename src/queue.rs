@@ -533,6 +533,24 @@ impl Queue {
         check_types(&expected, &types)
     }
 
+    /// The id of the newest entry of the stream `key`, or `0-0` when it
+    /// has none (or does not exist): where a reader that wants only what
+    /// comes next starts.
+    pub(crate) async fn newest_entry_id(&self, key: &str) -> Result<String, Error> {
+        let newest: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
+            .arg(key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(newest
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+    }
+
     /// Whether any of the queue's fixed keys exists: `false` for a name
     /// nothing was ever enqueued to (or a wrong prefix).
     ///

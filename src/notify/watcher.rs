@@ -330,18 +330,7 @@ impl DeadLetterWatcher {
 
 /// The newest dead letter's id, or `0-0` when there is none.
 async fn newest(queue: &Queue) -> Result<String, Error> {
-    let newest: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
-        .arg(queue.keys().dead())
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut queue.conn())
-        .await?;
-    Ok(newest
-        .into_iter()
-        .next()
-        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+    queue.newest_entry_id(queue.keys().dead()).await
 }
 
 /// Why [`DeadLetterWatcher::run`] stopped.

@@ -303,16 +303,5 @@ enum Tick {
 
 /// The id of the newest change entry, or `0-0` when there is none.
 async fn last_change(queue: &Queue) -> Result<String, Error> {
-    let newest: Vec<(String, Value)> = redis::cmd("XREVRANGE")
-        .arg(queue.keys().schedule_changes())
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut queue.conn())
-        .await?;
-    Ok(newest
-        .into_iter()
-        .next()
-        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+    queue.newest_entry_id(queue.keys().schedule_changes()).await
 }
