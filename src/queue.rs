@@ -533,10 +533,8 @@ impl Queue {
         check_types(&expected, &types)
     }
 
-    /// The id of the newest entry of the stream `key`, or `0-0` when it
-    /// has none (or does not exist): where a reader that wants only what
-    /// comes next starts.
-    pub(crate) async fn newest_entry_id(&self, key: &str) -> Result<String, Error> {
+    /// The id of the newest entry of the stream `key`, if it has one.
+    pub(crate) async fn last_entry_id(&self, key: &str) -> Result<Option<String>, Error> {
         let newest: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
             .arg(key)
             .arg("+")
@@ -545,10 +543,17 @@ impl Queue {
             .arg(1)
             .query_async(&mut self.conn())
             .await?;
-        Ok(newest
-            .into_iter()
-            .next()
-            .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+        Ok(newest.into_iter().next().map(|(id, _)| id))
+    }
+
+    /// The id of the newest entry of the stream `key`, or `0-0` when it
+    /// has none (or does not exist): where a reader that wants only what
+    /// comes next starts.
+    pub(crate) async fn newest_entry_id(&self, key: &str) -> Result<String, Error> {
+        Ok(self
+            .last_entry_id(key)
+            .await?
+            .unwrap_or_else(|| "0-0".to_owned()))
     }
 
     /// Whether any of the queue's fixed keys exists: `false` for a name

@@ -303,15 +303,7 @@ impl Queue {
     async fn requeue_all_dead_letters_one(&self) -> Result<u64, Error> {
         // Only the letters there now: jobs that fail again while this runs
         // are dead-lettered after `end`, and must not be chased.
-        let last: Vec<(String, HashMap<String, Value>)> = redis::cmd("XREVRANGE")
-            .arg(self.keys().dead())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn())
-            .await?;
-        let Some((end, _)) = last.into_iter().next() else {
+        let Some(end) = self.last_entry_id(self.keys().dead()).await? else {
             return Ok(0);
         };
         let mut moved = 0;

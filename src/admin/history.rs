@@ -112,18 +112,10 @@ impl Queue {
     pub async fn record_history(&self, step: Duration, keep: u64) -> Result<bool, Error> {
         let key = self.keys().history();
         let at = step_start(now_ms(), millis(step));
-        let last: Vec<(String, HashMap<String, Value>)> = redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn())
-            .await?;
-        let last_ms = last
-            .first()
-            .and_then(|(id, _)| id.split_once('-'))
-            .and_then(|(ms, _)| ms.parse::<u64>().ok());
+        let last_ms = self
+            .last_entry_id(&key)
+            .await?
+            .and_then(|id| id.split_once('-')?.0.parse::<u64>().ok());
         if last_ms.is_some_and(|ms| ms >= at) {
             return Ok(false);
         }
