@@ -53,6 +53,22 @@ pub enum JobState {
     Unknown,
 }
 
+impl JobState {
+    /// The state's name: `waiting`, `active`, `delayed`, `dead_lettered`,
+    /// `completed`, `cancelled` or `unknown`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Waiting { .. } => "waiting",
+            JobState::Active { .. } => "active",
+            JobState::Delayed { .. } => "delayed",
+            JobState::DeadLettered { .. } => "dead_lettered",
+            JobState::Completed => "completed",
+            JobState::Cancelled => "cancelled",
+            JobState::Unknown => "unknown",
+        }
+    }
+}
+
 /// A tracked job's state and metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

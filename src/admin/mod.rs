@@ -18,8 +18,8 @@
 //! - `recover`: put stalled jobs back in line now.
 //! - `cancel`: cancel one job by id: remove it, or ask its worker to stop it.
 //! - `remove`: clean old dead letters and completed jobs, drain, obliterate.
-//! - `payload_json` (feature `json`): payloads as JSON and previews, for
-//!   people.
+//! - `json` (feature `json`): jobs, dead letters and payloads as JSON for
+//!   people, one shape for the CLI and the HTTP API.
 //! - `partitions`: every call above on a partitioned queue covers all its
 //!   partitions: merged reads, writes by id tried per partition.
 
@@ -29,12 +29,12 @@ pub(crate) mod dead_letters;
 pub(crate) mod events;
 pub(crate) mod history;
 pub(crate) mod inspect;
+#[cfg(feature = "json")]
+pub(crate) mod json;
 pub(crate) mod lookup;
 pub(crate) mod metrics;
 pub(crate) mod partitions;
 pub(crate) mod pause;
-#[cfg(feature = "json")]
-pub(crate) mod payload_json;
 pub(crate) mod prometheus;
 pub(crate) mod recover;
 pub(crate) mod remove;

@@ -149,7 +149,7 @@ pub(crate) async fn job(State(state): State<AppState>, Path(id): Path<String>) -
         return Err(ApiError::bad_request("a job id is 1 to 128 bytes"));
     }
     match state.queue().job(&id).await? {
-        Some(info) => Ok(Json(json::job(&info))),
+        Some(info) => Ok(Json(info.to_json())),
         None => Err(ApiError::not_found(format!(
             "no job {id} (unknown, expired, or the queue does not track jobs)"
         ))),
@@ -179,7 +179,7 @@ pub(crate) async fn dead_letters(
     let page = state.queue().dead_letters(after, count).await?;
     let total = state.queue().stats().await?.dead_letters;
     Ok(Json(json!({
-        "letters": page.letters.iter().map(|l| json::dead_letter(l, false)).collect::<Vec<_>>(),
+        "letters": page.letters.iter().map(|l| l.to_json(false)).collect::<Vec<_>>(),
         "next": page.next,
         "total": total,
     })))
@@ -191,7 +191,7 @@ pub(crate) async fn dead_letter(
     Path(id): Path<String>,
 ) -> ApiResult {
     match state.queue().dead_letter(entry_id(&id)?).await? {
-        Some(letter) => Ok(Json(json::dead_letter(&letter, true))),
+        Some(letter) => Ok(Json(letter.to_json(true))),
         None => Err(ApiError::not_found(format!("no dead letter {id}"))),
     }
 }

@@ -6,17 +6,12 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::admin::cancel::{Cancelled, RemovedFrom};
-use crate::admin::dead_letters::DeadLetter;
 use crate::admin::history::HistoryPoint;
 use crate::admin::inspect::{Health, QueueReport};
-use crate::admin::lookup::{JobInfo, JobState};
 use crate::admin::metrics::{Counts, LatencyHistogram, QueueMetrics};
 use crate::admin::stats::QueueStats;
 use crate::priority::Priority;
 use crate::schedule::{CatchUp, ScheduleChange, ScheduleInfo, Timing, Upserted};
-
-/// Characters of a dead letter's payload shown in a list.
-const PREVIEW_CHARS: usize = 200;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -154,62 +149,6 @@ pub(crate) fn metrics(metrics: &QueueMetrics) -> Value {
         })).collect::<Vec<_>>(),
         "scheduled": metrics.scheduled,
         "deduplicated": metrics.deduplicated,
-    })
-}
-
-/// A dead letter; with `full`, its whole payload as well.
-pub(crate) fn dead_letter(letter: &DeadLetter, full: bool) -> Value {
-    let mut value = json!({
-        "id": letter.id,
-        "job_id": letter.job_id.as_str(),
-        "name": letter.name,
-        "priority": letter.priority.as_str(),
-        "attempts": letter.attempts,
-        "error": letter.error,
-        "enqueued_ms": letter.enqueued_ms,
-        "failed_ms": letter.failed_ms,
-        "payload_preview": letter.payload_preview(PREVIEW_CHARS),
-    });
-    if full {
-        value["payload"] = letter.payload_json().unwrap_or(Value::Null);
-    }
-    value
-}
-
-pub(crate) fn job(info: &JobInfo) -> Value {
-    let (state, detail) = match &info.state {
-        JobState::Waiting { priority } => ("waiting", json!({ "priority": priority.as_str() })),
-        JobState::Active {
-            owner,
-            idle,
-            deliveries,
-        } => (
-            "active",
-            json!({ "owner": owner, "idle_ms": ms(*idle), "deliveries": deliveries }),
-        ),
-        JobState::Delayed { due_ms } => ("delayed", json!({ "due_ms": due_ms })),
-        JobState::DeadLettered {
-            error,
-            dead_letter_id,
-        } => (
-            "dead_lettered",
-            json!({ "error": error, "dead_letter_id": dead_letter_id }),
-        ),
-        JobState::Completed => ("completed", json!({})),
-        _ => ("unknown", json!({})),
-    };
-    json!({
-        "id": info.id.as_str(),
-        "name": info.name,
-        "state": state,
-        "detail": detail,
-        "enqueued_ms": info.enqueued_ms,
-        "started_ms": info.started_ms,
-        "finished_ms": info.finished_ms,
-        "attempts": info.attempts,
-        "progress": info.progress,
-        "error": info.error,
-        "logs": info.logs,
     })
 }
 

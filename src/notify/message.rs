@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::admin::dead_letters::DeadLetter;
-use crate::admin::payload_json::cut;
+use crate::admin::json::cut;
 
 /// Characters of an error shown in a message (Slack allows 3,000 per
 /// section).

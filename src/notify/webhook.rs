@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::payload_json::cut;
+use crate::admin::json::cut;
 use crate::backoff::Backoff;
 use crate::error::{ConfigError, Error};
 

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::json;
 use streamq::JobState;
 
 use crate::cli::QueueArgs;
@@ -120,37 +119,8 @@ pub(crate) async fn job(args: JobArgs) -> Result<ExitCode, Box<dyn std::error::E
         );
         return Ok(ExitCode::FAILURE);
     };
-    let detail = match &info.state {
-        JobState::Waiting { priority } => json!({ "priority": priority.as_str() }),
-        JobState::Active {
-            owner,
-            idle,
-            deliveries,
-        } => {
-            json!({ "owner": owner, "idle_ms": idle.as_millis() as u64, "deliveries": deliveries })
-        }
-        JobState::Delayed { due_ms } => json!({ "due_ms": due_ms }),
-        JobState::DeadLettered {
-            error,
-            dead_letter_id,
-        } => json!({ "error": error, "dead_letter_id": dead_letter_id }),
-        _ => json!({}),
-    };
     if args.json {
-        let value = json!({
-            "id": info.id.as_str(),
-            "name": info.name,
-            "state": render::job_state_name(&info.state),
-            "detail": detail,
-            "enqueued_ms": info.enqueued_ms,
-            "started_ms": info.started_ms,
-            "finished_ms": info.finished_ms,
-            "attempts": info.attempts,
-            "progress": info.progress,
-            "error": info.error,
-            "logs": info.logs,
-        });
-        outln!("{value}");
+        outln!("{}", info.to_json());
         return Ok(ExitCode::SUCCESS);
     }
     let name = if info.name.is_empty() {

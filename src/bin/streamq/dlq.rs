@@ -74,7 +74,7 @@ pub(crate) async fn run(args: DlqArgs) -> Result<ExitCode, Box<dyn std::error::E
             }
             for letter in &page.letters {
                 if json {
-                    outln!("{}", to_json(letter));
+                    outln!("{}", letter.to_json(true));
                 } else {
                     outln!(
                         "{}  {:<36}  {:<8}  attempts {}  failed {}  {}",
@@ -92,7 +92,7 @@ pub(crate) async fn run(args: DlqArgs) -> Result<ExitCode, Box<dyn std::error::E
             }
         }
         Action::Show { id } => match queue.dead_letter(&id).await.map_err(explain)? {
-            Some(letter) => outln!("{}", serde_json::to_string_pretty(&to_json(&letter))?),
+            Some(letter) => outln!("{}", serde_json::to_string_pretty(&letter.to_json(true))?),
             None => {
                 eprintln!(
                     "streamq: no dead letter {id} in queue {name} (requeued or purged already?); \
@@ -132,26 +132,4 @@ fn job_id(letter: &DeadLetter) -> &str {
     } else {
         letter.job_id.as_str()
     }
-}
-
-fn to_json(letter: &DeadLetter) -> serde_json::Value {
-    let (payload, payload_error) = match letter.payload_json() {
-        Ok(value) => (value, None),
-        Err(e) => (serde_json::Value::Null, Some(e.to_string())),
-    };
-    let mut value = serde_json::json!({
-        "id": letter.id,
-        "job_id": letter.job_id.as_str(),
-        "name": letter.name,
-        "priority": letter.priority.as_str(),
-        "attempts": letter.attempts,
-        "error": letter.error,
-        "enqueued_ms": letter.enqueued_ms,
-        "failed_ms": letter.failed_ms,
-        "payload": payload,
-    });
-    if let Some(error) = payload_error {
-        value["payload_error"] = serde_json::Value::String(error);
-    }
-    value
 }

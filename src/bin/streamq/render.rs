@@ -2,7 +2,9 @@
 //! ago"), durations, sizes and job states (payloads as JSON come from the
 //! library: `DeadLetter::payload_json`). `--json`
 //! output does not come through here: it keeps raw numbers (Unix ms, bytes)
-//! so that scripts never parse prose.
+//! so that scripts never parse prose, and jobs and dead letters take the
+//! library's shapes (`JobInfo::to_json`, `DeadLetter::to_json`), the same as
+//! the HTTP API's.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -107,19 +109,6 @@ pub(crate) fn job_state(state: &JobState) -> String {
         JobState::Completed => "completed".to_owned(),
         JobState::Cancelled => "cancelled before it ran".to_owned(),
         _ => "unknown (its entry is gone: finishing right now, or lost)".to_owned(),
-    }
-}
-
-/// The short name of a job state, as `--json` spells it.
-pub(crate) fn job_state_name(state: &JobState) -> &'static str {
-    match state {
-        JobState::Waiting { .. } => "waiting",
-        JobState::Active { .. } => "active",
-        JobState::Delayed { .. } => "delayed",
-        JobState::DeadLettered { .. } => "dead_lettered",
-        JobState::Completed => "completed",
-        JobState::Cancelled => "cancelled",
-        _ => "unknown",
     }
 }
 

@@ -1,7 +1,7 @@
-//! Payloads for people: any MessagePack payload as JSON, and previews of it
-//! cut on a character boundary. The one renderer behind `streamq dlq`, the
-//! HTTP admin API and dead-letter notifications (feature `json`, which
-//! `http` and `notify` turn on).
+//! Jobs and dead letters as JSON for people, in one shape for `streamq` and
+//! the HTTP admin API; any MessagePack payload as JSON, and previews of it
+//! cut on a character boundary, for both and for dead-letter notifications
+//! (feature `json`, which `http` and `notify` turn on).
 
 use std::fmt;
 
@@ -9,7 +9,11 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::admin::dead_letters::DeadLetter;
+use crate::admin::lookup::{JobInfo, JobState};
 use crate::error::Error;
+
+/// Characters of a payload shown in a dead letter's `payload_preview`.
+const PREVIEW_CHARS: usize = 200;
 
 impl DeadLetter {
     /// The job's payload as JSON, whatever its shape: maps, arrays, numbers
@@ -31,6 +35,79 @@ impl DeadLetter {
             Ok(value) => cut(&value.to_string(), max_chars),
             Err(e) => format!("(payload not readable: {e})"),
         }
+    }
+
+    /// The letter as JSON, as `streamq dlq show --json` and the HTTP admin
+    /// API answer it: `id`, `job_id`, `name`, `priority`, `attempts`,
+    /// `error`, `enqueued_ms`, `failed_ms` and a `payload_preview` of at most
+    /// 200 characters; with `full`, also the whole `payload` (null, with
+    /// `payload_error` saying why, when it does not decode).
+    pub fn to_json(&self, full: bool) -> Value {
+        let mut value = serde_json::json!({
+            "id": self.id,
+            "job_id": self.job_id.as_str(),
+            "name": self.name,
+            "priority": self.priority.as_str(),
+            "attempts": self.attempts,
+            "error": self.error,
+            "enqueued_ms": self.enqueued_ms,
+            "failed_ms": self.failed_ms,
+            "payload_preview": self.payload_preview(PREVIEW_CHARS),
+        });
+        if full {
+            match self.payload_json() {
+                Ok(payload) => value["payload"] = payload,
+                Err(e) => {
+                    value["payload"] = Value::Null;
+                    value["payload_error"] = Value::String(e.to_string());
+                }
+            }
+        }
+        value
+    }
+}
+
+impl JobInfo {
+    /// The job as JSON, as `streamq job --json` and the HTTP admin API
+    /// answer it: `id`, `name`, `state` ([`JobState::as_str`]), `detail`
+    /// (`priority` when waiting; `owner`, `idle_ms`, `deliveries` when
+    /// active; `due_ms` when delayed; `error`, `dead_letter_id` when
+    /// dead-lettered), its times in Unix ms, `attempts`, `progress`,
+    /// `error` and `logs`.
+    pub fn to_json(&self) -> Value {
+        let detail = match &self.state {
+            JobState::Waiting { priority } => serde_json::json!({ "priority": priority.as_str() }),
+            JobState::Active {
+                owner,
+                idle,
+                deliveries,
+            } => serde_json::json!({
+                "owner": owner,
+                "idle_ms": u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+                "deliveries": deliveries,
+            }),
+            JobState::Delayed { due_ms } => serde_json::json!({ "due_ms": due_ms }),
+            JobState::DeadLettered {
+                error,
+                dead_letter_id,
+            } => serde_json::json!({ "error": error, "dead_letter_id": dead_letter_id }),
+            JobState::Completed | JobState::Cancelled | JobState::Unknown => {
+                serde_json::json!({})
+            }
+        };
+        serde_json::json!({
+            "id": self.id.as_str(),
+            "name": self.name,
+            "state": self.state.as_str(),
+            "detail": detail,
+            "enqueued_ms": self.enqueued_ms,
+            "started_ms": self.started_ms,
+            "finished_ms": self.finished_ms,
+            "attempts": self.attempts,
+            "progress": self.progress,
+            "error": self.error,
+            "logs": self.logs,
+        })
     }
 }
 
