@@ -18,7 +18,10 @@ use streamq::{EnqueueOptions, Job, JobError, Queue, Scheduler, Timing};
 use support::{Seen, TestRedis, WAIT, eventually, fast, spawn_worker, until_stats, wait_for};
 
 async fn started(redis: &TestRedis, config: HttpConfig) -> TestServer {
-    let queue = redis.open(Queue::builder("alerts")).await;
+    // Tracked, so that a cancelled job can be looked up afterwards.
+    let queue = redis
+        .open(Queue::builder("alerts").track_jobs(streamq::JobTracking::default()))
+        .await;
     TestServer::start(queue, config.history(None)).await
 }
 
@@ -248,6 +251,13 @@ async fn cancel_removes_waiting_and_delayed_jobs_and_asks_running_ones_to_stop()
     assert_eq!(
         body,
         json!({"id": waiting.as_str(), "outcome": "removed", "from": "waiting", "priority": "medium"})
+    );
+    let job = server.at(&format!("/api/admin/jobs/{waiting}"));
+    let (status, body) = call(Method::GET, &job, None).await;
+    assert_eq!(
+        (status, &body["state"]),
+        (StatusCode::OK, &json!("cancelled")),
+        "{body}"
     );
     let (status, body) = call(Method::POST, &cancel(delayed.as_str()), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
