@@ -449,3 +449,52 @@ async fn the_dashboard_shows_redis_and_acts_on_it() {
     server.stop().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_queue_is_broken_down_by_partition() {
+    let redis = TestRedis::start();
+    let queue = redis.open(Queue::builder("tenants").partitions(4)).await;
+    // Tenants of different sizes, so the partitions hold different counts.
+    for (tenant, jobs) in [("acme", 7), ("globex", 3), ("initech", 1), ("umbrella", 5)] {
+        for i in 0..jobs {
+            let options = streamq::EnqueueOptions::new().partition_key(tenant);
+            queue.enqueue(&i, &options).await.unwrap();
+        }
+    }
+    let server = TestServer::start(queue.clone(), HttpConfig::new().history(None)).await;
+    let driver = Driver::start();
+    let browser = driver.session().await;
+    browser.goto(&server.url).await.unwrap();
+    eventually("the partition table", WAIT, || async {
+        script(&browser, "return window.dashboard.partitions !== null")
+            .await
+            .as_bool()
+            .unwrap_or(false)
+    })
+    .await;
+
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.partitions.len(), 4);
+    assert!(
+        stats.partitions.iter().filter(|p| p.waiting() > 0).count() > 1,
+        "the tenants landed in one partition: the check below would prove little"
+    );
+    for (i, partition) in stats.partitions.iter().enumerate() {
+        let waiting = text(&browser, &format!("#partition-{i} .waiting")).await;
+        assert_eq!(waiting, partition.waiting().to_string(), "partition {i}");
+    }
+    let rows = browser.find_all(Locator::Css("#partitions tbody tr")).await;
+    assert_eq!(rows.unwrap().len(), 4);
+    // The priority table above shows the sums (the jobs are all medium).
+    assert_eq!(stats.waiting(), 16);
+    assert_eq!(text(&browser, "#row-medium .waiting").await, "16");
+
+    let errors: Vec<_> = console(&browser)
+        .await
+        .into_iter()
+        .filter(|(level, _)| level == "SEVERE")
+        .collect();
+    browser.close().await.unwrap();
+    server.stop().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}

@@ -66,6 +66,7 @@ pub(crate) async fn overview(State(state): State<AppState>) -> ApiResult {
         "version": queue.server().version.to_string(),
     });
     value["read_only"] = json!(state.config().read_only);
+    value["partitions"] = json!(queue.partition_count());
     value["history_step_ms"] = json!(
         state
             .config()

@@ -6,8 +6,8 @@ const PRIORITIES = ["critical", "high", "medium", "low"];
 const COLORS = { critical: "#c53030", high: "#dd6b20", medium: "#2b6cb0", low: "#2f855a" };
 const REFRESH_MS = 5000;
 
-// State the browser test reads: the last overview and the charts.
-const dashboard = { overview: null, history: null, charts: {}, refreshes: 0 };
+// State the browser test reads: the last overview, partitions and charts.
+const dashboard = { overview: null, partitions: null, history: null, charts: {}, refreshes: 0 };
 window.dashboard = dashboard;
 
 let previous = null; // the overview before the last one, for rates
@@ -294,6 +294,26 @@ async function act(question, method, path, field) {
   }
 }
 
+// ---- partitions (a partitioned queue only) ----
+
+async function refreshPartitions(o) {
+  $("partitions-card").hidden = o.partitions <= 1;
+  if (o.partitions <= 1) return;
+  const stats = await api("GET", "/api/admin/stats");
+  dashboard.partitions = stats.partitions;
+  $("partitions-note").textContent = "(" + stats.partitions.length + ", the sums are above)";
+  const sum = (p, field) => p.priorities.reduce((n, q) => n + q[field], 0);
+  const rows = stats.partitions.map((p, i) => el("tr", { id: "partition-" + i },
+    el("td", {}, String(i)),
+    el("td", { className: "num waiting" }, fmtNumber(p.waiting)),
+    el("td", { className: "num in-flight" }, fmtNumber(p.in_flight)),
+    el("td", { className: "num delayed" }, fmtNumber(p.delayed)),
+    el("td", { className: "num dead" }, fmtNumber(p.dead_letters)),
+    el("td", { className: "num" }, fmtNumber(sum(p, "enqueued"))),
+    el("td", { className: "num" }, fmtNumber(sum(p, "completed")))));
+  $("partitions").tBodies[0].replaceChildren(...rows);
+}
+
 // ---- the refresh loop ----
 
 async function refresh() {
@@ -302,6 +322,7 @@ async function refresh() {
     previous = dashboard.overview;
     dashboard.overview = o;
     renderOverview(o);
+    await refreshPartitions(o);
     await refreshDeadLetters();
     showError("");
     dashboard.refreshes += 1;
