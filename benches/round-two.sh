@@ -12,7 +12,9 @@
 #                               paced and one saturation run, and print Redis
 #                               time per script (perturbs those runs)
 # Needs: a release build (cargo build --release), redis-server, and for the
-# BullMQ rows node + `npm ci` in benches/bullmq.
+# BullMQ rows node + `npm install` in benches/bullmq (the lock pins bullmq;
+# npm 11 `npm ci` refuses this lock over msgpackr-extract's optional
+# per-platform packages, which it leaves out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
