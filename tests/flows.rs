@@ -394,6 +394,84 @@ async fn an_ignored_failure_runs_the_parent_with_the_error_visible() {
 }
 
 #[tokio::test]
+async fn cancelling_a_waiting_child_settles_its_parent() {
+    let redis = TestRedis::start();
+    let parents = redis.queue("parents").await;
+    let children = redis.queue("children").await;
+
+    // Ignore: the parent runs once its other child is done, the cancelled
+    // one recorded as failed with "cancelled".
+    let mut flow = Flow::new(&parents, &"ignored".to_owned(), &EnqueueOptions::new()).unwrap();
+    let kept = flow
+        .child(&children, &1u32, &EnqueueOptions::new())
+        .unwrap();
+    let dropped = flow
+        .child_with(
+            &children,
+            &2u32,
+            &EnqueueOptions::new(),
+            OnChildFailure::Ignore,
+        )
+        .unwrap();
+    let ignored = flow.send().await.unwrap();
+    assert!(matches!(
+        children.cancel(dropped.as_str()).await.unwrap(),
+        streamq::Cancelled::Removed { .. }
+    ));
+
+    // Fail the parent (the default): cancelling a waiting child dead-letters
+    // the parent at once, with the reason, though its other child waits.
+    let mut flow = Flow::new(&parents, &"failed".to_owned(), &EnqueueOptions::new()).unwrap();
+    flow.child(&children, &3u32, &EnqueueOptions::new())
+        .unwrap();
+    let cancelled = flow
+        .child(&children, &4u32, &EnqueueOptions::new())
+        .unwrap();
+    let failed = flow.send().await.unwrap();
+    assert!(matches!(
+        children.cancel(cancelled.as_str()).await.unwrap(),
+        streamq::Cancelled::Removed { .. }
+    ));
+    let letters = parents.dead_letters(None, 10).await.unwrap().letters;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].job_id, failed.parent);
+    assert_eq!(
+        letters[0].error,
+        format!("child {cancelled} failed: cancelled")
+    );
+    let info = parents.flow(&failed.parent).await.unwrap().unwrap();
+    assert_eq!(info.state, FlowState::Failed);
+
+    let child_worker = spawn(&children, fast(), |job: Job<u32>| async move {
+        Ok::<_, JobError>(*job.payload())
+    });
+    let runs: ParentRuns = Arc::default();
+    let parent = parent_worker(&parents, &runs);
+    until_stats("the ignoring parent completed", &parents, |s| {
+        s.completed() == 1
+    })
+    .await;
+    until_stats("the remaining children completed", &children, |s| {
+        s.completed() == 2
+    })
+    .await;
+    stop(vec![child_worker, parent]).await;
+
+    let runs = runs_of(&runs);
+    assert_eq!(runs.len(), 1, "only the ignoring parent ran, once");
+    assert_eq!(runs[0].0, ignored.parent);
+    assert_eq!(
+        runs[0].1,
+        BTreeMap::from([
+            (kept, ChildOutcome::Completed(Some(1))),
+            (dropped, ChildOutcome::Failed("cancelled".to_owned())),
+        ])
+    );
+    let stats = parents.stats().await.unwrap();
+    assert_eq!((stats.waiting_children, stats.dead_letters), (0, 1));
+}
+
+#[tokio::test]
 async fn a_flow_without_children_is_refused_and_writes_nothing() {
     let redis = TestRedis::start();
     let queue = redis.queue("jobs").await;

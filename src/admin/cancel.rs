@@ -14,7 +14,7 @@ use redis::Value;
 
 use crate::error::Error;
 use crate::priority::Priority;
-use crate::protocol::envelope::Envelope;
+use crate::protocol::envelope::{Envelope, ParentRef};
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
@@ -180,14 +180,25 @@ impl Queue {
     async fn try_cancel(&self, id: &str, location: &Location) -> Result<Option<Cancelled>, Error> {
         let keys = self.keys();
         let script = &scripts().cancel;
-        let mut call = script.call(
-            keys,
-            &[
-                keys.delayed().to_owned(),
-                keys.stop_requests(),
-                keys.job(id),
-            ],
-        );
+        let mut extra = vec![
+            keys.delayed().to_owned(),
+            keys.stop_requests(),
+            keys.job(id),
+        ];
+        // A flow child's removal settles its parent in the same call.
+        let parent = self.flow_parent(location).await?;
+        if let Some(parent) = &parent {
+            let parent_keys = keys.sibling(&parent.queue)?;
+            let priority =
+                Priority::from_lua_index(i64::from(parent.priority)).unwrap_or(Priority::Medium);
+            extra.extend([
+                parent_keys.flow(&parent.id),
+                parent_keys.stream(priority).to_owned(),
+                parent_keys.stats().to_owned(),
+                parent_keys.dead().to_owned(),
+            ]);
+        }
+        let mut call = script.call(keys, &extra);
         let finished_ttl = self
             .settings()
             .tracking
@@ -207,6 +218,9 @@ impl Queue {
                 .arg(priority.lua_index())
                 .arg(member.as_slice()),
         };
+        if let Some(parent) = &parent {
+            call.arg(id).arg(u8::from(parent.fail_parent));
+        }
         let reply = call.invoke(&mut self.conn()).await;
         let reply = match reply {
             Ok(reply) => reply,
@@ -242,6 +256,27 @@ impl Queue {
                 });
             }
         })
+    }
+
+    /// The flow parent of the job at `location`, read from its envelope:
+    /// `None` for a job that is no flow child (or is gone from there).
+    async fn flow_parent(&self, location: &Location) -> Result<Option<ParentRef>, Error> {
+        let envelope = match location {
+            Location::Delayed { member, .. } => member.get(1..).map(<[u8]>::to_vec),
+            Location::Entry { priority, entry_id } => {
+                let page: Value = redis::cmd("XRANGE")
+                    .arg(self.keys().stream(*priority))
+                    .arg(entry_id)
+                    .arg(entry_id)
+                    .query_async(&mut self.conn())
+                    .await?;
+                stream_entries(page).into_iter().next().and_then(|(_, e)| e)
+            }
+        };
+        Ok(envelope
+            .as_deref()
+            .and_then(|bytes| Envelope::decode(bytes).ok())
+            .and_then(|envelope| envelope.parent))
     }
 
     /// Where the job's tracked metadata says it is.
