@@ -1,0 +1,172 @@
+"""The Python client against a private redis-server: enqueue, work, retry,
+dead-letter, reclaim, stop, and the refusals."""
+
+import threading
+
+import pytest
+import redis
+
+import streamq
+from streamq import protocol
+from streamq.envelope import Envelope
+from conftest import eventually
+
+
+def start(worker):
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def fast(**overrides):
+    settings = dict(concurrency=1, lease=30.0, block=0.2, promote_interval=0.02,
+                    reclaim_interval=0.05, grace=5.0, backoff=streamq.Backoff(0.01, 0.05, False))
+    settings.update(overrides)
+    return streamq.WorkerConfig(**settings)
+
+
+def test_jobs_run_once_most_urgent_first(server):
+    queue = streamq.Queue.open(server.url, "jobs")
+    priorities = ["low", "medium", "high", "critical"]
+    ids = queue.enqueue_batch([streamq.Job({"n": i}, priority=priorities[i % 4]) for i in range(40)])
+    assert len(set(ids)) == 40
+    assert queue.stats().waiting == 40
+    seen = []
+    worker = streamq.Worker(queue, lambda job: seen.append((job.priority, job.payload["n"])), fast())
+    thread = start(worker)
+    eventually("40 jobs done", lambda: len(seen) == 40)
+    worker.stop()
+    thread.join()
+    assert sorted(n for _, n in seen) == list(range(40)), "each exactly once"
+    ranks = [streamq.PRIORITIES.index(p) for p, _ in seen]
+    assert ranks == sorted(ranks), "most urgent first"
+    stats = queue.stats()
+    assert (stats.total("completed"), stats.waiting, stats.in_flight) == (40, 0, 0)
+
+
+def test_a_failing_job_is_retried_then_dead_lettered_with_its_error(server):
+    queue = streamq.Queue.open(server.url, "jobs")
+    job_id = queue.enqueue({"x": 1}, name="flaky", attempts=3)
+    attempts = []
+
+    def handler(job):
+        attempts.append(job.attempt)
+        raise RuntimeError("disk on fire")
+
+    worker = streamq.Worker(queue, handler, fast())
+    thread = start(worker)
+    eventually("the dead letter", lambda: queue.stats().dead_letters == 1)
+    worker.stop()
+    thread.join()
+    assert attempts == [1, 2, 3]
+    [letter] = queue.dead_letters()
+    assert letter["job"] == job_id
+    assert letter["error"] == "failed 3 of 3 attempts, last: disk on fire"
+    assert queue.stats().total("retried") == 2
+
+
+def test_a_permanent_error_dead_letters_at_once(server):
+    queue = streamq.Queue.open(server.url, "jobs")
+    queue.enqueue(1, attempts=5)
+
+    def handler(job):
+        raise streamq.PermanentError("bad input")
+
+    worker = streamq.Worker(queue, handler, fast())
+    thread = start(worker)
+    eventually("the dead letter", lambda: queue.stats().dead_letters == 1)
+    worker.stop()
+    thread.join()
+    assert queue.dead_letters()[0]["error"] == "bad input"
+
+
+def test_a_stalled_job_is_reclaimed_by_another_worker(server):
+    queue = streamq.Queue.open(server.url, "jobs")
+    job_id = queue.enqueue("stalled")
+    # A worker that claimed the job and died: it never renews its lease.
+    keys = queue.partitions[0]
+    reply = queue.call("fetch", protocol.fetch_call(keys, "dead-worker", 1))
+    assert len(reply[1]) == 3
+    seen = []
+    worker = streamq.Worker(queue, lambda job: seen.append(job.id), fast(lease=0.3))
+    thread = start(worker)
+    eventually("the reclaimed job to run", lambda: seen == [job_id])
+    worker.stop()
+    thread.join()
+    assert queue.stats().total("reclaimed") == 1
+    assert queue.stats().total("completed") == 1
+
+
+def test_stop_finishes_the_running_job_and_hands_nothing_back_twice(server):
+    queue = streamq.Queue.open(server.url, "jobs")
+    queue.enqueue_batch(range(3))
+    started, release = threading.Event(), threading.Event()
+    done = []
+
+    def handler(job):
+        started.set()
+        release.wait(10)
+        done.append(job.payload)
+
+    worker = streamq.Worker(queue, handler, fast())
+    thread = start(worker)
+    assert started.wait(10)
+    worker.stop()
+    release.set()
+    thread.join()
+    assert len(done) == 1, "the running job finished; no other started"
+    stats = queue.stats()
+    assert (stats.waiting, stats.in_flight, stats.total("completed")) == (2, 0, 1)
+
+
+def test_compressed_payloads_and_idempotency_keys(server):
+    queue = streamq.Queue.open(server.url, "jobs", compress_above=256)
+    big = {"text": "x" * 4096}
+    first = queue.enqueue(big, idempotency_key="alert-1")
+    again = queue.enqueue({"other": 1}, idempotency_key="alert-1")
+    assert first == again, "a duplicate gets the first job's id"
+    entries = queue.client.xrange(queue.partitions[0].streams[2])
+    assert len(entries) == 1
+    envelope = Envelope.decode(entries[0][1][b"e"])
+    assert envelope.compressed and len(envelope.payload) < 4096
+    assert envelope.payload_value() == big
+
+
+def test_refusals_are_typed(server):
+    with pytest.raises(streamq.InvalidName):
+        streamq.Queue.open(server.url, "bad name")
+    queue = streamq.Queue.open(server.url, "jobs", max_payload_bytes=100)
+    with pytest.raises(streamq.UnknownPriority):
+        queue.enqueue(1, priority="urgent")
+    with pytest.raises(streamq.PayloadTooLarge):
+        queue.enqueue("x" * 200)
+    client = redis.Redis(port=server.port)
+    client.set("streamq:{taken}:high", "a string")
+    with pytest.raises(streamq.WrongKeyType):
+        streamq.Queue.open(server.url, "taken").enqueue(1)
+    client.hset("streamq:{future}:layout", mapping={"partitions": 2, "version": 2})
+    with pytest.raises(streamq.UnknownLayout):
+        streamq.Queue.open(server.url, "future")
+    full = streamq.Queue.open(server.url, "small", max_backlog=2)
+    full.enqueue_batch([1, 2])
+    with pytest.raises(streamq.QueueFull):
+        full.enqueue(3)
+    assert full.stats().waiting == 2, "nothing half-written"
+
+
+def test_partitioned_queues_route_by_key(server):
+    client = redis.Redis(port=server.port)
+    client.hset("streamq:{tenants}:layout", mapping={"partitions": 4, "version": 1})
+    queue = streamq.Queue.open(server.url, "tenants")
+    assert len(queue.partitions) == 4
+    queue.enqueue_batch([streamq.Job(i, partition_key="acme") for i in range(5)])
+    where = streamq.partition_of("acme", 4)
+    lengths = [client.xlen(k.streams[2]) for k in queue.partitions]
+    assert lengths[where] == 5 and sum(lengths) == 5
+    seen = []
+    worker = streamq.Worker(queue, lambda job: seen.append(job.payload), fast())
+    thread = start(worker)
+    eventually("every partition's jobs done", lambda: len(seen) == 5)
+    worker.stop()
+    thread.join()
+    assert sorted(seen) == list(range(5))
