@@ -2,6 +2,7 @@
 dead-letter, reclaim, stop, and the refusals."""
 
 import threading
+import time
 
 import pytest
 import redis
@@ -170,3 +171,40 @@ def test_partitioned_queues_route_by_key(server):
     worker.stop()
     thread.join()
     assert sorted(seen) == list(range(5))
+
+
+def test_the_asyncio_client_does_the_same(server):
+    import asyncio
+
+    import streamq.aio
+
+    async def scenario():
+        queue = await streamq.aio.Queue.open(server.url, "jobs", compress_above=64)
+        ids = await queue.enqueue_batch(
+            [streamq.Job({"n": i, "pad": "y" * 100}, priority=streamq.PRIORITIES[i % 4]) for i in range(12)]
+            + [streamq.Job({"n": 99}, name="bad", attempts=2)]
+        )
+        assert len(set(ids)) == 13
+        seen = []
+
+        async def handler(job):
+            if job.name == "bad":
+                raise ValueError("no")
+            seen.append((job.priority, job.payload["n"]))
+
+        worker = streamq.aio.Worker(queue, handler, fast())
+        run = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 30
+        while len(seen) < 12 or (await queue.stats()).dead_letters < 1:
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await run
+        ranks = [streamq.PRIORITIES.index(p) for p, _ in seen]
+        assert ranks == sorted(ranks)
+        assert sorted(n for _, n in seen) == list(range(12))
+        stats = await queue.stats()
+        assert (stats.total("completed"), stats.dead_letters, stats.in_flight) == (12, 1, 0)
+        await queue.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,301 @@
+"""The same client on asyncio (redis.asyncio): `Queue` and `Worker` with the
+sync ones' behaviour, handlers as coroutines."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from typing import Any, Awaitable, Callable, Iterable, Optional
+
+import redis.asyncio as aioredis
+from redis import ResponseError
+
+from . import protocol
+from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, DecodeError, Envelope, now_us
+from .errors import PermanentError, WrongKeyType
+from .keys import GROUP, PRIORITIES, QueueKeys, partition_of
+from .queue import SCRIPTS, Job, QueueSettings, check_server, partitions_from, server_version
+from .worker import JobContext, Outcomes, WorkerConfig, default_consumer_name
+
+log = logging.getLogger("streamq")
+
+
+class Queue:
+    """One queue, used from asyncio."""
+
+    def __init__(self, client: aioredis.Redis, settings: QueueSettings, partitions: int):
+        self.client = client
+        self.settings = settings
+        self.partitions = [QueueKeys(settings.prefix, settings.name, i) for i in range(partitions)]
+        self.scripts = {name: client.register_script(protocol.lua(name)) for name in SCRIPTS}
+        self._round_robin = itertools.count(random.randrange(1 << 16))
+        self._groups_ready = False
+
+    @classmethod
+    async def open(cls, url: str, name: str, *, prefix: str = "streamq",
+                   max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                   compress_above: Optional[int] = None, max_backlog: int = 0) -> "Queue":
+        """As the sync `Queue.open`."""
+        client = aioredis.Redis.from_url(url)
+        check_server(*server_version(await client.execute_command("HELLO")))
+        layout = await client.hgetall(QueueKeys(prefix, name).layout)
+        settings = QueueSettings(name, prefix, max_payload_bytes, compress_above, max_backlog)
+        return cls(client, settings, partitions_from(layout))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def call(self, script: str, keys_and_args: tuple, client: Any = None) -> Any:
+        keys, args = keys_and_args
+        return await self.scripts[script](keys=keys, args=args, client=client or self.client)
+
+    async def ensure_groups(self) -> None:
+        if self._groups_ready:
+            return
+        for keys in self.partitions:
+            found = [protocol._text(await self.client.type(k)) for k, _ in keys.typed()]
+            for (key, expected), kind in zip(keys.typed(), found):
+                if kind not in ("none", expected):
+                    raise WrongKeyType(f"key {key} holds a {kind}, not a {expected}")
+            for stream, kind in zip(keys.streams, found):
+                if kind == "stream" and any(
+                    protocol._text(g["name"]) == GROUP for g in await self.client.xinfo_groups(stream)
+                ):
+                    continue
+                try:
+                    await self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+        self._groups_ready = True
+
+    def _partition_for(self, job: Job) -> int:
+        if len(self.partitions) == 1:
+            return 0
+        key = job.partition_key if job.partition_key is not None else job.idempotency_key
+        if key is not None:
+            return partition_of(key, len(self.partitions))
+        return next(self._round_robin) % len(self.partitions)
+
+    async def enqueue(self, payload: Any, **options: Any) -> str:
+        return (await self.enqueue_batch([Job(payload, **options)]))[0]
+
+    async def enqueue_batch(self, jobs: Iterable[Any], **defaults: Any) -> list:
+        """As the sync `Queue.enqueue_batch`: one pipelined round trip."""
+        jobs = [j if isinstance(j, Job) else Job(j, **defaults) for j in jobs]
+        if not jobs:
+            return []
+        await self.ensure_groups()
+        by_partition: dict = {}
+        for position, job in enumerate(jobs):
+            by_partition.setdefault(self._partition_for(job), []).append(
+                (position, self.settings.encode(job)))
+        calls, pipe = [], self.client.pipeline(transaction=False)
+        for partition, items in by_partition.items():
+            for chunk in protocol.chunks([p for _, p in items]):
+                calls.append((items, chunk))
+                await self.call("enqueue", protocol.enqueue_call(
+                    self.partitions[partition], chunk, self.settings.max_backlog, True), client=pipe)
+        replies = await pipe.execute()
+        ids: list = [None] * len(jobs)
+        positions = {id(p): pos for items, _ in calls for pos, p in items}
+        for (_, chunk), reply in zip(calls, replies):
+            for pending, job_id in zip(chunk, protocol.enqueue_ids(chunk, reply)):
+                ids[positions[id(pending)]] = job_id
+        return ids
+
+    async def stats(self) -> protocol.Stats:
+        stats = protocol.Stats()
+        for keys in self.partitions:
+            pipe = self.client.pipeline(transaction=False)
+            for command, key in protocol.stats_commands():
+                {"XINFO_GROUPS": pipe.xinfo_groups, "XLEN": pipe.xlen, "ZCARD": pipe.zcard,
+                 "HGETALL": pipe.hgetall}[command](key(keys))
+            replies = await pipe.execute(raise_on_error=False)
+            protocol.add_stats(stats, [None if isinstance(r, Exception) else r for r in replies])
+        return stats
+
+
+class Worker:
+    """Runs `await handler(job)` for the queue's jobs until `stop()`."""
+
+    def __init__(self, queue: Queue, handler: Callable[[JobContext], Awaitable[Any]],
+                 config: Optional[WorkerConfig] = None):
+        self.queue, self.handler = queue, handler
+        self.config = config or WorkerConfig()
+        self.consumer = self.config.consumer or default_consumer_name()
+        self.outcomes = Outcomes()
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._held: dict = {}
+        self._tasks: dict = {}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._changed.set()
+
+    async def run(self) -> Outcomes:
+        await self.queue.ensure_groups()
+        loops = [asyncio.create_task(self._fetch_loop(p)) for p in range(len(self.queue.partitions))]
+        loops.append(asyncio.create_task(self._maintenance()))
+        await self._stopping.wait()
+        await asyncio.gather(*loops, return_exceptions=True)
+        running = list(self._tasks.values())
+        if running:
+            await asyncio.wait(running, timeout=self.config.grace)
+        for key, task in list(self._tasks.items()):
+            task.cancel()
+        held: dict = {}
+        for (partition, entry_id), priority in self._held.items():
+            held.setdefault(partition, []).append((priority, entry_id))
+        for partition, entries in held.items():
+            keys = self.queue.partitions[partition]
+            await self.queue.call("release", protocol.release_call(keys, self.consumer, entries))
+        for keys in self.queue.partitions:
+            await self.queue.call("retire_consumer", protocol.retire_call(keys, self.consumer))
+        return self.outcomes
+
+    def _room(self) -> int:
+        return self.config.concurrency - len(self._held)
+
+    async def _fetch_loop(self, partition: int) -> None:
+        keys = self.queue.partitions[partition]
+        block_ms = max(int(min(self.config.block, 1.0) * 1000), 1)
+        blocking = aioredis.Redis(connection_pool=aioredis.ConnectionPool(
+            **{**self.queue.client.connection_pool.connection_kwargs,
+               "socket_timeout": block_ms / 1000 + 10}))
+        try:
+            while not self._stopping.is_set():
+                while self._room() <= 0 and not self._stopping.is_set():
+                    self._changed.clear()
+                    await self._changed.wait()
+                if self._stopping.is_set():
+                    return
+                reply = await self.queue.call("fetch", protocol.fetch_call(keys, self.consumer, self._room()))
+                status, jobs, last, wait_ms = protocol.parse_fetch(partition, reply)
+                if status != protocol.OK:
+                    try:
+                        await asyncio.wait_for(self._stopping.wait(), wait_ms / 1000)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                self._dispatch(jobs)
+                if last is not None:
+                    await blocking.xread(dict(zip(keys.streams, last)), count=1, block=block_ms)
+        except Exception:
+            log.exception("streamq: the fetch loop of partition %d failed; stopping", partition)
+            self.stop()
+        finally:
+            await blocking.aclose()
+
+    def _dispatch(self, jobs: list) -> None:
+        for c in jobs:
+            key = (c.partition, c.entry_id)
+            self._held[key] = c.priority
+            self._tasks[key] = asyncio.create_task(self._execute(c))
+
+    async def _execute(self, c: protocol.Claimed) -> None:
+        key = (c.partition, c.entry_id)
+        try:
+            await self._run_one(self.queue.partitions[c.partition], c)
+        except asyncio.CancelledError:
+            return  # stopped after the grace period: handed back by run()
+        except Exception:
+            log.exception("streamq: finishing job entry %s failed; its lease will expire", c.entry_id)
+        self._held.pop(key, None)
+        self._tasks.pop(key, None)
+        self._changed.set()
+
+    async def _run_one(self, keys: QueueKeys, c: protocol.Claimed) -> None:
+        try:
+            if c.envelope is None:
+                raise DecodeError("the stream entry has no envelope")
+            env = Envelope.decode(c.envelope)
+        except DecodeError as exc:
+            return await self._dead(keys, c, "", "", 0, f"unreadable job: {exc}", False)
+        if c.deliveries > self.config.max_deliveries:
+            return await self._dead(keys, c, env.id, env.name, env.attempt + 1,
+                                    f"delivered {c.deliveries} times without finishing (max "
+                                    f"{self.config.max_deliveries}): each worker holding it died or hung",
+                                    False)
+        try:
+            payload = env.payload_value(self.queue.settings.max_payload_bytes)
+        except DecodeError as exc:
+            return await self._dead(keys, c, env.id, env.name, env.attempt, f"unreadable payload: {exc}", False)
+        attempt = env.attempt + 1
+        job = JobContext(env.id, env.name, payload, attempt, env.max_attempts, PRIORITIES[c.priority - 1])
+        started = now_us()
+        try:
+            await self.handler(job)
+        except PermanentError as exc:
+            return await self._dead(keys, c, env.id, env.name, attempt, str(exc), True)
+        except Exception as exc:  # the handler's failure, whatever its type
+            if attempt >= env.max_attempts:
+                error = f"failed {attempt} of {env.max_attempts} attempts, last: {exc}"
+                return await self._dead(keys, c, env.id, env.name, attempt, error, True)
+            due = now_us() + int(self.config.backoff.delay(attempt) * 1_000_000)
+            call = protocol.retry_call(keys, self.consumer, c, env, attempt, due, str(exc))
+            return self._count((await self.queue.call("retry", call))[1], "retried")
+        done = protocol.Done(c, env.id, env.name, max(started - env.ready_us, 0), now_us() - started)
+        lost = (await self.queue.call("ack", protocol.ack_call(keys, self.consumer, [done])))[1]
+        self._count(lost, "completed")
+
+    async def _dead(self, keys, c, job_id, name, attempts, error, failed_run) -> None:
+        call = protocol.dead_letter_call(keys, self.consumer, c, job_id, name, attempts, error, failed_run)
+        self._count((await self.queue.call("dead_letter", call))[1], "dead_lettered")
+
+    def _count(self, lost: list, outcome: str) -> None:
+        if lost:
+            self.outcomes.lost += 1
+        else:
+            setattr(self.outcomes, outcome, getattr(self.outcomes, outcome) + 1)
+
+    async def _maintenance(self) -> None:
+        next_beat = next_reclaim = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self.config.promote_interval)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                for keys in self.queue.partitions:
+                    await self.queue.call("promote", protocol.promote_call(keys))
+                now = time.monotonic()
+                if now >= next_beat:
+                    await self._heartbeat()
+                    next_beat = now + self.config.lease / 3
+                if now >= next_reclaim:
+                    await self._reclaim()
+                    next_reclaim = now + self.config.reclaim_interval
+        except Exception:
+            log.exception("streamq: the maintenance loop failed; stopping")
+            self.stop()
+
+    async def _heartbeat(self) -> None:
+        held: dict = {}
+        for (partition, entry_id), priority in self._held.items():
+            held.setdefault(partition, []).append((priority, entry_id))
+        for partition, entries in held.items():
+            keys = self.queue.partitions[partition]
+            await self.queue.call("heartbeat", protocol.heartbeat_call(keys, self.consumer, entries))
+
+    async def _reclaim(self) -> None:
+        lease_ms = int(self.config.lease * 1000)
+        for partition, keys in enumerate(self.queue.partitions):
+            for priority in range(1, 5):
+                cursor = "0-0"
+                while self._room() > 0:
+                    reply = await self.queue.call("reclaim", protocol.reclaim_call(
+                        keys, self.consumer, priority, lease_ms, cursor, self._room()))
+                    cursor, jobs, deleted = protocol.parse_reclaim(partition, priority, reply)
+                    if deleted:
+                        log.error("streamq: %d jobs were deleted from Redis while pending (lost): %s",
+                                  len(deleted), deleted)
+                    self.outcomes.reclaimed += len(jobs)
+                    self._dispatch(jobs)
+                    if cursor == "0-0":
+                        break

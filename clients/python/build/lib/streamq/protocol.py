@@ -1,0 +1,265 @@
+"""The script calls of docs/protocol.md, section 4, as pure functions: the
+KEYS and ARGV of each call, and what its reply means. The sync and asyncio
+clients only add the I/O."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .envelope import Envelope
+from .errors import QueueFull, UnexpectedReply
+from .keys import GROUP, PRIORITIES, QueueKeys
+
+LUA_DIR = Path(__file__).parent / "lua"
+OK, QUEUE_FULL, PAUSED, RATE_LIMITED = 0, 1, 2, 3
+CHUNK_JOBS = 1000
+CHUNK_BYTES = 4 << 20
+
+
+def lua(name: str) -> bytes:
+    """A packaged script's source (a byte-identical copy of lua/<name>.lua)."""
+    return (LUA_DIR / f"{name}.lua").read_bytes()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class Pending:
+    """One job encoded and ready for `enqueue`."""
+
+    id: str
+    name: str
+    priority: int
+    due_ms: int
+    envelope: bytes
+    idempotency: Optional[tuple] = None  # (key, ttl ms)
+
+
+def enqueue_call(keys: QueueKeys, jobs: list, max_backlog: int, by_name: bool) -> tuple:
+    extra = [keys.delayed, keys.events]
+    argv: list = [max_backlog, now_ms(), int(by_name), 0, 0]
+    for job in jobs:
+        dedup, ttl = 0, 0
+        if job.idempotency is not None:
+            key = keys.dedup(job.idempotency[0])
+            if key not in extra:
+                extra.append(key)
+            dedup, ttl = 5 + extra.index(key) + 1, job.idempotency[1]
+        argv += [job.priority, job.due_ms, dedup, ttl, job.id, job.name, 0, job.envelope]
+    return keys.common() + extra, argv
+
+
+def enqueue_ids(jobs: list, reply: Any) -> list:
+    """Each job's id, duplicates replaced by the id holding their key."""
+    status = reply[0]
+    if status == QUEUE_FULL:
+        raise QueueFull(int(reply[1]), int(reply[2]))
+    if status != OK:
+        raise UnexpectedReply(f"enqueue answered status {status}")
+    ids = [job.id for job in jobs]
+    duplicates = reply[1]
+    for i in range(0, len(duplicates), 2):
+        ids[int(duplicates[i]) - 1] = _text(duplicates[i + 1])
+    return ids
+
+
+def chunks(jobs: list) -> list:
+    """Batches of at most 1,000 jobs or 4 MiB, one script call each."""
+    out, current, size = [], [], 0
+    for job in jobs:
+        if current and (len(current) >= CHUNK_JOBS or size + len(job.envelope) > CHUNK_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(job)
+        size += len(job.envelope)
+    if current:
+        out.append(current)
+    return out
+
+
+@dataclass
+class Claimed:
+    """A stream entry a worker claimed: fetched or reclaimed."""
+
+    partition: int
+    priority: int  # 1..4
+    entry_id: str
+    envelope: Optional[bytes]
+    deliveries: int = 1
+
+
+def fetch_call(keys: QueueKeys, consumer: str, count: int) -> tuple:
+    return keys.common() + [keys.paused, keys.rate], [GROUP, consumer, count, 0, 1, now_ms()]
+
+
+def parse_fetch(partition: int, reply: Any) -> tuple:
+    """(status, claimed jobs, last delivered ids or None, wait ms)."""
+    status = reply[0]
+    if status == PAUSED:
+        return PAUSED, [], None, 1000
+    if status == RATE_LIMITED:
+        return RATE_LIMITED, [], None, int(reply[1])
+    if status != OK:
+        raise UnexpectedReply(f"fetch answered status {status}")
+    flat, last = reply[1], reply[2]
+    jobs = [
+        Claimed(partition, int(flat[i]), _text(flat[i + 1]), flat[i + 2])
+        for i in range(0, len(flat), 3)
+    ]
+    return OK, jobs, ([_text(x) for x in last] if last else None), 0
+
+
+def heartbeat_call(keys: QueueKeys, consumer: str, held: list) -> tuple:
+    argv: list = [GROUP, consumer]
+    for priority, entry_id in held:
+        argv += [priority, entry_id]
+    return keys.common() + [keys.stop], argv
+
+
+def release_call(keys: QueueKeys, consumer: str, held: list) -> tuple:
+    argv: list = [GROUP, consumer]
+    for priority, entry_id in held:
+        argv += [priority, entry_id]
+    return keys.common(), argv
+
+
+def bucket(us: int) -> int:
+    return math.floor(4 * math.log2(max(us, 1)))
+
+
+@dataclass
+class Done:
+    """A job that ran to completion, for `ack`."""
+
+    claimed: Claimed
+    job_id: str
+    name: str
+    wait_us: int
+    run_us: int
+
+
+def ack_call(keys: QueueKeys, consumer: str, done: list) -> tuple:
+    argv: list = [GROUP, consumer, 1, 0, 0, now_ms()]
+    for d in sorted(done, key=lambda d: (d.claimed.priority, d.claimed.entry_id)):
+        argv += [
+            d.claimed.priority, d.claimed.entry_id, d.name, bucket(d.wait_us), bucket(d.run_us),
+            d.wait_us, d.run_us, d.claimed.deliveries - 1, d.job_id, 0, b"",
+        ]
+    return keys.common() + [keys.latency, keys.events], argv
+
+
+def retry_call(keys: QueueKeys, consumer: str, c: Claimed, env: Envelope, attempt: int,
+               due_us: int, error: str) -> tuple:
+    env.attempt, env.ready_us = attempt, due_us
+    argv = [GROUP, consumer, c.entry_id, c.priority, due_us // 1000, env.encode(), env.name,
+            c.deliveries - 1, 1, 0, env.id, attempt, error, now_ms()]
+    return keys.common() + [keys.delayed, keys.events], argv
+
+
+def dead_letter_call(keys: QueueKeys, consumer: str, c: Claimed, job_id: str, name: str,
+                     attempts: int, error: str, failed_run: bool) -> tuple:
+    argv = [GROUP, consumer, c.entry_id, c.priority, error, now_ms(), job_id, attempts, 0, name,
+            int(failed_run), c.deliveries - 1, 1, 0]
+    return keys.common() + [keys.dead, keys.events], argv
+
+
+def reclaim_call(keys: QueueKeys, consumer: str, priority: int, lease_ms: int, cursor: str,
+                 count: int) -> tuple:
+    return keys.common(), [GROUP, consumer, priority, lease_ms, cursor, count]
+
+
+def parse_reclaim(partition: int, priority: int, reply: Any) -> tuple:
+    """(next cursor, claimed jobs, ids Redis deleted while pending)."""
+    flat = reply[2]
+    jobs = [
+        Claimed(partition, priority, _text(flat[i]), flat[i + 1], int(flat[i + 2]))
+        for i in range(0, len(flat), 3)
+    ]
+    return _text(reply[1]), jobs, [_text(x) for x in reply[3]]
+
+
+def promote_call(keys: QueueKeys) -> tuple:
+    return keys.common() + [keys.delayed], [now_ms(), 1000]
+
+
+def retire_call(keys: QueueKeys, consumer: str) -> tuple:
+    return keys.common(), [GROUP, consumer]
+
+
+@dataclass
+class Backoff:
+    """Capped exponential retry delays with jitter, as the Rust worker's
+    default: `base` doubling per attempt, at most `cap`, times [0.75, 1.25)."""
+
+    base: float = 2.0
+    cap: float = 3600.0
+    jitter: bool = True
+
+    def delay(self, attempt: int) -> float:
+        delay = min(self.cap, self.base * (2 ** max(attempt - 1, 0)))
+        return delay * (0.75 + 0.5 * random.random()) if self.jitter else delay
+
+
+@dataclass
+class Stats:
+    """A queue at a glance, summed over its partitions."""
+
+    priorities: dict = field(default_factory=dict)
+    delayed: int = 0
+    dead_letters: int = 0
+    counters: dict = field(default_factory=dict)
+
+    @property
+    def waiting(self) -> int:
+        return sum(p["waiting"] for p in self.priorities.values())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(p["in_flight"] for p in self.priorities.values())
+
+    def total(self, counter: str) -> int:
+        """A counter summed over priorities: enqueued, completed, dead, ..."""
+        return sum(self.counters.get(f"{counter}:{p}", 0) for p in PRIORITIES)
+
+
+def stats_commands() -> list:
+    """What `stats()` reads per partition, as (command, key-getter) pairs."""
+    commands = []
+    for i in range(4):
+        commands.append(("XINFO_GROUPS", lambda k, i=i: k.streams[i]))
+        commands.append(("XLEN", lambda k, i=i: k.streams[i]))
+    commands += [("ZCARD", lambda k: k.delayed), ("XLEN", lambda k: k.dead),
+                 ("HGETALL", lambda k: k.stats)]
+    return commands
+
+
+def add_stats(stats: Stats, replies: list) -> None:
+    """Adds one partition's replies to `stats_commands()` into `stats`."""
+    for i, name in enumerate(PRIORITIES):
+        groups, length = replies[2 * i], replies[2 * i + 1]
+        group = next((g for g in (groups or []) if _text(g.get("name", b"")) == GROUP), None)
+        lag = int(group.get("lag") or 0) if group else int(length or 0)
+        pending = int(group.get("pending") or 0) if group else 0
+        p = stats.priorities.setdefault(name, {"length": 0, "waiting": 0, "in_flight": 0})
+        p["length"] += int(length or 0)
+        p["waiting"] += lag
+        p["in_flight"] += pending
+    stats.delayed += int(replies[8] or 0)
+    stats.dead_letters += int(replies[9] or 0)
+    for k, v in (replies[10] or {}).items():
+        key = _text(k)
+        try:
+            stats.counters[key] = stats.counters.get(key, 0) + int(v)
+        except ValueError:
+            continue

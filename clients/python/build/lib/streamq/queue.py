@@ -1,0 +1,238 @@
+"""A queue, synchronously: open it, enqueue one job or a batch, read stats."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import redis
+
+from . import protocol
+from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENVELOPE_OVERHEAD, Envelope, encode_payload, new_job_id, now_us
+from .errors import PayloadTooLarge, UnknownLayout, UnsupportedServer, WrongKeyType
+from .keys import GROUP, LAYOUT_VERSION, MAX_PARTITIONS, QueueKeys, partition_of, priority_index
+
+SCRIPTS = ("enqueue", "fetch", "ack", "heartbeat", "retry", "dead_letter", "reclaim",
+           "promote", "release", "retire_consumer")
+
+
+@dataclass
+class Job:
+    """A job to enqueue, with its options (the defaults of `Queue.enqueue`)."""
+
+    payload: Any
+    priority: str = "medium"
+    name: str = ""
+    delay: float = 0.0
+    attempts: int = 3
+    idempotency_key: Optional[str] = None
+    idempotency_ttl: float = 24 * 3600.0
+    partition_key: Optional[str] = None
+    timeout_ms: Optional[int] = None
+
+
+def server_version(hello: Any) -> tuple:
+    """(server, (major, minor, patch)) from a HELLO reply."""
+    if isinstance(hello, list):
+        hello = dict(zip(hello[::2], hello[1::2]))
+    info = {protocol._text(k): v for k, v in hello.items()}
+    server = protocol._text(info.get("server", "redis"))
+    version = tuple(int(x) for x in protocol._text(info.get("version", "0")).split(".")[:3])
+    return server, version + (0,) * (3 - len(version))
+
+
+def check_server(server: str, version: tuple) -> None:
+    required = (7, 2, 0) if server == "valkey" else (7, 0, 0)
+    if version < required:
+        raise UnsupportedServer(
+            f"{server} {'.'.join(map(str, version))} is too old: streamq needs "
+            f"{'.'.join(map(str, required))} or newer"
+        )
+
+
+def partitions_from(layout: dict) -> int:
+    """The partition count a layout record says; refuses unknown versions."""
+    layout = {protocol._text(k): protocol._text(v) for k, v in (layout or {}).items()}
+    if "partitions" not in layout:
+        return 1
+    if layout.get("version") != str(LAYOUT_VERSION):
+        raise UnknownLayout(
+            f"the queue's layout version is {layout.get('version')!r}; this client knows "
+            f"{LAYOUT_VERSION}: upgrade it before using this queue"
+        )
+    count = int(layout["partitions"])
+    if not 1 <= count <= MAX_PARTITIONS:
+        raise UnknownLayout(f"the queue's layout says {count} partitions")
+    return count
+
+
+class QueueSettings:
+    """What producers and workers of a queue share."""
+
+    def __init__(self, name: str, prefix: str, max_payload_bytes: int,
+                 compress_above: Optional[int], max_backlog: int):
+        self.name, self.prefix = name, prefix
+        self.max_payload_bytes = max_payload_bytes
+        self.compress_above = compress_above
+        self.max_backlog = max_backlog
+
+    def encode(self, job: Job) -> protocol.Pending:
+        priority = priority_index(job.priority)
+        data, compressed = encode_payload(job.payload, self.max_payload_bytes, self.compress_above)
+        ready = now_us() + int(job.delay * 1_000_000)
+        job_id = new_job_id()
+        envelope = Envelope(
+            id=job_id, name=job.name, attempt=0, max_attempts=max(job.attempts, 1),
+            enqueued_us=now_us(), ready_us=ready, timeout_ms=job.timeout_ms, payload=data,
+            compressed=compressed,
+        ).encode()
+        if len(envelope) > self.max_payload_bytes + ENVELOPE_OVERHEAD:
+            raise PayloadTooLarge(f"envelope of {len(envelope)} bytes is over the limit")
+        idempotency = None
+        if job.idempotency_key is not None:
+            idempotency = (job.idempotency_key, int(job.idempotency_ttl * 1000))
+        due = ready // 1000 if job.delay > 0 else 0
+        return protocol.Pending(job_id, job.name, priority, due, envelope, idempotency)
+
+
+class Queue:
+    """One queue on one Redis (or Valkey), used synchronously.
+
+    Thread-safe: redis-py's connection pool serves every thread.
+    """
+
+    def __init__(self, client: redis.Redis, settings: QueueSettings, partitions: int):
+        self.client = client
+        self.settings = settings
+        self.partitions = [QueueKeys(settings.prefix, settings.name, i) for i in range(partitions)]
+        self.scripts = {name: client.register_script(protocol.lua(name)) for name in SCRIPTS}
+        self._round_robin = itertools.count(random.randrange(1 << 16))
+        self._groups_ready = False
+
+    @classmethod
+    def open(cls, url: str, name: str, *, prefix: str = "streamq",
+             max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+             compress_above: Optional[int] = None, max_backlog: int = 0) -> "Queue":
+        """Connects, checks the server version and the queue's layout.
+
+        Raises `UnsupportedServer`, `UnknownLayout`, `InvalidName`, or
+        redis-py's connection errors.
+        """
+        client = redis.Redis.from_url(url)
+        check_server(*server_version(client.execute_command("HELLO")))
+        layout = client.hgetall(QueueKeys(prefix, name).layout)
+        settings = QueueSettings(name, prefix, max_payload_bytes, compress_above, max_backlog)
+        return cls(client, settings, partitions_from(layout))
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def close(self) -> None:
+        self.client.close()
+
+    def call(self, script: str, keys_and_args: tuple, client: Any = None) -> Any:
+        keys, args = keys_and_args
+        return self.scripts[script](keys=keys, args=args, client=client or self.client)
+
+    def ensure_groups(self) -> None:
+        """Checks key types and creates the consumer groups, once per handle."""
+        if self._groups_ready:
+            return
+        for keys in self.partitions:
+            pipe = self.client.pipeline(transaction=False)
+            for key, _ in keys.typed():
+                pipe.type(key)
+            found = [protocol._text(t) for t in pipe.execute()]
+            for (key, expected), kind in zip(keys.typed(), found):
+                if kind not in ("none", expected):
+                    raise WrongKeyType(f"key {key} holds a {kind}, not a {expected}")
+            for stream, kind in zip(keys.streams, found):
+                if kind == "stream" and any(
+                    protocol._text(g["name"]) == GROUP for g in self.client.xinfo_groups(stream)
+                ):
+                    continue
+                try:
+                    self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+        self._groups_ready = True
+
+    def partition_for(self, job: Job) -> int:
+        if len(self.partitions) == 1:
+            return 0
+        key = job.partition_key if job.partition_key is not None else job.idempotency_key
+        if key is not None:
+            return partition_of(key, len(self.partitions))
+        return next(self._round_robin) % len(self.partitions)
+
+    def enqueue(self, payload: Any, **options: Any) -> str:
+        """Enqueues one job; returns its id (for a duplicate idempotency key,
+        the id of the job holding the key). Options are `Job`'s fields."""
+        return self.enqueue_batch([Job(payload, **options)])[0]
+
+    def enqueue_batch(self, jobs: Iterable[Any], **defaults: Any) -> list:
+        """Enqueues many jobs in one round trip (one script call per partition
+        and per 1,000 jobs, pipelined); returns their ids in order. Items are
+        `Job`s or bare payloads, which take `defaults` as options."""
+        jobs = [j if isinstance(j, Job) else Job(j, **defaults) for j in jobs]
+        if not jobs:
+            return []
+        self.ensure_groups()
+        by_partition: dict = {}
+        for position, job in enumerate(jobs):
+            pending = self.settings.encode(job)
+            by_partition.setdefault(self.partition_for(job), []).append((position, pending))
+        calls = []
+        pipe = self.client.pipeline(transaction=False)
+        for partition, items in by_partition.items():
+            for chunk in protocol.chunks([p for _, p in items]):
+                calls.append((items, chunk))
+                keys_and_args = protocol.enqueue_call(
+                    self.partitions[partition], chunk, self.settings.max_backlog, True
+                )
+                self.call("enqueue", keys_and_args, client=pipe)
+        replies = pipe.execute()
+        ids: list = [None] * len(jobs)
+        positions = {id(p): pos for items, _ in calls for pos, p in items}
+        for (_, chunk), reply in zip(calls, replies):
+            for pending, job_id in zip(chunk, protocol.enqueue_ids(chunk, reply)):
+                ids[positions[id(pending)]] = job_id
+        return ids
+
+    def stats(self) -> protocol.Stats:
+        """Waiting, in flight, delayed, dead letters and the counters, summed
+        over partitions."""
+        stats = protocol.Stats()
+        for keys in self.partitions:
+            pipe = self.client.pipeline(transaction=False)
+            for command, key in protocol.stats_commands():
+                if command == "XINFO_GROUPS":
+                    pipe.xinfo_groups(key(keys))
+                elif command == "XLEN":
+                    pipe.xlen(key(keys))
+                elif command == "ZCARD":
+                    pipe.zcard(key(keys))
+                else:
+                    pipe.hgetall(key(keys))
+            replies = pipe.execute(raise_on_error=False)
+            replies = [None if isinstance(r, Exception) else r for r in replies]
+            protocol.add_stats(stats, replies)
+        return stats
+
+    def dead_letters(self, count: int = 100) -> list:
+        """The oldest dead letters of every partition, as dicts of their fields
+        (`job`, `error`, `attempts`, ... and `e`, the envelope)."""
+        letters = []
+        for keys in self.partitions:
+            for entry_id, fields in self.client.xrange(keys.dead, count=count):
+                letter = {protocol._text(k): v for k, v in fields.items()}
+                letter["id"] = protocol._text(entry_id)
+                for text in ("job", "error", "attempts", "priority"):
+                    if text in letter:
+                        letter[text] = protocol._text(letter[text])
+                letters.append(letter)
+        return letters
