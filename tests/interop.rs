@@ -338,11 +338,14 @@ async fn foreign_to_rust(foreign: Foreign) {
     );
 }
 
+/// Stream entries as XRANGE returns them: (id, field/value pairs).
+type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
 /// The largest envelope waiting in `queue`, in bytes.
 async fn largest_envelope(mut raw: redis::aio::MultiplexedConnection, queue: &Queue) -> usize {
     let mut largest = 0;
     for priority in Priority::ALL {
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let entries: Entries = redis::cmd("XRANGE")
             .arg(queue.keys().stream(priority))
             .arg("-")
             .arg("+")
