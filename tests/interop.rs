@@ -5,8 +5,9 @@
 //! payloads, and a SIGKILLed foreign worker's job reclaimed by Rust.
 //!
 //! The foreign side is each client's interop driver
-//! (`clients/python/tests/interop_driver.py`), set up by the client's own
-//! idempotent script (`clients/python/dev-env.sh`: a virtualenv from PyPI).
+//! (`clients/python/tests/interop_driver.py`, `clients/node/test/interop-driver.mjs`),
+//! set up by the client's own idempotent script (`clients/python/dev-env.sh`:
+//! a virtualenv from PyPI; `clients/node/dev-env.sh`: `npm ci` and `tsc`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -41,6 +42,24 @@ struct Payload {
 #[derive(Debug, Clone, Copy)]
 enum Foreign {
     Python,
+    Node,
+}
+
+/// Runs a client's `dev-env.sh` (once per test run): the path it prints.
+fn dev_env(client: &str, cell: &'static OnceLock<PathBuf>) -> &'static Path {
+    cell.get_or_init(|| {
+        let script = Path::new(ROOT)
+            .join("clients")
+            .join(client)
+            .join("dev-env.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs the client's dev-env.sh");
+        assert!(out.status.success(), "{} failed", script.display());
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
 }
 
 impl Foreign {
@@ -49,20 +68,14 @@ impl Foreign {
         match self {
             Foreign::Python => {
                 static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-                let python = PYTHON.get_or_init(|| {
-                    let out = Command::new("bash")
-                        .arg(Path::new(ROOT).join("clients/python/dev-env.sh"))
-                        .stderr(Stdio::inherit())
-                        .output()
-                        .expect("bash runs clients/python/dev-env.sh");
-                    assert!(
-                        out.status.success(),
-                        "clients/python/dev-env.sh failed (python3 -m venv and pip from PyPI)"
-                    );
-                    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-                });
-                let mut command = Command::new(python);
+                let mut command = Command::new(dev_env("python", &PYTHON));
                 command.arg(Path::new(ROOT).join("clients/python/tests/interop_driver.py"));
+                command
+            }
+            Foreign::Node => {
+                static DRIVER: OnceLock<PathBuf> = OnceLock::new();
+                let mut command = Command::new("node");
+                command.arg(dev_env("node", &DRIVER));
                 command
             }
         }
@@ -412,6 +425,7 @@ impl Foreign {
     fn origin(self) -> &'static str {
         match self {
             Foreign::Python => "python",
+            Foreign::Node => "node",
         }
     }
 }
@@ -436,10 +450,30 @@ async fn a_killed_python_workers_job_is_reclaimed_by_rust() {
     killed_foreign_worker(Foreign::Python).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_produces_and_node_consumes() {
+    rust_to_foreign(Foreign::Node, "async").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_produces_and_rust_consumes() {
+    foreign_to_rust(Foreign::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_workers_job_is_reclaimed_by_rust() {
+    killed_foreign_worker(Foreign::Node).await;
+}
+
 #[test]
 fn the_packaged_lua_is_the_repositorys() {
     let lua = Path::new(ROOT).join("lua");
-    let packaged = Path::new(ROOT).join("clients/python/streamq/lua");
+    for packaged in ["clients/python/streamq/lua", "clients/node/lua"] {
+        same_scripts(&lua, &Path::new(ROOT).join(packaged));
+    }
+}
+
+fn same_scripts(lua: &Path, packaged: &Path) {
     let names = |dir: &Path| -> BTreeSet<String> {
         std::fs::read_dir(dir)
             .unwrap()
@@ -447,8 +481,8 @@ fn the_packaged_lua_is_the_repositorys() {
             .filter(|n| n.ends_with(".lua"))
             .collect()
     };
-    assert_eq!(names(&lua), names(&packaged), "the same scripts");
-    for name in names(&lua) {
+    assert_eq!(names(lua), names(packaged), "the same scripts");
+    for name in names(lua) {
         assert_eq!(
             std::fs::read(lua.join(&name)).unwrap(),
             std::fs::read(packaged.join(&name)).unwrap(),

@@ -1,0 +1,112 @@
+#!lua
+--[[
+  enqueue: add jobs to a queue, now or later, once per idempotency key, and
+  count them, atomically.
+
+  No flags: under maxmemory + noeviction Redis refuses the whole call before the
+  first write, so a batch is all-or-nothing and an OOM reply means nothing was
+  added.
+
+  KEYS[1]    stats hash          HINCRBY "enqueued:<p>", "name:enqueued:<name>",
+                                 "scheduled", "deduplicated"
+  KEYS[2..5] streams             critical, high, medium, low
+  KEYS[6]    delayed zset        member = priority digit .. envelope, score = due ms
+  KEYS[7]    events stream       XADD "enqueued" per job added (see ARGV[5])
+  KEYS[8..]  idempotency keys    strings holding the id of the job that took them,
+             and job metadata    hashes of tracked jobs (see ARGV)
+  ARGV[1]    max backlog         jobs in the streams plus delayed beyond which the
+                                 batch is refused; 0 = no bound
+  ARGV[2]    now                 Unix ms
+  ARGV[3]    per-name counters   1 = keep them, 0 = per priority only
+  ARGV[4]    tracking ttl        ms a tracked job's metadata lives without
+                                 an update; 0 = jobs are not tracked
+  ARGV[5]    events cap          approximate MAXLEN of the events stream;
+                                 0 = no events
+  ARGV[6..]  eight per job:      priority index (1 = critical .. 4 = low),
+                                 due (Unix ms; 0 = now),
+                                 idempotency key index into KEYS (0 = none),
+                                 idempotency ttl (ms),
+                                 job id,
+                                 job name,
+                                 metadata key index into KEYS (0 = none),
+                                 envelope bytes (opaque, never decoded here)
+
+  Returns    {OK, duplicates}    added; duplicates: for each job whose
+                                 idempotency key was taken, its 1-based
+                                 position in the call and the id of the job
+                                 holding the key (pairs, flat)
+             {QUEUE_FULL, backlog, limit}
+                                 refused: the backlog would exceed ARGV[1];
+                                 nothing was written
+]]
+local stats, delayed, events = KEYS[1], KEYS[6], KEYS[7]
+local max_backlog = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local by_name = ARGV[3] == '1'
+local tracking_ttl = tonumber(ARGV[4])
+local events_cap = tonumber(ARGV[5])
+local names = { 'critical', 'high', 'medium', 'low' }
+local FIRST, STRIDE = 6, 8
+local OK, QUEUE_FULL = 0, 1
+
+local jobs = (#ARGV - FIRST + 1) / STRIDE
+if max_backlog > 0 then
+  local backlog = redis.call('ZCARD', delayed)
+  for p = 1, 4 do
+    backlog = backlog + redis.call('XLEN', KEYS[1 + p])
+  end
+  if backlog + jobs > max_backlog then
+    return { QUEUE_FULL, backlog, max_backlog }
+  end
+end
+
+local counts = {}
+local function count(field, n)
+  counts[field] = (counts[field] or 0) + n
+end
+
+local duplicates = {}
+for i = FIRST, #ARGV, STRIDE do
+  local p, due = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local key_index, ttl = tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local job_id, name = ARGV[i + 4], ARGV[i + 5]
+  local meta_index, envelope = tonumber(ARGV[i + 6]), ARGV[i + 7]
+  local holder = false
+  if key_index > 0 then
+    holder = redis.call('GET', KEYS[key_index])
+  end
+  if holder then
+    duplicates[#duplicates + 1] = (i - FIRST) / STRIDE + 1
+    duplicates[#duplicates + 1] = holder
+    count('deduplicated', 1)
+  else
+    if key_index > 0 then
+      redis.call('SET', KEYS[key_index], job_id, 'PX', ttl)
+    end
+    local state, where, at
+    if due > now then
+      redis.call('ZADD', delayed, due, p .. envelope)
+      count('scheduled', 1)
+      state, where, at = 'delayed', 'due', due
+    else
+      local entry = redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
+      state, where, at = 'waiting', 'entry', entry
+    end
+    if meta_index > 0 and tracking_ttl > 0 then
+      local meta = KEYS[meta_index]
+      redis.call('HSET', meta, 'name', name, 'p', names[p], 'state', state,
+                 'enq', now, 'att', 0, where, at)
+      redis.call('PEXPIRE', meta, tracking_ttl)
+    end
+    if events_cap > 0 then
+      redis.call('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'enqueued',
+                 'job', job_id, 'name', name, 'p', names[p], 'at', now, 'due', due)
+    end
+    count('enqueued:' .. names[p], 1)
+    if by_name then count('name:enqueued:' .. name, 1) end
+  end
+end
+for field, n in pairs(counts) do
+  redis.call('HINCRBY', stats, field, n)
+end
+return { OK, duplicates }

@@ -1,0 +1,203 @@
+/** The script calls of docs/protocol.md, section 4: KEYS and ARGV of each
+ * call, and what its reply means. */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Envelope, encodeEnvelope } from "./envelope";
+import { QueueFull, UnexpectedReply } from "./errors";
+import { GROUP, PRIORITIES, QueueKeys } from "./keys";
+
+export const OK = 0;
+export const QUEUE_FULL = 1;
+export const PAUSED = 2;
+export const RATE_LIMITED = 3;
+const CHUNK_JOBS = 1000;
+const CHUNK_BYTES = 4 << 20;
+export const SCRIPTS = [
+  "enqueue", "fetch", "ack", "heartbeat", "retry", "dead_letter", "reclaim", "promote", "release",
+  "retire_consumer",
+] as const;
+export type ScriptName = (typeof SCRIPTS)[number];
+
+/** A packaged script's source: a byte-identical copy of lua/<name>.lua. */
+export function lua(name: string): string {
+  return readFileSync(join(__dirname, "..", "lua", `${name}.lua`), "utf8");
+}
+
+export type Call = [string[], (string | number | Buffer)[]];
+export const nowMs = () => Date.now();
+const text = (v: unknown) => (Buffer.isBuffer(v) ? v.toString() : String(v));
+
+export interface Pending {
+  id: string;
+  name: string;
+  priority: number;
+  dueMs: number;
+  envelope: Buffer;
+  idempotency: [string, number] | null;
+}
+
+export function enqueueCall(keys: QueueKeys, jobs: Pending[], maxBacklog: number): Call {
+  const extra = [keys.delayed, keys.events];
+  const argv: (string | number | Buffer)[] = [maxBacklog, nowMs(), 1, 0, 0];
+  for (const job of jobs) {
+    let dedup = 0;
+    let ttl = 0;
+    if (job.idempotency) {
+      const key = keys.dedup(job.idempotency[0]);
+      if (!extra.includes(key)) extra.push(key);
+      dedup = 5 + extra.indexOf(key) + 1;
+      ttl = job.idempotency[1];
+    }
+    argv.push(job.priority, job.dueMs, dedup, ttl, job.id, job.name, 0, job.envelope);
+  }
+  return [[...keys.common(), ...extra], argv];
+}
+
+export function enqueueIds(jobs: Pending[], reply: unknown[]): string[] {
+  if (reply[0] === QUEUE_FULL) throw new QueueFull(Number(reply[1]), Number(reply[2]));
+  if (reply[0] !== OK) throw new UnexpectedReply(`enqueue answered status ${reply[0]}`);
+  const ids = jobs.map((j) => j.id);
+  const dup = reply[1] as unknown[];
+  for (let i = 0; i < dup.length; i += 2) ids[Number(dup[i]) - 1] = text(dup[i + 1]);
+  return ids;
+}
+
+/** Batches of at most 1,000 jobs or 4 MiB, one script call each. */
+export function chunks(jobs: Pending[]): Pending[][] {
+  const out: Pending[][] = [];
+  let current: Pending[] = [];
+  let size = 0;
+  for (const job of jobs) {
+    if (current.length && (current.length >= CHUNK_JOBS || size + job.envelope.length > CHUNK_BYTES)) {
+      out.push(current);
+      current = [];
+      size = 0;
+    }
+    current.push(job);
+    size += job.envelope.length;
+  }
+  if (current.length) out.push(current);
+  return out;
+}
+
+export interface Claimed {
+  partition: number;
+  priority: number;
+  entryId: string;
+  envelope: Buffer | null;
+  deliveries: number;
+}
+
+export function fetchCall(keys: QueueKeys, consumer: string, count: number): Call {
+  return [[...keys.common(), keys.paused, keys.rate], [GROUP, consumer, count, 0, 1, nowMs()]];
+}
+
+export interface Fetched {
+  status: number;
+  jobs: Claimed[];
+  last: string[] | null;
+  waitMs: number;
+}
+
+export function parseFetch(partition: number, reply: unknown[]): Fetched {
+  const status = Number(reply[0]);
+  if (status === PAUSED) return { status, jobs: [], last: null, waitMs: 1000 };
+  if (status === RATE_LIMITED) return { status, jobs: [], last: null, waitMs: Number(text(reply[1])) };
+  if (status !== OK) throw new UnexpectedReply(`fetch answered status ${status}`);
+  const flat = reply[1] as unknown[];
+  const jobs: Claimed[] = [];
+  for (let i = 0; i < flat.length; i += 3) {
+    jobs.push({
+      partition, priority: Number(text(flat[i])), entryId: text(flat[i + 1]),
+      envelope: Buffer.isBuffer(flat[i + 2]) ? (flat[i + 2] as Buffer) : null, deliveries: 1,
+    });
+  }
+  const last = reply[2] as unknown[];
+  return { status, jobs, last: last && last.length ? last.map(text) : null, waitMs: 0 };
+}
+
+export function pairsCall(keys: QueueKeys, consumer: string, held: [number, string][], extra: string[]): Call {
+  const argv: (string | number)[] = [GROUP, consumer];
+  for (const [p, id] of held) argv.push(p, id);
+  return [[...keys.common(), ...extra], argv];
+}
+
+export const bucket = (us: number) => Math.floor(4 * Math.log2(Math.max(us, 1)));
+
+export interface Done {
+  claimed: Claimed;
+  jobId: string;
+  name: string;
+  waitUs: number;
+  runUs: number;
+}
+
+export function ackCall(keys: QueueKeys, consumer: string, done: Done[]): Call {
+  const argv: (string | number | Buffer)[] = [GROUP, consumer, 1, 0, 0, nowMs()];
+  for (const d of done) {
+    argv.push(d.claimed.priority, d.claimed.entryId, d.name, bucket(d.waitUs), bucket(d.runUs),
+      d.waitUs, d.runUs, d.claimed.deliveries - 1, d.jobId, 0, "");
+  }
+  return [[...keys.common(), keys.latency, keys.events], argv];
+}
+
+export function retryCall(keys: QueueKeys, consumer: string, c: Claimed, env: Envelope, attempt: number,
+  dueUs: number, error: string): Call {
+  const next = encodeEnvelope({ ...env, attempt, readyUs: dueUs });
+  return [[...keys.common(), keys.delayed, keys.events], [GROUP, consumer, c.entryId, c.priority,
+    Math.floor(dueUs / 1000), next, env.name, c.deliveries - 1, 1, 0, env.id, attempt, error, nowMs()]];
+}
+
+export function deadLetterCall(keys: QueueKeys, consumer: string, c: Claimed, jobId: string, name: string,
+  attempts: number, error: string, failedRun: boolean): Call {
+  return [[...keys.common(), keys.dead, keys.events], [GROUP, consumer, c.entryId, c.priority, error,
+    nowMs(), jobId, attempts, 0, name, failedRun ? 1 : 0, c.deliveries - 1, 1, 0]];
+}
+
+export function reclaimCall(keys: QueueKeys, consumer: string, priority: number, leaseMs: number,
+  cursor: string, count: number): Call {
+  return [keys.common(), [GROUP, consumer, priority, leaseMs, cursor, count]];
+}
+
+export function parseReclaim(partition: number, priority: number, reply: unknown[]): [string, Claimed[], string[]] {
+  const flat = reply[2] as unknown[];
+  const jobs: Claimed[] = [];
+  for (let i = 0; i < flat.length; i += 3) {
+    jobs.push({
+      partition, priority, entryId: text(flat[i]),
+      envelope: Buffer.isBuffer(flat[i + 1]) ? (flat[i + 1] as Buffer) : null,
+      deliveries: Number(text(flat[i + 2])),
+    });
+  }
+  return [text(reply[1]), jobs, (reply[3] as unknown[]).map(text)];
+}
+
+export const promoteCall = (keys: QueueKeys): Call => [[...keys.common(), keys.delayed], [nowMs(), 1000]];
+export const retireCall = (keys: QueueKeys, consumer: string): Call => [keys.common(), [GROUP, consumer]];
+
+/** Capped exponential retry delays (seconds) with jitter, the Rust default. */
+export class Backoff {
+  constructor(readonly base = 2, readonly cap = 3600, readonly jitter = true) {}
+  delay(attempt: number): number {
+    const d = Math.min(this.cap, this.base * 2 ** Math.max(attempt - 1, 0));
+    return this.jitter ? d * (0.75 + 0.5 * Math.random()) : d;
+  }
+}
+
+/** A queue at a glance, summed over its partitions. */
+export class Stats {
+  priorities: Record<string, { length: number; waiting: number; inFlight: number }> = {};
+  delayed = 0;
+  deadLetters = 0;
+  counters: Record<string, number> = {};
+  get waiting(): number {
+    return Object.values(this.priorities).reduce((n, p) => n + p.waiting, 0);
+  }
+  get inFlight(): number {
+    return Object.values(this.priorities).reduce((n, p) => n + p.inFlight, 0);
+  }
+  /** A counter summed over priorities: enqueued, completed, dead, ... */
+  total(counter: string): number {
+    return PRIORITIES.reduce((n, p) => n + (this.counters[`${counter}:${p}`] ?? 0), 0);
+  }
+}
