@@ -16,8 +16,9 @@ from redis import ResponseError
 from . import protocol
 from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, DecodeError, Envelope, now_us
 from .errors import PermanentError, WrongKeyType
-from .keys import GROUP, PRIORITIES, QueueKeys, partition_of
-from .queue import SCRIPTS, Job, QueueSettings, check_server, partitions_from, server_version
+from .keys import GROUP, PRIORITIES, QueueKeys
+from .queue import (SCRIPTS, Job, QueueSettings, batch_ids, check_server, partitions_from,
+                    plan_batch, server_version)
 from .worker import JobContext, Outcomes, WorkerConfig, default_consumer_name
 
 log = logging.getLogger("streamq")
@@ -72,14 +73,6 @@ class Queue:
                         raise
         self._groups_ready = True
 
-    def _partition_for(self, job: Job) -> int:
-        if len(self.partitions) == 1:
-            return 0
-        key = job.partition_key if job.partition_key is not None else job.idempotency_key
-        if key is not None:
-            return partition_of(key, len(self.partitions))
-        return next(self._round_robin) % len(self.partitions)
-
     async def enqueue(self, payload: Any, **options: Any) -> str:
         return (await self.enqueue_batch([Job(payload, **options)]))[0]
 
@@ -89,23 +82,12 @@ class Queue:
         if not jobs:
             return []
         await self.ensure_groups()
-        by_partition: dict = {}
-        for position, job in enumerate(jobs):
-            by_partition.setdefault(self._partition_for(job), []).append(
-                (position, self.settings.encode(job)))
-        calls, pipe = [], self.client.pipeline(transaction=False)
-        for partition, items in by_partition.items():
-            for chunk in protocol.chunks([p for _, p in items]):
-                calls.append((items, chunk))
-                await self.call("enqueue", protocol.enqueue_call(
-                    self.partitions[partition], chunk, self.settings.max_backlog, True), client=pipe)
-        replies = await pipe.execute()
-        ids: list = [None] * len(jobs)
-        positions = {id(p): pos for items, _ in calls for pos, p in items}
-        for (_, chunk), reply in zip(calls, replies):
-            for pending, job_id in zip(chunk, protocol.enqueue_ids(chunk, reply)):
-                ids[positions[id(pending)]] = job_id
-        return ids
+        calls = plan_batch(self.settings, jobs, len(self.partitions), self._round_robin)
+        pipe = self.client.pipeline(transaction=False)
+        for partition, chunk, _ in calls:
+            await self.call("enqueue", protocol.enqueue_call(
+                self.partitions[partition], chunk, self.settings.max_backlog, True), client=pipe)
+        return batch_ids(calls, await pipe.execute(), len(jobs))
 
     async def stats(self) -> protocol.Stats:
         stats = protocol.Stats()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import redis
 
@@ -97,6 +97,41 @@ class QueueSettings:
         return protocol.Pending(job_id, job.name, priority, due, envelope, idempotency)
 
 
+def partition_for(job: Job, partitions: int, round_robin: Iterator[int]) -> int:
+    """The partition of `job`: by its partition key, else its idempotency
+    key, else round-robin (docs/protocol.md, "Partitions")."""
+    if partitions == 1:
+        return 0
+    key = job.partition_key if job.partition_key is not None else job.idempotency_key
+    if key is not None:
+        return partition_of(key, partitions)
+    return next(round_robin) % partitions
+
+
+def plan_batch(settings: QueueSettings, jobs: list, partitions: int, round_robin: Iterator[int]) -> list:
+    """The `enqueue` calls of a batch: (partition, chunk, position of each
+    pending job in `jobs`), one call per partition and per 1,000 jobs."""
+    by_partition: dict = {}
+    for position, job in enumerate(jobs):
+        pending = settings.encode(job)
+        by_partition.setdefault(partition_for(job, partitions, round_robin), []).append((position, pending))
+    calls = []
+    for partition, items in by_partition.items():
+        positions = {id(p): pos for pos, p in items}
+        for chunk in protocol.chunks([p for _, p in items]):
+            calls.append((partition, chunk, [positions[id(p)] for p in chunk]))
+    return calls
+
+
+def batch_ids(calls: list, replies: list, count: int) -> list:
+    """The jobs' ids in their order, from the replies to `plan_batch`'s calls."""
+    ids: list = [None] * count
+    for (_, chunk, positions), reply in zip(calls, replies):
+        for position, job_id in zip(positions, protocol.enqueue_ids(chunk, reply)):
+            ids[position] = job_id
+    return ids
+
+
 class Queue:
     """One queue on one Redis (or Valkey), used synchronously.
 
@@ -161,14 +196,6 @@ class Queue:
                         raise
         self._groups_ready = True
 
-    def partition_for(self, job: Job) -> int:
-        if len(self.partitions) == 1:
-            return 0
-        key = job.partition_key if job.partition_key is not None else job.idempotency_key
-        if key is not None:
-            return partition_of(key, len(self.partitions))
-        return next(self._round_robin) % len(self.partitions)
-
     def enqueue(self, payload: Any, **options: Any) -> str:
         """Enqueues one job; returns its id (for a duplicate idempotency key,
         the id of the job holding the key). Options are `Job`'s fields."""
@@ -182,26 +209,14 @@ class Queue:
         if not jobs:
             return []
         self.ensure_groups()
-        by_partition: dict = {}
-        for position, job in enumerate(jobs):
-            pending = self.settings.encode(job)
-            by_partition.setdefault(self.partition_for(job), []).append((position, pending))
-        calls = []
+        calls = plan_batch(self.settings, jobs, len(self.partitions), self._round_robin)
         pipe = self.client.pipeline(transaction=False)
-        for partition, items in by_partition.items():
-            for chunk in protocol.chunks([p for _, p in items]):
-                calls.append((items, chunk))
-                keys_and_args = protocol.enqueue_call(
-                    self.partitions[partition], chunk, self.settings.max_backlog, True
-                )
-                self.call("enqueue", keys_and_args, client=pipe)
-        replies = pipe.execute()
-        ids: list = [None] * len(jobs)
-        positions = {id(p): pos for items, _ in calls for pos, p in items}
-        for (_, chunk), reply in zip(calls, replies):
-            for pending, job_id in zip(chunk, protocol.enqueue_ids(chunk, reply)):
-                ids[positions[id(pending)]] = job_id
-        return ids
+        for partition, chunk, _ in calls:
+            keys_and_args = protocol.enqueue_call(
+                self.partitions[partition], chunk, self.settings.max_backlog, True
+            )
+            self.call("enqueue", keys_and_args, client=pipe)
+        return batch_ids(calls, pipe.execute(), len(jobs))
 
     def stats(self) -> protocol.Stats:
         """Waiting, in flight, delayed, dead letters and the counters, summed
