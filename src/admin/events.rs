@@ -9,13 +9,14 @@
 //! falls further behind than the cap misses the oldest events.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
-use crate::protocol::cluster::Conn;
 use futures_util::Stream;
 use redis::Value;
 use serde::de::DeserializeOwned;
 
+use crate::admin::dead_letters::check_entry_id;
+use crate::admin::follow::Follower;
+use crate::admin::partitions;
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::job_id::JobId;
@@ -82,9 +83,13 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Event {
-    /// Its position in the stream: pass it to [`EventsFrom::After`] to
-    /// resume after it.
+    /// Its id in the event stream; on a partitioned queue qualified with
+    /// its partition (`<id>@<partition>`).
     pub id: String,
+    /// Where a reader resumes right after this event: pass it to
+    /// [`EventsFrom::After`]. On a queue of one it is [`Event::id`]; on a
+    /// partitioned queue it names a position in every partition.
+    pub position: String,
     /// What happened.
     pub kind: EventKind,
     /// The job it happened to.
@@ -146,6 +151,7 @@ impl Event {
             result: fields
                 .get("result")
                 .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok()),
+            position: id.clone(),
             id,
         }
     }
@@ -158,23 +164,21 @@ pub enum EventsFrom {
     Start,
     /// Only events recorded from now on.
     Now,
-    /// Events after this one ([`Event::id`]): resume where a reader left off.
+    /// Events after this position ([`Event::position`]): resume where a
+    /// reader left off.
     After(String),
 }
 
 /// Events read per round trip.
 const BATCH: usize = 100;
 
-/// How long one blocking read waits before asking again.
-const BLOCK: Duration = Duration::from_secs(5);
-
 /// The reader's state between polls.
 struct Reader {
     queue: Queue,
-    key: String,
-    conn: Option<Conn>,
-    after: Option<String>,
-    from_now: bool,
+    parts: Vec<Queue>,
+    /// Set up on the first read (a start "from now" needs Redis).
+    follower: Option<Follower>,
+    from: EventsFrom,
     ready: VecDeque<Event>,
     backoff: Backoff,
 }
@@ -188,7 +192,6 @@ impl Reader {
                 return Ok(event);
             }
             if let Err(err) = self.read().await {
-                self.conn = None;
                 tokio::time::sleep(self.backoff.next_delay()).await;
                 return Err(err);
             }
@@ -197,45 +200,82 @@ impl Reader {
     }
 
     async fn read(&mut self) -> Result<(), Error> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self
-                .conn
-                .insert(self.queue.redis().blocking_connection(BLOCK).await?),
-        };
-        if self.from_now {
-            // The newest id now: reading from "$" on every call would miss
-            // what arrives between two calls.
-            let newest: Vec<(String, Value)> = redis::cmd("XREVRANGE")
-                .arg(&self.key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(conn)
-                .await?;
-            self.after = Some(newest.into_iter().next().map_or("0-0".to_owned(), |e| e.0));
-            self.from_now = false;
-        }
-        let after = self.after.clone().unwrap_or_else(|| "0-0".to_owned());
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("BLOCK")
-            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(u64::MAX))
-            .arg("STREAMS")
-            .arg(&self.key)
-            .arg(&after)
-            .query_async(conn)
-            .await?;
-        for (id, entry) in entries(reply) {
-            self.after = Some(id.clone());
-            if let Some(fields) = fields::fields(&entry) {
-                self.ready.push_back(Event::parse(id, &fields));
+        let follower = match &mut self.follower {
+            Some(follower) => follower,
+            None => {
+                let after = self.start().await?;
+                let streams = self.parts.iter().map(|p| p.keys().events()).collect();
+                self.follower
+                    .insert(Follower::new(&self.queue, streams, after))
             }
+        };
+        // Moved one event at a time, so that each event carries where to
+        // resume after it.
+        let mut after = follower.after().to_vec();
+        let found = follower.read(BATCH).await?;
+        if found.is_empty() {
+            return follower.wait().await;
+        }
+        let qualified = self.parts.len() > 1;
+        for (p, id, entry) in found {
+            let Some(fields) = fields::fields(&entry) else {
+                continue;
+            };
+            let mut event = Event::parse(id.clone(), &fields);
+            after[p].clone_from(&id);
+            if qualified {
+                event.id = partitions::qualify(&id, p);
+                event.position = position(&after);
+            } else {
+                event.position.clone_from(&event.id);
+            }
+            self.ready.push_back(event);
         }
         Ok(())
     }
+
+    /// Where each partition's stream is read after, as `self.from` says.
+    async fn start(&self) -> Result<Vec<String>, Error> {
+        match &self.from {
+            EventsFrom::Start => Ok(vec!["0-0".to_owned(); self.parts.len()]),
+            // The newest id now: reading from "$" on every call would miss
+            // what arrives between two calls.
+            EventsFrom::Now => {
+                partitions::each(&self.parts, |p| {
+                    Box::pin(async move { p.newest_entry_id(&p.keys().events()).await })
+                })
+                .await
+            }
+            EventsFrom::After(at) => parse_position(at, self.parts.len()),
+        }
+    }
+}
+
+/// A partitioned queue's position: each partition's last event id,
+/// qualified with its partition, joined by commas.
+fn position(after: &[String]) -> String {
+    let each: Vec<String> = after
+        .iter()
+        .enumerate()
+        .map(|(p, id)| partitions::qualify(id, p))
+        .collect();
+    each.join(",")
+}
+
+/// The ids to read after from [`Event::position`] (or, on a queue of one,
+/// an [`Event::id`]). Partitions a position does not name start from their
+/// first event.
+fn parse_position(at: &str, partitions: usize) -> Result<Vec<String>, Error> {
+    if partitions == 1 {
+        check_entry_id(at)?;
+        return Ok(vec![at.to_owned()]);
+    }
+    let mut after = vec!["0-0".to_owned(); partitions];
+    for each in at.split(',') {
+        let (id, p) = partitions::unqualify(each, partitions)?;
+        id.clone_into(&mut after[p]);
+    }
+    Ok(after)
 }
 
 /// The `(id, fields)` entries of an `XREAD` reply over one stream (RESP2
@@ -275,8 +315,10 @@ pub(crate) fn entries(reply: Value) -> Vec<(String, Value)> {
 
 impl Queue {
     /// Follows the queue's event stream from `from`, waiting for new events
-    /// as they come; it never ends by itself. Each read holds a connection
-    /// of its own. A failed read yields an error and the next poll tries
+    /// as they come; it never ends by itself. A partitioned queue has one
+    /// event stream per partition: they are followed together, oldest
+    /// first, and each event's [`Event::position`] covers all of them.
+    /// Waiting holds a connection of its own (one per partition). A failed read yields an error and the next poll tries
     /// again after a backoff, so a reader can ride out a Redis restart.
     ///
     /// Needs [`crate::QueueBuilder::events`] on the producers and workers of
@@ -285,19 +327,14 @@ impl Queue {
     /// # Cancel safety
     ///
     /// Dropping the stream between events loses nothing still in the stream:
-    /// start again with [`EventsFrom::After`] the last [`Event::id`] seen.
+    /// start again with [`EventsFrom::After`] the last [`Event::position`]
+    /// seen. A position that is not one yields [`Error::InvalidEntryId`].
     pub fn events(&self, from: EventsFrom) -> impl Stream<Item = Result<Event, Error>> + Send {
-        let (after, from_now) = match from {
-            EventsFrom::Start => (None, false),
-            EventsFrom::Now => (None, true),
-            EventsFrom::After(id) => (Some(id), false),
-        };
         let reader = Reader {
             queue: self.clone(),
-            key: self.keys().events(),
-            conn: None,
-            after,
-            from_now,
+            parts: self.partitions(),
+            follower: None,
+            from,
             ready: VecDeque::new(),
             backoff: Backoff::redis(),
         };

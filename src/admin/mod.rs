@@ -13,6 +13,8 @@
 //! - `history`: the queue's recent past, one snapshot per step, in Redis.
 //! - `events`: [`Queue::events`](crate::Queue::events), following what
 //!   happens to jobs.
+//! - `follow`: one stream per partition read as one, oldest first, for
+//!   the event reader and the dead-letter watcher.
 //! - `lookup`: a tracked job by id.
 //! - `pause`: pause and resume a queue.
 //! - `recover`: put stalled jobs back in line now.
@@ -27,6 +29,7 @@ pub(crate) mod cancel;
 pub(crate) mod dead_letter_delete;
 pub(crate) mod dead_letters;
 pub(crate) mod events;
+pub(crate) mod follow;
 pub(crate) mod history;
 pub(crate) mod inspect;
 #[cfg(feature = "json")]

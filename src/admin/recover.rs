@@ -1,11 +1,12 @@
 //! Recovering stalled jobs on demand (an operator's `streamq recover`),
 //! rather than waiting for a worker's reclaimer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use redis::Value;
 
+use crate::admin::partitions;
 use crate::error::Error;
 use crate::priority::Priority;
 use crate::protocol::fields;
@@ -42,6 +43,20 @@ impl Queue {
     ///
     /// Cancel-safe: each chunk is atomic; call again to finish.
     pub async fn recover_stalled(&self, min_idle: Duration) -> Result<Recovered, Error> {
+        if let Some(parts) = self.split() {
+            let each = partitions::each(&parts, |p| Box::pin(p.recover_one(min_idle))).await?;
+            return Ok(each
+                .into_iter()
+                .fold(Recovered::default(), |sum, r| Recovered {
+                    recovered: sum.recovered + r.recovered,
+                    lost: sum.lost + r.lost,
+                }));
+        }
+        self.recover_one(min_idle).await
+    }
+
+    /// [`Queue::recover_stalled`] on one partition (or a queue of one).
+    async fn recover_one(&self, min_idle: Duration) -> Result<Recovered, Error> {
         let mut total = Recovered::default();
         let min_idle_ms = millis(min_idle);
         for priority in Priority::ALL {
@@ -89,6 +104,16 @@ impl Queue {
     /// Cancel-safe: each removal is atomic and checks, inside Redis, that the
     /// consumer holds nothing.
     pub async fn prune_consumers(&self, min_idle: Duration) -> Result<Vec<String>, Error> {
+        if let Some(parts) = self.split() {
+            let each = partitions::each(&parts, |p| Box::pin(p.prune_one(min_idle))).await?;
+            let removed: BTreeSet<String> = each.into_iter().flatten().collect();
+            return Ok(removed.into_iter().collect());
+        }
+        self.prune_one(min_idle).await
+    }
+
+    /// [`Queue::prune_consumers`] on one partition (or a queue of one).
+    async fn prune_one(&self, min_idle: Duration) -> Result<Vec<String>, Error> {
         let mut removed = Vec::new();
         for (name, (idle, pending)) in self.consumer_summary().await? {
             if idle < min_idle || pending > 0 {

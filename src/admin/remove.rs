@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use redis::Value;
 
+use crate::admin::partitions;
 use crate::error::Error;
 use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
@@ -100,6 +101,19 @@ impl Queue {
     ///
     /// Cancel-safe: each step is atomic; call again to finish.
     pub async fn clean(&self, clean: &Clean) -> Result<Cleaned, Error> {
+        if let Some(parts) = self.split() {
+            let each = partitions::each(&parts, |p| Box::pin(p.clean_one(clean))).await?;
+            return Ok(each.into_iter().fold(Cleaned::default(), |sum, c| Cleaned {
+                dead_letters: sum.dead_letters + c.dead_letters,
+                completed: sum.completed + c.completed,
+                results: sum.results + c.results,
+            }));
+        }
+        self.clean_one(clean).await
+    }
+
+    /// [`Queue::clean`] on one partition (or a queue of one).
+    async fn clean_one(&self, clean: &Clean) -> Result<Cleaned, Error> {
         let mut cleaned = Cleaned::default();
         let mut conn = self.conn();
         let keys = self.keys();
@@ -166,6 +180,18 @@ impl Queue {
     ///
     /// Cancel-safe: each chunk is atomic; call again to finish.
     pub async fn drain(&self) -> Result<Drained, Error> {
+        if let Some(parts) = self.split() {
+            let each = partitions::each(&parts, |p| Box::pin(p.drain_one())).await?;
+            return Ok(each.into_iter().fold(Drained::default(), |sum, d| Drained {
+                waiting: sum.waiting + d.waiting,
+                delayed: sum.delayed + d.delayed,
+            }));
+        }
+        self.drain_one().await
+    }
+
+    /// [`Queue::drain`] on one partition (or a queue of one).
+    async fn drain_one(&self) -> Result<Drained, Error> {
         let keys = self.keys();
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
@@ -256,28 +282,42 @@ impl Queue {
     ///
     /// Cancel-safe in that each chunk is one command; call again to finish.
     pub async fn obliterate(&self, force: bool) -> Result<Obliterated, Error> {
+        let parts = self.partitions();
         if !force {
-            let busy = self.busy_consumers().await?;
+            let busy = partitions::each(&parts, |p| Box::pin(p.busy_consumers())).await?;
+            let busy: BTreeSet<String> = busy.into_iter().flatten().collect();
             if !busy.is_empty() {
                 return Err(Error::QueueInUse {
                     consumers: busy.into_iter().collect(),
                 });
             }
         }
+        // Partition 0 last: it holds the layout record, which the others
+        // need to be found again should this stop half-way.
+        let mut deleted = 0;
+        for part in parts.iter().rev() {
+            deleted += part.obliterate_one().await?;
+        }
+        Ok(Obliterated { keys: deleted })
+    }
+
+    /// Deletes one partition's keys (or a queue of one's), returning how
+    /// many. `SCAN` names no key, so on a cluster it is sent to the node
+    /// holding the partition's slot.
+    async fn obliterate_one(&self) -> Result<u64, Error> {
         let keys = self.keys();
         let pattern = keys.literal_pattern();
         let mut conn = self.conn();
         let mut cursor = "0".to_owned();
         let mut deleted = 0;
         loop {
-            let (next, found): (String, Vec<String>) = redis::cmd("SCAN")
-                .arg(&cursor)
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(&cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(CHUNK)
-                .query_async(&mut conn)
-                .await?;
+                .arg(CHUNK);
+            let (next, found): (String, Vec<String>) = conn.query_at(&keys.layout(), scan).await?;
             let ours: Vec<&String> = found.iter().filter(|k| keys.owns(k)).collect();
             if !ours.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")
@@ -291,7 +331,7 @@ impl Queue {
             }
             cursor = next;
         }
-        Ok(Obliterated { keys: deleted })
+        Ok(deleted)
     }
 
     /// Consumers that hold jobs or were seen within [`ACTIVE_WITHIN`].

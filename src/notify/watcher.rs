@@ -2,22 +2,19 @@
 //! position saved in Redis, so that whatever handles each dead letter (a
 //! webhook, a pager, your own code) sees it at least once across restarts.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::dead_letters::{DeadLetter, check_entry_id};
-use crate::admin::events::entries;
+use crate::admin::follow::Follower;
+use crate::admin::partitions;
 use crate::backoff::Backoff;
 use crate::error::Error;
-use crate::protocol::cluster::Conn;
 use crate::protocol::fields;
 use crate::protocol::keys::validate_name;
 use crate::queue::Queue;
-
-/// How long one blocking read waits before asking again.
-const BLOCK: Duration = Duration::from_secs(5);
 
 /// Where a notifier with no saved position starts. A saved position always
 /// wins: this only matters the first time a name is used.
@@ -68,19 +65,40 @@ pub enum WatchFrom {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct DeadLetterWatcher {
     queue: Queue,
     name: String,
+    /// One per partition, in partition order (one for a queue of one).
+    cursors: Vec<Cursor>,
+    /// Letters returned and not yet committed, oldest first.
+    returned: VecDeque<(String, usize, String)>,
+    /// The saved positions, as [`DeadLetterWatcher::position`] shows them.
+    position: String,
+    /// Reads the partitions' dead-letter streams in one order.
+    follower: Follower,
+}
+
+/// The watcher's saved position in one partition's dead-letter stream.
+#[derive(Debug)]
+struct Cursor {
     key: String,
     committed: String,
-    read_after: String,
-    conn: Option<Conn>,
+}
+
+impl std::fmt::Debug for DeadLetterWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterWatcher")
+            .field("queue", &self.queue.name())
+            .field("name", &self.name)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DeadLetterWatcher {
     /// Opens the watcher `name` on `queue`, loading its saved position, or
-    /// saving one `from` says when there is none.
+    /// saving one `from` says when there is none. On a partitioned queue
+    /// each partition keeps its own position, under its own hash tag.
     ///
     /// # Errors
     ///
@@ -90,46 +108,28 @@ impl DeadLetterWatcher {
     ///
     /// # Cancel safety
     ///
-    /// Cancel-safe: the position is saved with one atomic `SET NX`.
+    /// Cancel-safe: each position is saved with one atomic `SET NX`.
     pub async fn open(
         queue: &Queue,
         name: &str,
         from: WatchFrom,
     ) -> Result<DeadLetterWatcher, Error> {
         validate_name("notifier name", name)?;
-        let key = queue.keys().notifier(name);
-        let mut conn = queue.conn();
-        let saved: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-        let position = match saved {
-            Some(saved) => saved,
-            None => {
-                let start = match from {
-                    WatchFrom::Start => "0-0".to_owned(),
-                    WatchFrom::Now => newest(queue).await?,
-                };
-                // Another process opening the same name may have won.
-                let (saved,): (Option<String>,) = redis::pipe()
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(&start)
-                    .arg("NX")
-                    .ignore()
-                    .cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await?;
-                saved.unwrap_or(start)
-            }
-        };
-        check_entry_id(&position)?;
-        Ok(DeadLetterWatcher {
+        let parts = queue.partitions();
+        let cursors: Vec<Cursor> =
+            partitions::each(&parts, |part| Box::pin(open_cursor(part, name, from))).await?;
+        let streams = parts.iter().map(|p| p.keys().dead().to_owned()).collect();
+        let after = cursors.iter().map(|c| c.committed.clone()).collect();
+        let mut watcher = DeadLetterWatcher {
             queue: queue.clone(),
             name: name.to_owned(),
-            key,
-            read_after: position.clone(),
-            committed: position,
-            conn: None,
-        })
+            cursors,
+            returned: VecDeque::new(),
+            position: String::new(),
+            follower: Follower::new(queue, streams, after),
+        };
+        watcher.show_position();
+        Ok(watcher)
     }
 
     /// The watcher's name.
@@ -143,9 +143,25 @@ impl DeadLetterWatcher {
     }
 
     /// The saved position: the id of the last dead letter committed, or
-    /// `0-0` (from the start).
+    /// `0-0` (from the start). On a partitioned queue, one such id per
+    /// partition, each qualified with its partition (`<id>@<partition>`),
+    /// joined by commas.
     pub fn position(&self) -> &str {
-        &self.committed
+        &self.position
+    }
+
+    fn show_position(&mut self) {
+        self.position = if self.cursors.len() == 1 {
+            self.cursors[0].committed.clone()
+        } else {
+            let each: Vec<String> = self
+                .cursors
+                .iter()
+                .enumerate()
+                .map(|(p, c)| partitions::qualify(&c.committed, p))
+                .collect();
+            each.join(",")
+        };
     }
 
     /// Up to `max` dead letters after the last one returned, oldest first,
@@ -160,10 +176,11 @@ impl DeadLetterWatcher {
     /// Cancel-safe: the read position moves only when letters are returned.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<DeadLetter>, Error> {
         loop {
-            let letters = self.read(max, Some(BLOCK)).await?;
+            let letters = self.read(max).await?;
             if !letters.is_empty() {
                 return Ok(letters);
             }
+            self.follower.wait().await?;
         }
     }
 
@@ -178,36 +195,75 @@ impl DeadLetterWatcher {
     ///
     /// Cancel-safe, as [`DeadLetterWatcher::next_batch`].
     pub async fn ready(&mut self, max: usize) -> Result<Vec<DeadLetter>, Error> {
-        self.read(max, None).await
+        self.read(max).await
     }
 
-    /// Saves `id` (a letter's [`DeadLetter::id`]) as the position: after a
-    /// restart the watcher resumes after it.
+    /// Saves the position after `id` (a letter's [`DeadLetter::id`]) and
+    /// after every letter returned before it: after a restart the watcher
+    /// resumes there.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidEntryId`] when `id` is not a stream id; connection
-    /// errors (the position stays where it was: letters after it come
-    /// again, never fewer).
+    /// [`Error::InvalidEntryId`] when `id` is not a dead letter id of this
+    /// queue; connection errors (the position stays where it was: letters
+    /// after it come again, never fewer).
     ///
     /// # Cancel safety
     ///
-    /// Cancel-safe: one `SET`, applied or not.
+    /// Cancel-safe: one `SET` per partition, each applied or not.
     pub async fn commit(&mut self, id: &str) -> Result<(), Error> {
-        check_entry_id(id)?;
-        let () = redis::cmd("SET")
-            .arg(&self.key)
-            .arg(id)
-            .query_async(&mut self.queue.conn())
-            .await?;
-        id.clone_into(&mut self.committed);
+        let (entry, partition) = self.locate(id)?;
+        let upto = self
+            .returned
+            .iter()
+            .position(|(returned, _, _)| returned == id);
+        let mut newest: Vec<Option<String>> = vec![None; self.cursors.len()];
+        for (_, p, entry) in self.returned.iter().take(upto.map_or(0, |at| at + 1)) {
+            newest[*p] = Some(entry.clone());
+        }
+        newest[partition] = Some(entry.to_owned());
+        let saves = newest.iter().enumerate().filter_map(|(p, entry)| {
+            let entry = entry.as_deref()?;
+            let key = self.cursors[p].key.as_str();
+            let mut conn = self.queue.conn();
+            Some(async move {
+                let () = redis::cmd("SET")
+                    .arg(key)
+                    .arg(entry)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<(), Error>(())
+            })
+        });
+        futures_util::future::try_join_all(saves).await?;
+        for (cursor, entry) in self.cursors.iter_mut().zip(newest) {
+            if let Some(entry) = entry {
+                cursor.committed = entry;
+            }
+        }
+        if let Some(at) = upto {
+            self.returned.drain(..=at);
+        }
+        self.show_position();
         Ok(())
+    }
+
+    /// The entry id and partition of a letter id of this queue.
+    fn locate<'a>(&self, id: &'a str) -> Result<(&'a str, usize), Error> {
+        if self.cursors.len() == 1 {
+            check_entry_id(id)?;
+            return Ok((id, 0));
+        }
+        partitions::unqualify(id, self.cursors.len())
     }
 
     /// Reads again from the saved position: letters returned but not
     /// committed come again.
     pub fn rewind(&mut self) {
-        self.read_after.clone_from(&self.committed);
+        for (p, cursor) in self.cursors.iter().enumerate() {
+            self.follower.set_after(p, &cursor.committed);
+        }
+        self.returned.clear();
     }
 
     /// Calls `hook` with each dead letter, oldest first, committing each
@@ -268,7 +324,7 @@ impl DeadLetterWatcher {
 
     /// After a Redis error: a pause when it may pass, the error when not.
     async fn pause_after<E>(
-        &mut self,
+        &self,
         err: Error,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
@@ -278,7 +334,6 @@ impl DeadLetterWatcher {
         }
         let delay = backoff.next_delay();
         tracing::warn!(notifier = %self.name, error = %err, ?delay, "reading dead letters failed; trying again");
-        self.conn = None;
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = tokio::time::sleep(delay) => {}
@@ -286,46 +341,58 @@ impl DeadLetterWatcher {
         Ok(())
     }
 
-    async fn read(
-        &mut self,
-        max: usize,
-        block: Option<Duration>,
-    ) -> Result<Vec<DeadLetter>, Error> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self
-                .conn
-                .insert(self.queue.redis().blocking_connection(BLOCK).await?),
-        };
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(max.max(1));
-        if let Some(block) = block {
-            cmd.arg("BLOCK")
-                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
-        }
-        let reply = cmd
-            .arg("STREAMS")
-            .arg(self.queue.keys().dead())
-            .arg(&self.read_after)
-            .query_async(conn)
-            .await;
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
-                self.conn = None;
-                return Err(e.into());
-            }
-        };
+    /// Up to `max` letters after the read positions, oldest first over
+    /// every partition, without waiting.
+    async fn read(&mut self, max: usize) -> Result<Vec<DeadLetter>, Error> {
         let limit = self.queue.settings().max_payload_bytes;
+        let qualified = self.cursors.len() > 1;
         let mut letters = Vec::new();
-        for (id, entry) in entries(reply) {
-            id.clone_into(&mut self.read_after);
-            if let Some(fields) = fields::fields(&entry) {
-                letters.push(DeadLetter::from_entry(id, fields, limit));
+        for (p, entry, fields) in self.follower.read(max).await? {
+            let Some(fields) = fields::fields(&fields) else {
+                continue;
+            };
+            let mut letter = DeadLetter::from_entry(entry.clone(), fields, limit);
+            if qualified {
+                letter.id = partitions::qualify(&entry, p);
             }
+            self.returned.push_back((letter.id.clone(), p, entry));
+            letters.push(letter);
         }
         Ok(letters)
     }
+}
+
+/// Loads (or first saves) the watcher's position in one partition.
+async fn open_cursor(part: &Queue, name: &str, from: WatchFrom) -> Result<Cursor, Error> {
+    let key = part.keys().notifier(name);
+    let mut conn = part.conn();
+    let saved: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+    let position = match saved {
+        Some(saved) => saved,
+        None => {
+            let start = match from {
+                WatchFrom::Start => "0-0".to_owned(),
+                WatchFrom::Now => newest(part).await?,
+            };
+            // Another process opening the same name may have won.
+            let (saved,): (Option<String>,) = redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&start)
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await?;
+            saved.unwrap_or(start)
+        }
+    };
+    check_entry_id(&position)?;
+    Ok(Cursor {
+        key,
+        committed: position,
+    })
 }
 
 /// The newest dead letter's id, or `0-0` when there is none.

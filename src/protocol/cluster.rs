@@ -17,6 +17,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, ConnectionInfo, Pipeline, RedisFuture, Value};
 
 use crate::error::Error;
@@ -82,6 +83,25 @@ impl Conn {
     /// Whether this is a cluster connection.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
+    }
+
+    /// Runs `cmd`, a command that names no key (`SCAN`), on the master
+    /// holding `key`'s slot; on a single server, on it. redis-rs would send
+    /// such a command to any node of a cluster.
+    pub(crate) async fn query_at<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: Cmd,
+    ) -> Result<T, Error> {
+        let value = match self {
+            Conn::Cluster(c) => {
+                let route = Route::new(slot(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                c.route_command(cmd, routing).await?
+            }
+            conn => cmd.query_async::<Value>(conn).await?,
+        };
+        Ok(redis::from_redis_value(value).map_err(redis::RedisError::from)?)
     }
 }
 
