@@ -5,6 +5,7 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use streamq::{EnqueueOptions, Error, Job, JobError, Priority, Queue, QueueKeys};
 use support::{Seen, TestRedis, WAIT, eventually, fast, spawn_worker};
@@ -265,4 +266,120 @@ async fn growing_and_shrinking_the_partition_count_loses_no_job() {
     worker.await.unwrap();
     assert_eq!(seen.len(), 300);
     assert!(seen.duplicates().is_empty());
+}
+
+#[tokio::test]
+async fn recover_drain_clean_and_obliterate_cover_every_partition() {
+    let redis = TestRedis::start();
+    let queue = redis.open(Queue::builder("rm").partitions(4)).await;
+    let keyed = |i: u32| EnqueueOptions::new().partition_key(format!("t{i}"));
+
+    // A worker with an hour-long lease claims 12 jobs, then vanishes.
+    for i in 0..12u32 {
+        queue.enqueue(&i, &keyed(i)).await.unwrap();
+    }
+    let (_stop, doomed) = spawn_worker(
+        &queue,
+        fast()
+            .lease(Duration::from_secs(3600))
+            .concurrency(16)
+            .prefetch(16),
+        |_: Job<u32>| async {
+            std::future::pending::<()>().await;
+            Ok(())
+        },
+    );
+    support::until_stats("all 12 held", &queue, |s| s.in_flight() == 12).await;
+    doomed.abort();
+    let held_in = queue
+        .stats()
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .filter(|p| p.in_flight() > 0)
+        .count();
+    assert!(held_in > 1, "the jobs should span partitions");
+    let recovered = Arc::new(Mutex::new(0));
+    eventually("every stalled job recovered", WAIT, || {
+        let (queue, recovered) = (&queue, recovered.clone());
+        async move {
+            let r = queue
+                .recover_stalled(Duration::from_millis(50))
+                .await
+                .unwrap();
+            assert_eq!(r.lost, 0);
+            let mut total = recovered.lock().unwrap();
+            *total += r.recovered;
+            *total == 12
+        }
+    })
+    .await;
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.waiting(), stats.in_flight()), (12, 0));
+    // The vanished worker holds nothing now: it leaves every partition.
+    assert_eq!(
+        queue.prune_consumers(Duration::ZERO).await.unwrap().len(),
+        1
+    );
+    assert!(
+        queue
+            .inspect(&Default::default())
+            .await
+            .unwrap()
+            .consumers
+            .is_empty()
+    );
+
+    // Eight delayed jobs beside the twelve waiting; drain takes all twenty.
+    for i in 0..8u32 {
+        let options = keyed(i).delay(Duration::from_secs(3600));
+        queue.enqueue(&i, &options).await.unwrap();
+    }
+    let drained = queue.drain().await.unwrap();
+    assert_eq!((drained.waiting, drained.delayed), (12, 8));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.waiting(), stats.delayed), (0, 0));
+
+    // Dead letters in every partition; clean removes them all.
+    for i in 0..8u32 {
+        queue.enqueue(&i, &keyed(i).max_attempts(1)).await.unwrap();
+    }
+    let (stop, worker) = spawn_worker(&queue, fast(), |_: Job<u32>| async {
+        Err::<(), JobError>(JobError::permanent("no"))
+    });
+    support::until_stats("8 dead letters", &queue, |s| s.dead_letters == 8).await;
+    stop.cancel();
+    worker.await.unwrap();
+    let cleaned = queue
+        .clean(&streamq::Clean::new().dead_letters_older_than(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(cleaned.dead_letters, 8);
+    assert_eq!(queue.stats().await.unwrap().dead_letters, 0);
+
+    // Obliterate leaves no key of any partition, the layout included, and
+    // spares another queue.
+    let other = redis.queue("rm-other").await;
+    other.enqueue(&1u32, &EnqueueOptions::new()).await.unwrap();
+    let before = all_keys(&redis).await;
+    assert!(before.iter().any(|k| k.contains("{rm#")), "{before:?}");
+    let gone = queue.obliterate(true).await.unwrap();
+    let after = all_keys(&redis).await;
+    let others = other.keys().pattern();
+    assert!(
+        after
+            .iter()
+            .all(|k| k.starts_with(others.trim_end_matches('*'))),
+        "left behind: {after:?}"
+    );
+    assert_eq!(gone.keys as usize, before.len() - after.len());
+}
+
+async fn all_keys(redis: &TestRedis) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut redis.raw().await)
+        .await
+        .unwrap()
 }

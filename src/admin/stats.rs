@@ -184,7 +184,10 @@ impl Queue {
         for (priority, chunk) in Priority::ALL.into_iter().zip(replies.chunks(3)) {
             let length: u64 = redis::from_redis_value_ref(&chunk[0]).unwrap_or(0);
             let in_flight = pending_count(&chunk[1]);
-            let waiting = group_lag(&chunk[2]).unwrap_or_else(|| length.saturating_sub(in_flight));
+            // The lag can be stale after undelivered entries were deleted
+            // (a drain, a cancel): it never exceeds what the stream holds.
+            let undelivered = length.saturating_sub(in_flight);
+            let waiting = group_lag(&chunk[2]).map_or(undelivered, |lag| lag.min(undelivered));
             priorities.push(PriorityStats {
                 priority,
                 length,

@@ -68,7 +68,10 @@ impl Worker {
         };
         let share = Share::new(self.config.concurrency, chosen.len());
         let handler = Arc::new(handler);
-        let runs = chosen.iter().enumerate().map(|(lane, &p)| {
+        // A JoinSet aborts its tasks when dropped: dropping this future
+        // stops every loop, as it stops a queue of one's.
+        let mut runs = tokio::task::JoinSet::new();
+        for (lane, &p) in chosen.iter().enumerate() {
             let worker = Worker {
                 queue: parts[p as usize].clone(),
                 config: self.config.clone(),
@@ -78,11 +81,11 @@ impl Worker {
             };
             // A task each: the loops run in parallel on a multi-threaded
             // runtime, and one busy loop cannot hold the others up.
-            tokio::spawn(worker.run_one(Shared(handler.clone()), shutdown.clone()))
-        });
+            runs.spawn(worker.run_one(Shared(handler.clone()), shutdown.clone()));
+        }
         let mut total = WorkerReport::default();
         let mut first_error = None;
-        for report in futures_util::future::join_all(runs).await {
+        while let Some(report) = runs.join_next().await {
             let report = match report {
                 Ok(report) => report,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -208,8 +208,12 @@ export class Queue {
         const group = groupsErr ? undefined : (groups as unknown[][]).find((g) => g[1] === GROUP);
         const field = (k: string) => (group ? Number(group[group.indexOf(k) + 1] ?? 0) : 0);
         const p = (stats.priorities[name] ??= { length: 0, waiting: 0, inFlight: 0 });
+        // The lag is nil, or stale, once undelivered entries were deleted
+        // (docs/protocol.md): it never exceeds what the stream holds.
+        const undelivered = Math.max(length - field("pending"), 0);
+        const lag = group ? group[group.indexOf("lag") + 1] : null;
         p.length += length;
-        p.waiting += group ? field("lag") : length;
+        p.waiting += lag === null || lag === undefined ? undelivered : Math.min(Number(lag), undelivered);
         p.inFlight += field("pending");
       });
       stats.delayed += Number(replies[8][1] ?? 0);

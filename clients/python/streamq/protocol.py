@@ -249,11 +249,14 @@ def add_stats(stats: Stats, replies: list) -> None:
     for i, name in enumerate(PRIORITIES):
         groups, length = replies[2 * i], replies[2 * i + 1]
         group = next((g for g in (groups or []) if _text(g.get("name", b"")) == GROUP), None)
-        lag = int(group.get("lag") or 0) if group else int(length or 0)
         pending = int(group.get("pending") or 0) if group else 0
+        # The lag is nil, or stale, once undelivered entries were deleted
+        # (docs/protocol.md): it never exceeds what the stream holds.
+        undelivered = max(int(length or 0) - pending, 0)
+        lag = group.get("lag") if group else None
         p = stats.priorities.setdefault(name, {"length": 0, "waiting": 0, "in_flight": 0})
         p["length"] += int(length or 0)
-        p["waiting"] += lag
+        p["waiting"] += undelivered if lag is None else min(int(lag), undelivered)
         p["in_flight"] += pending
     stats.delayed += int(replies[8] or 0)
     stats.dead_letters += int(replies[9] or 0)
