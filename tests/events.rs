@@ -291,3 +291,71 @@ async fn events_are_off_by_default_and_capped_when_on() {
     });
     assert_eq!(counts.get(&EventKind::Enqueued), Some(&(length as usize)));
 }
+
+#[tokio::test]
+async fn a_partitioned_queue_is_followed_as_one_stream_and_resumed_from_a_position() {
+    let redis = TestRedis::start();
+    let queue = redis
+        .open(
+            Queue::builder("parts")
+                .partitions(4)
+                .events(EventLog::default()),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..24u32 {
+        let options = EnqueueOptions::new().partition_key(format!("tenant-{i}"));
+        ids.push(queue.enqueue(&i, &options).await.unwrap());
+    }
+    let first = read_until(&queue, EventsFrom::Start, |seen| seen.len() == 10).await;
+    let partitions: std::collections::BTreeSet<&str> = first
+        .iter()
+        .map(|e| e.id.rsplit_once('@').expect("qualified").1)
+        .collect();
+    assert!(
+        partitions.len() > 1,
+        "read from one partition only: {first:?}"
+    );
+    // A new reader resumes after the tenth event: the other 14, none again.
+    let rest = read_until(
+        &queue,
+        EventsFrom::After(first[9].position.clone()),
+        |seen| seen.len() == 14,
+    )
+    .await;
+    let mut read: Vec<_> = first
+        .iter()
+        .chain(&rest)
+        .map(|e| e.job_id.clone())
+        .collect();
+    read.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(read, want, "every job's event once across the restart");
+    assert!(rest.iter().all(|e| e.kind == EventKind::Enqueued));
+
+    // A reader waiting from now on wakes for an event in any partition.
+    let reader = {
+        let queue = queue.clone();
+        tokio::spawn(
+            async move { read_until(&queue, EventsFrom::Now, |seen| !seen.is_empty()).await },
+        )
+    };
+    eventually("the reader waits on every partition", WAIT, || {
+        let r = &redis;
+        async move { r.info("clients").await["blocked_clients"] == "4" }
+    })
+    .await;
+    let next = queue
+        .enqueue(&99u32, &EnqueueOptions::new().partition_key("late"))
+        .await
+        .unwrap();
+    assert_eq!(reader.await.unwrap()[0].job_id, next);
+
+    // A position that is not one is refused.
+    let mut bad = Box::pin(queue.events(EventsFrom::After("nonsense".to_owned())));
+    assert!(matches!(
+        bad.next().await,
+        Some(Err(streamq::Error::InvalidEntryId(_)))
+    ));
+}

@@ -643,3 +643,62 @@ async fn https_webhooks_verify_the_certificate() {
         other => panic!("expected a refused certificate, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_follows_every_partition_and_resumes_each_where_it_committed() {
+    let redis = TestRedis::start();
+    let queue = redis.open(Queue::builder("parted").partitions(4)).await;
+    let watcher = DeadLetterWatcher::open(&queue, "ops", WatchFrom::Start)
+        .await
+        .unwrap();
+    assert_eq!(watcher.position(), "0-0@0,0-0@1,0-0@2,0-0@3");
+    let payloads: Vec<Value> = (0..12).map(|i| json!(i)).collect();
+    let ids = dead_letters(&queue, "a", "boom", &payloads).await;
+
+    let mut watcher = watcher;
+    let mut letters = Vec::new();
+    while letters.len() < 12 {
+        letters.extend(watcher.next_batch(5).await.unwrap());
+    }
+    let mut seen: Vec<JobId> = letters.iter().map(|l| l.job_id.clone()).collect();
+    seen.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(seen, want, "each dead letter once, from every partition");
+    let parts: std::collections::BTreeSet<&str> = letters
+        .iter()
+        .map(|l| l.id.rsplit_once('@').expect("qualified").1)
+        .collect();
+    assert_eq!(parts.len(), 4, "{letters:?}");
+    // The page the dead-letter API shows has the same ids, in the same order.
+    let listed = queue.dead_letters(None, 100).await.unwrap().letters;
+    let listed: Vec<&str> = listed.iter().map(|l| l.id.as_str()).collect();
+    let read: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(read, listed);
+
+    // Committing the sixth saves it and everything read before it.
+    watcher.commit(&letters[5].id).await.unwrap();
+    drop(watcher);
+    let mut again = DeadLetterWatcher::open(&queue, "ops", WatchFrom::Now)
+        .await
+        .unwrap();
+    let rest = again.ready(100).await.unwrap();
+    let rest: Vec<&str> = rest.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(rest, read[6..], "the saved position wins, per partition");
+
+    // A new letter in any partition wakes a waiting watcher.
+    again.commit(read[11]).await.unwrap();
+    let waiting = tokio::spawn(async move { again.next_batch(10).await.unwrap() });
+    let late = dead_letters(&queue, "a", "late", &[json!("late")]).await;
+    let woke = waiting.await.unwrap();
+    assert_eq!(woke.len(), 1);
+    assert_eq!(woke[0].job_id, late[0]);
+    assert!(matches!(
+        DeadLetterWatcher::open(&queue, "ops", WatchFrom::Now)
+            .await
+            .unwrap()
+            .commit("1-0")
+            .await,
+        Err(streamq::Error::InvalidEntryId(_))
+    ));
+}
