@@ -82,11 +82,7 @@ async fn a_hundred_thousand_jobs_over_16_partitions_complete_once_most_urgent_fi
     let owners: HashSet<u16> = (0..16)
         .map(|p| {
             let keys = QueueKeys::partition("streamq", "bulk", p).unwrap();
-            let slot = cluster.cli(
-                cluster.nodes[0].port(),
-                &["CLUSTER", "KEYSLOT", keys.stats()],
-            );
-            cluster.owner_of(slot.trim().parse().unwrap())
+            cluster.owner_of_key(keys.stats())
         })
         .collect();
     assert_eq!(owners.len(), 3, "partitions on every master");
@@ -463,4 +459,93 @@ async fn moving_slots_under_load_loses_nothing() {
         produced.unknown.len(),
         done.duplicates()
     );
+}
+
+/// The queue's keys on every master (by `SCAN` on each, with redis-cli).
+fn keys_on_masters(cluster: &TestCluster, queue: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for (_, port) in cluster.masters() {
+        let out = cluster.cli(
+            port,
+            &["--scan", "--pattern", &format!("streamq:{{{queue}*")],
+        );
+        keys.extend(out.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_reach_every_partition_on_a_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start();
+    let queue = cluster
+        .open(
+            Queue::builder("ops")
+                .partitions(8)
+                .events(streamq::EventLog::default()),
+        )
+        .await;
+    let keyed = |i: u32| EnqueueOptions::new().partition_key(format!("t{i}"));
+    for i in 0..8u32 {
+        queue.enqueue(&i, &keyed(i).max_attempts(1)).await.unwrap();
+    }
+    let (stop, worker) = spawn_worker(&queue, fast(), |_: Job<u32>| async {
+        Err::<(), JobError>(JobError::permanent("no"))
+    });
+    until_stats("8 dead letters", &queue, |s| s.dead_letters == 8).await;
+    stop.cancel();
+    worker.await.unwrap();
+
+    // The watcher sees the dead letters of every partition, on any node.
+    let mut watcher =
+        streamq::notify::DeadLetterWatcher::open(&queue, "ops", streamq::notify::WatchFrom::Start)
+            .await
+            .unwrap();
+    let mut letters = Vec::new();
+    while letters.len() < 8 {
+        letters.extend(watcher.next_batch(8).await.unwrap());
+    }
+    assert_eq!(letters.len(), 8);
+    // So does the event reader: 8 enqueued and 8 dead-lettered.
+    let mut events = Box::pin(queue.events(streamq::EventsFrom::Start));
+    let mut dead = 0;
+    let read = async {
+        while dead < 8 {
+            let event = futures_util::StreamExt::next(&mut events)
+                .await
+                .unwrap()
+                .unwrap();
+            dead += usize::from(event.kind == streamq::EventKind::DeadLettered);
+        }
+    };
+    tokio::time::timeout(support::WAIT, read)
+        .await
+        .expect("8 dead-lettered events");
+
+    // Drain and clean reach every partition.
+    for i in 0..16u32 {
+        queue.enqueue(&i, &keyed(i)).await.unwrap();
+        let later = keyed(i).delay(Duration::from_secs(3600));
+        queue.enqueue(&i, &later).await.unwrap();
+    }
+    let drained = queue.drain().await.unwrap();
+    assert_eq!((drained.waiting, drained.delayed), (16, 16));
+    let cleaned = queue
+        .clean(&streamq::Clean::new().dead_letters_older_than(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(cleaned.dead_letters, 8);
+
+    // Obliterate scans each partition's own node: no key is left anywhere.
+    let before = keys_on_masters(&cluster, "ops");
+    let owners: HashSet<u16> = (0..8)
+        .map(|p| {
+            let keys = QueueKeys::partition("streamq", "ops", p).unwrap();
+            cluster.owner_of_key(keys.stats())
+        })
+        .collect();
+    assert!(owners.len() > 1, "the partitions should span masters");
+    let gone = queue.obliterate(true).await.unwrap();
+    assert_eq!(gone.keys as usize, before.len());
+    assert_eq!(keys_on_masters(&cluster, "ops"), Vec::<String>::new());
 }

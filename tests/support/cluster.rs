@@ -130,6 +130,12 @@ impl TestCluster {
             .collect()
     }
 
+    /// The port of the master serving `key`'s slot.
+    pub fn owner_of_key(&self, key: &str) -> u16 {
+        let slot = self.cli(self.nodes[0].port(), &["CLUSTER", "KEYSLOT", key]);
+        self.owner_of(slot.trim().parse().expect("a slot number"))
+    }
+
     /// The port of the master serving `slot` (by `CLUSTER NODES` on a live
     /// node).
     pub fn owner_of(&self, slot: u16) -> u16 {
