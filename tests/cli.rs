@@ -33,6 +33,65 @@ fn lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| !l.trim().is_empty()).collect()
 }
 
+// A partitioned queue's stats show every partition, in the table and the JSON.
+#[tokio::test]
+async fn stats_break_a_partitioned_queue_down_by_partition() {
+    let redis = TestRedis::start();
+    let url = redis.server.url();
+    let queue = redis
+        .open(streamq::Queue::builder("parted").partitions(3))
+        .await;
+    let mut batch = queue.batch();
+    for i in 0..9u32 {
+        let options = streamq::EnqueueOptions::new().partition_key(format!("k{i}"));
+        batch.push(&i, &options).unwrap();
+    }
+    batch.send().await.unwrap();
+    let per_partition: Vec<u64> = queue
+        .stats()
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.waiting())
+        .collect();
+
+    let table = streamq(&url, &["stats", "-q", "parted"]);
+    // Waiting jobs and no consumer: stalled, exit 2, each partition named.
+    assert_eq!(table.code, 2, "{}", table.stderr);
+    assert!(table.stdout.contains("! partition 2: "), "{}", table.stdout);
+    let rows: Vec<&str> = table
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "partitions:")
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 3, "{}", table.stdout);
+    for (i, row) in rows.iter().enumerate() {
+        let words: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            words[..3],
+            [
+                i.to_string().as_str(),
+                "waiting",
+                &per_partition[i].to_string()
+            ],
+            "{row}"
+        );
+    }
+
+    let json = streamq(&url, &["stats", "-q", "parted", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["waiting"], 9);
+    let parts = json["partitions"].as_array().expect("a partitions array");
+    let waiting: Vec<u64> = parts
+        .iter()
+        .map(|p| p["waiting"].as_u64().unwrap())
+        .collect();
+    assert_eq!(waiting, per_partition);
+    assert_eq!(parts[2]["partition"], 2);
+}
+
 // 1. `job` shows times and states in words, never Rust Debug text.
 #[tokio::test(flavor = "multi_thread")]
 async fn job_prints_local_times_and_states_in_words() {

@@ -85,12 +85,20 @@ pub(crate) async fn run(args: StatsArgs) -> Result<ExitCode, Box<dyn std::error:
                 false
             }
             (Ok(report), Ok(metrics)) => {
+                let partitions = match queue.partition_count() {
+                    1 => None,
+                    _ => Some(queue.stats().await?.partitions),
+                };
                 if args.json {
-                    outln!("{}", to_json(&report, &metrics));
+                    let mut json = to_json(&report, &metrics);
+                    if let Some(parts) = &partitions {
+                        json["partitions"] = partitions_json(parts);
+                    }
+                    outln!("{json}");
                 } else {
                     print_table(&report, &metrics)?;
-                    if queue.partition_count() > 1 {
-                        print_partitions(&queue.stats().await?)?;
+                    if let Some(parts) = &partitions {
+                        print_partitions(parts)?;
                     }
                 }
                 matches!(report.health, Health::Healthy)
@@ -282,9 +290,9 @@ fn print_table(
 }
 
 /// One line per partition of a partitioned queue.
-fn print_partitions(stats: &streamq::QueueStats) -> std::io::Result<()> {
+fn print_partitions(parts: &[streamq::QueueStats]) -> std::io::Result<()> {
     outln!("partitions:");
-    for (i, p) in stats.partitions.iter().enumerate() {
+    for (i, p) in parts.iter().enumerate() {
         outln!(
             "  {i:>4}  waiting {:>8}  in flight {:>6}  delayed {:>6}  dead letters {:>6}",
             p.waiting(),
@@ -294,4 +302,21 @@ fn print_partitions(stats: &streamq::QueueStats) -> std::io::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The per-partition breakdown for `--json`, in partition order.
+fn partitions_json(parts: &[streamq::QueueStats]) -> serde_json::Value {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({
+                "partition": i,
+                "waiting": p.waiting(),
+                "in_flight": p.in_flight(),
+                "delayed": p.delayed,
+                "dead_letters": p.dead_letters,
+            })
+        })
+        .collect()
 }
