@@ -83,6 +83,34 @@ impl Durability {
     }
 }
 
+/// Asks the server once, at connect, whether `WAITAOF` can wait for its
+/// own append-only file: with `appendonly no` it refuses every such wait,
+/// and an enqueue that only found out afterwards could not say whether its
+/// jobs were kept. Refused with a configuration error naming the cause.
+pub(crate) async fn probe<C: redis::aio::ConnectionLike>(
+    durability: Durability,
+    conn: &mut C,
+) -> Result<(), Error> {
+    let Durability::Persisted { local: true, .. } = durability else {
+        return Ok(());
+    };
+    let probe: redis::RedisResult<Value> = redis::cmd("WAITAOF")
+        .arg(1)
+        .arg(0)
+        .arg(1)
+        .query_async(conn)
+        .await;
+    match probe {
+        Ok(_) => Ok(()),
+        Err(err) if err.is_io_error() || err.is_timeout() => Err(err.into()),
+        Err(err) => Err(crate::error::ConfigError::single(format!(
+            "persisted durability with local: the server refused WAITAOF ({err}); \
+             it needs appendonly yes"
+        ))
+        .into()),
+    }
+}
+
 /// After `ids` were enqueued in `partition` (one partition: one node),
 /// waits as `durability` asks. The wait goes in a pipeline behind a read of
 /// the partition's key, so on a cluster it reaches the same node, on the

@@ -360,6 +360,7 @@ impl QueueBuilder {
         let mut check = ConfigCheck::default();
         self.settings.durability.check(&server, &mut check);
         check.finish()?;
+        crate::durability::probe(self.settings.durability, &mut conn).await?;
         let part = |index: u32, keys: QueueKeys, parts: Vec<Queue>| Queue {
             inner: Arc::new(Inner {
                 name: self.name.clone(),
