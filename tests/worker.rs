@@ -4,12 +4,13 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streamq::{EnqueueOptions, Job, JobError, Priority, WorkerConfig};
-use support::{Gate, Seen, TestRedis, WAIT, eventually, spawn_worker, until_stats, wait_for};
+use support::{Gate, Seen, TestRedis, WAIT, eventually, fast, spawn_worker, until_stats, wait_for};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -457,4 +458,97 @@ async fn buffered_jobs_start_as_slots_free_without_waiting_for_new_work() {
     wait_for("the whole burst ran", || seen.len() == 9).await;
     stop.cancel();
     assert_eq!(worker.await.unwrap().completed, 9);
+}
+
+/// Each priority's stream numbers its entries itself, so a batch enqueued
+/// within a millisecond puts entries of the same id in several streams. A
+/// worker holding two of them keeps both leases: finishing one must not
+/// stop the heartbeat of the other (it did, when the worker's holdings were
+/// keyed by entry id alone, and the other was reclaimed and ran twice).
+#[tokio::test]
+async fn same_entry_ids_in_two_priorities_keep_both_leases() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("twins").await;
+    let mut batch = queue.batch();
+    for i in 0..100u32 {
+        batch
+            .push(&i, &EnqueueOptions::new().priority(Priority::Critical))
+            .unwrap();
+        batch
+            .push(&i, &EnqueueOptions::new().priority(Priority::High))
+            .unwrap();
+    }
+    batch.send().await.unwrap();
+    let ids = |priority: Priority| {
+        let key = queue.keys().stream(priority).to_owned();
+        let redis = &redis;
+        async move {
+            let entries: Vec<(String, redis::Value)> = redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut redis.raw().await)
+                .await
+                .unwrap();
+            entries
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect::<HashSet<String>>()
+        }
+    };
+    let twins = ids(Priority::Critical)
+        .await
+        .intersection(&ids(Priority::High).await)
+        .count();
+    assert!(twins > 0, "the batch should give both streams the same ids");
+
+    // Critical jobs finish at once; high ones wait, held, past one lease.
+    let lease = Duration::from_millis(900);
+    let gate = Gate::default();
+    let seen = Seen::default();
+    let (stop, worker) = spawn_worker(&queue, fast().concurrency(200).prefetch(0).lease(lease), {
+        let (gate, seen) = (gate.clone(), seen.clone());
+        move |job: Job<u32>| {
+            seen.record(job.id());
+            let (gate, high) = (gate.clone(), job.priority() == Priority::High);
+            async move {
+                if high {
+                    gate.pass().await;
+                }
+                Ok(())
+            }
+        }
+    });
+    until_stats("the critical jobs done", &queue, |s| s.completed() == 100).await;
+    let acked = std::time::Instant::now();
+    // Every held high job's lease is renewed after the acks of its twins.
+    let high = queue.keys().stream(Priority::High).to_owned();
+    eventually("every high job renewed since the acks", WAIT, || {
+        let (redis, high) = (&redis, high.clone());
+        async move {
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(high)
+                .arg("streamq")
+                .arg("-")
+                .arg("+")
+                .arg(200)
+                .query_async(&mut redis.raw().await)
+                .await
+                .unwrap();
+            let since_ack = acked.elapsed().as_millis() as u64;
+            // Renewed, not reclaimed: a reclaim resets the idle time too,
+            // but counts a second delivery.
+            pending.len() == 100
+                && pending
+                    .iter()
+                    .all(|(_, _, idle, deliveries)| *idle < since_ack && *deliveries == 1)
+        }
+    })
+    .await;
+    gate.open();
+    until_stats("all done", &queue, |s| s.completed() == 200).await;
+    stop.cancel();
+    let report = worker.await.unwrap();
+    assert_eq!((report.completed, report.reclaimed), (200, 0));
+    assert!(seen.duplicates().is_empty());
 }

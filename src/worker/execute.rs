@@ -42,7 +42,9 @@ where
     let outcome = match decode::<T>(&claimed, context.max_payload_bytes, &mut report.parent) {
         Err(poison) => poison,
         Ok((mut job, ready_us)) => {
-            let (stop, cancelled) = context.holdings.stop_signal(&claimed.entry_id);
+            let (stop, cancelled) = context
+                .holdings
+                .stop_signal(claimed.priority, &claimed.entry_id);
             job.stop = stop;
             report.name.clone_from(&job.name);
             report.job_id = job.id.to_string();
@@ -167,7 +169,11 @@ where
         // with, neither retried nor handed back, and kept as a dead letter
         // so an operator can see it and requeue it. This wins over a
         // shutdown: a job someone cancelled must not run again elsewhere.
-        Err(err) if context.holdings.cancel_requested(&claimed.entry_id) => {
+        Err(err)
+            if context
+                .holdings
+                .cancel_requested(claimed.priority, &claimed.entry_id) =>
+        {
             Counters::add(&context.counters.cancelled, 1);
             tracing::info!(job = job_id, error = %err, "job stopped after a cancel request");
             Outcome::Dead {

@@ -218,7 +218,7 @@ impl Finisher {
             if !acks.is_empty() {
                 self.ack(&mut acks).await;
                 for finished in &acks {
-                    self.holdings.forget(&finished.entry_id);
+                    self.holdings.forget(finished.priority, &finished.entry_id);
                 }
             }
             if !releases.is_empty() {
@@ -323,7 +323,9 @@ impl Finisher {
             }
         };
         match result {
-            Ok(()) => self.holdings.forget(&item.finished.entry_id),
+            Ok(()) => self
+                .holdings
+                .forget(item.finished.priority, &item.finished.entry_id),
             Err(err) => {
                 let delay = item.backoff();
                 tracing::warn!(queue = self.queue.name(), entry = item.finished.entry_id, %err, retry_in = ?delay, "could not move a failed job yet; it stays pending and held");

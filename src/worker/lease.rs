@@ -15,11 +15,13 @@ use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
 use crate::queue::Queue;
 
-/// Entry ids this worker holds, running or waiting for a slot, each with
-/// its job's stop signal.
+/// Entries this worker holds, running or waiting for a slot, each with its
+/// job's stop signal. An entry is its priority and its id: each priority's
+/// stream numbers its entries itself, so one batch enqueued within a
+/// millisecond gives entries of the same id in several streams.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Holdings {
-    held: Arc<Mutex<HashMap<String, Held>>>,
+    held: Arc<Mutex<HashMap<(Priority, String), Held>>>,
     /// The worker's shutdown signal: every job's stop signal is its child.
     stopping: CancellationToken,
 }
@@ -27,7 +29,6 @@ pub(crate) struct Holdings {
 /// One held entry.
 #[derive(Debug)]
 struct Held {
-    priority: Priority,
     /// Cancelled on shutdown (through its parent) or on a stop request.
     stop: CancellationToken,
     /// Whether a stop request (`Queue::cancel`) reached this entry.
@@ -46,56 +47,55 @@ impl Holdings {
     pub(crate) fn hold(&self, priority: Priority, entry_id: &str) {
         let stopping = &self.stopping;
         self.lock()
-            .entry(entry_id.to_owned())
+            .entry((priority, entry_id.to_owned()))
             .or_insert_with(|| Held {
-                priority,
                 stop: stopping.child_token(),
                 cancel_requested: false,
-            })
-            .priority = priority;
+            });
     }
 
     /// Stops holding an entry: it was finished, or handed back.
-    pub(crate) fn forget(&self, entry_id: &str) {
-        self.lock().remove(entry_id);
+    pub(crate) fn forget(&self, priority: Priority, entry_id: &str) {
+        self.lock().remove(&(priority, entry_id.to_owned()));
     }
 
     /// Every entry held now.
     pub(crate) fn snapshot(&self) -> Vec<(Priority, String)> {
-        self.lock()
-            .iter()
-            .map(|(id, held)| (held.priority, id.clone()))
-            .collect()
+        self.lock().keys().cloned().collect()
     }
 
     /// The stop signal of a held entry's job: cancelled on shutdown or when
     /// the job is cancelled; and whether it was cancelled already.
-    pub(crate) fn stop_signal(&self, entry_id: &str) -> (CancellationToken, bool) {
-        match self.lock().get(entry_id) {
+    pub(crate) fn stop_signal(
+        &self,
+        priority: Priority,
+        entry_id: &str,
+    ) -> (CancellationToken, bool) {
+        match self.lock().get(&(priority, entry_id.to_owned())) {
             Some(held) => (held.stop.clone(), held.cancel_requested),
             None => (self.stopping.child_token(), false),
         }
     }
 
     /// Whether a stop request reached this entry's job.
-    pub(crate) fn cancel_requested(&self, entry_id: &str) -> bool {
+    pub(crate) fn cancel_requested(&self, priority: Priority, entry_id: &str) -> bool {
         self.lock()
-            .get(entry_id)
+            .get(&(priority, entry_id.to_owned()))
             .is_some_and(|held| held.cancel_requested)
     }
 
     /// Records a stop request for a held entry and signals its job (only
     /// that job). Returns whether it was new.
-    fn request_stop(&self, entry_id: &str) -> bool {
+    fn request_stop(&self, priority: Priority, entry_id: &str) -> bool {
         let mut held = self.lock();
-        let Some(held) = held.get_mut(entry_id) else {
+        let Some(held) = held.get_mut(&(priority, entry_id.to_owned())) else {
             return false;
         };
         held.stop.cancel();
         !std::mem::replace(&mut held.cancel_requested, true)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Priority, String), Held>> {
         // The map stays consistent even if a holder panicked mid-update.
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -147,8 +147,13 @@ pub(crate) async fn heartbeat(
                             "leases already taken over by another worker"
                         );
                     }
-                    for entry in stop {
-                        if holdings.request_stop(&entry) {
+                    // Each as its stop request's member: `<priority index>:<entry id>`.
+                    let stop = stop.iter().filter_map(|member| {
+                        let (p, entry) = member.split_once(':')?;
+                        Some((Priority::from_lua_index(p.parse().ok()?)?, entry))
+                    });
+                    for (priority, entry) in stop {
+                        if holdings.request_stop(priority, entry) {
                             tracing::info!(
                                 queue = queue.name(),
                                 entry,
@@ -191,8 +196,8 @@ pub(crate) async fn hand_back(
             Ok(reply) => reply::done(script, reply).and_then(|mut body| body.lost()),
             Err(err) => Err(Error::from(err)),
         };
-        for (_, id) in chunk {
-            holdings.forget(id);
+        for (priority, id) in chunk {
+            holdings.forget(*priority, id);
         }
         let lost = result?;
         handed_back += chunk.len() - lost.len();

@@ -131,7 +131,7 @@ pub(super) async fn admit(
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         for (job, _) in &grouped {
-                            holdings.forget(&job.entry_id);
+                            holdings.forget(job.priority, &job.entry_id);
                         }
                         return free;
                     }
@@ -142,7 +142,7 @@ pub(super) async fn admit(
     };
     for (mut job, group) in grouped {
         if lost.contains(&job.entry_id) || deferred.contains(&job.entry_id) {
-            holdings.forget(&job.entry_id);
+            holdings.forget(job.priority, &job.entry_id);
             tracing::debug!(
                 queue = queue.name(),
                 entry = job.entry_id,

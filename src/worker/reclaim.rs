@@ -84,6 +84,7 @@ impl Worker {
                     tracing::info!(
                         queue = self.queue.name(),
                         entry = job.entry_id,
+                        priority = %job.priority,
                         deliveries = job.deliveries,
                         "reclaimed a stalled job"
                     );

@@ -22,7 +22,9 @@
 
   Returns    {OK, lost, stop}    lost: the entry ids this consumer no longer
                                  owns; every other lease was renewed;
-                                 stop: renewed entry ids asked to stop
+                                 stop: renewed entries asked to stop, each
+                                 as its stop request's member ("p:id":
+                                 entry ids repeat across priorities)
 ]]
 local stops = KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
@@ -38,16 +40,22 @@ for i = 3, #ARGV, 2 do
     lost[#lost + 1] = id
   end
 end
+-- Lua expands unpack() to every value only as the last argument: in the
+-- middle of a call it gives the first id alone.
 for p = 1, 4 do
   if #owned[p] > 0 then
-    redis.call('XCLAIM', KEYS[1 + p], group, consumer, 0, unpack(owned[p]), 'JUSTID')
+    local args = { KEYS[1 + p], group, consumer, 0 }
+    for _, id in ipairs(owned[p]) do args[#args + 1] = id end
+    args[#args + 1] = 'JUSTID'
+    redis.call('XCLAIM', unpack(args))
   end
 end
 local stop = {}
 if redis.call('EXISTS', stops) == 1 then
   for p = 1, 4 do
     for _, id in ipairs(owned[p]) do
-      if redis.call('ZSCORE', stops, p .. ':' .. id) then stop[#stop + 1] = id end
+      local member = p .. ':' .. id
+      if redis.call('ZSCORE', stops, member) then stop[#stop + 1] = member end
     end
   end
 end

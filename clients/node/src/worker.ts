@@ -62,6 +62,8 @@ export class Worker {
   private readonly o: Required<Omit<WorkerOptions, "consumer">>;
   private stopping = false;
   private waiters: (() => void)[] = [];
+  // Keyed by "partition:priority:entry id": each priority's stream numbers its
+  // entries itself, so entry ids repeat across priorities.
   private readonly held = new Map<string, [number, number, string]>(); // key -> [partition, priority, entry id]
   private readonly running = new Map<string, { promise: Promise<void>; abort: AbortController }>();
 
@@ -139,7 +141,7 @@ export class Worker {
 
   private dispatch(jobs: protocol.Claimed[]): void {
     for (const c of jobs) {
-      const key = `${c.partition}:${c.entryId}`;
+      const key = `${c.partition}:${c.priority}:${c.entryId}`;
       this.held.set(key, [c.partition, c.priority, c.entryId]);
       const abort = new AbortController();
       const promise = this.execute(c, abort.signal)
@@ -244,7 +246,8 @@ export class Worker {
     for (const [partition, held] of this.heldByPartition()) {
       const keys = this.queue.partitions[partition];
       const reply = await this.queue.call(this.queue.client, "heartbeat", protocol.pairsCall(keys, this.consumer, held, [keys.stop]));
-      for (const entryId of (reply[2] as string[]) ?? []) this.running.get(`${partition}:${entryId}`)?.abort.abort();
+      // Each as its stop request's member: "<priority index>:<entry id>".
+      for (const member of (reply[2] as string[]) ?? []) this.running.get(`${partition}:${member}`)?.abort.abort();
     }
   }
 

@@ -136,6 +136,45 @@ test("partitioned queues route by key", async () => {
   raw.disconnect();
 });
 
+test("held jobs with the same entry id in two priorities keep their leases", async () => {
+  // Each priority's stream numbers its entries itself: one batch gives
+  // critical and high entries of the same ids. Finishing a critical job must
+  // not stop the lease of its high twin, nor may any lease lapse.
+  const queue = await streamq.Queue.open(server.url, fresh());
+  const jobs = [];
+  for (let i = 0; i < 20; i++) jobs.push({ payload: i, priority: "critical" }, { payload: i, priority: "high" });
+  await queue.enqueueBatch(jobs);
+  const [critical, high] = queue.partitions[0].streams;
+  const ids = async (key) => new Set((await queue.client.xrange(key, "-", "+")).map(([id]) => id));
+  const highIds = await ids(high);
+  assert.ok([...(await ids(critical))].some((id) => highIds.has(id)), "the batch should give both streams the same ids");
+  let release;
+  const gate = new Promise((r) => { release = r; });
+  const seen = [];
+  const worker = new streamq.Worker(queue, async (job) => {
+    seen.push(job.id);
+    if (job.priority === "high") await gate;
+  }, fast({ concurrency: 40, lease: 0.9 }));
+  const run = worker.run();
+  try {
+    await eventually("the critical jobs done", async () => (await queue.stats()).total("completed") === 20);
+    const acked = Date.now();
+    await eventually("every high job renewed since the acks", async () => {
+      const pending = await queue.client.xpending(high, "streamq", "-", "+", 100);
+      const since = Date.now() - acked;
+      return pending.length === 20 && pending.every(([, , idle, deliveries]) => idle < since && deliveries === 1);
+    });
+    release();
+    await eventually("all done", async () => (await queue.stats()).total("completed") === 40);
+  } finally {
+    release();
+    worker.stop();
+    await run;
+  }
+  assert.equal(new Set(seen).size, seen.length, "no job ran twice");
+  await queue.close();
+});
+
 test("the packaged Lua is the repository's", () => {
   const mine = join(here, "..", "lua");
   const repo = join(here, "..", "..", "..", "lua");

@@ -112,7 +112,9 @@ class Worker:
         self.outcomes = Outcomes()
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()
-        self._held: dict = {}
+        # Keyed by (partition, priority index, entry id): each priority's
+        # stream numbers its entries itself, so ids repeat across priorities.
+        self._held: set = set()
         self._tasks: dict = {}
 
     def stop(self) -> None:
@@ -130,10 +132,7 @@ class Worker:
             await asyncio.wait(running, timeout=self.config.grace)
         for key, task in list(self._tasks.items()):
             task.cancel()
-        held: dict = {}
-        for (partition, entry_id), priority in self._held.items():
-            held.setdefault(partition, []).append((priority, entry_id))
-        for partition, entries in held.items():
+        for partition, entries in self._held_by_partition().items():
             keys = self.queue.partitions[partition]
             await self.queue.call("release", protocol.release_call(keys, self.consumer, entries))
         for keys in self.queue.partitions:
@@ -175,19 +174,19 @@ class Worker:
 
     def _dispatch(self, jobs: list) -> None:
         for c in jobs:
-            key = (c.partition, c.entry_id)
-            self._held[key] = c.priority
+            key = (c.partition, c.priority, c.entry_id)
+            self._held.add(key)
             self._tasks[key] = asyncio.create_task(self._execute(c))
 
     async def _execute(self, c: protocol.Claimed) -> None:
-        key = (c.partition, c.entry_id)
+        key = (c.partition, c.priority, c.entry_id)
         try:
             await self._run_one(self.queue.partitions[c.partition], c)
         except asyncio.CancelledError:
             return  # stopped after the grace period: handed back by run()
         except Exception:
             log.exception("streamq: finishing job entry %s failed; its lease will expire", c.entry_id)
-        self._held.pop(key, None)
+        self._held.discard(key)
         self._tasks.pop(key, None)
         self._changed.set()
 
@@ -257,11 +256,14 @@ class Worker:
             log.exception("streamq: the maintenance loop failed; stopping")
             self.stop()
 
-    async def _heartbeat(self) -> None:
+    def _held_by_partition(self) -> dict:
         held: dict = {}
-        for (partition, entry_id), priority in self._held.items():
+        for partition, priority, entry_id in self._held:
             held.setdefault(partition, []).append((priority, entry_id))
-        for partition, entries in held.items():
+        return held
+
+    async def _heartbeat(self) -> None:
+        for partition, entries in self._held_by_partition().items():
             keys = self.queue.partitions[partition]
             await self.queue.call("heartbeat", protocol.heartbeat_call(keys, self.consumer, entries))
 

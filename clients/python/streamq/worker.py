@@ -82,8 +82,10 @@ class Worker:
         self.outcomes = Outcomes()
         self._stopping = threading.Event()
         self._lock = threading.Condition()
-        self._held: dict = {}  # (partition, entry id) -> priority index
-        self._running: dict = {}  # (partition, entry id) -> JobContext
+        # Keyed by (partition, priority index, entry id): each priority's
+        # stream numbers its entries itself, so ids repeat across priorities.
+        self._held: set = set()
+        self._running: dict = {}  # key as in _held -> JobContext
 
     def stop(self) -> None:
         """Asks `run()` to stop: it stops claiming, lets running jobs finish
@@ -152,7 +154,7 @@ class Worker:
     def _dispatch(self, jobs: list, executor: ThreadPoolExecutor) -> None:
         with self._lock:
             for c in jobs:
-                self._held[(c.partition, c.entry_id)] = c.priority
+                self._held.add(_key(c))
         for c in jobs:
             executor.submit(self._execute, c)
 
@@ -167,8 +169,8 @@ class Worker:
                           "and another worker will run it", c.entry_id)
         finally:
             with self._lock:
-                self._held.pop((c.partition, c.entry_id), None)
-                self._running.pop((c.partition, c.entry_id), None)
+                self._held.discard(_key(c))
+                self._running.pop(_key(c), None)
                 self._lock.notify_all()
 
     def _run_one(self, keys, c: protocol.Claimed) -> None:
@@ -193,7 +195,7 @@ class Worker:
         attempt = env.attempt + 1
         job = JobContext(env.id, env.name, payload, attempt, env.max_attempts, PRIORITIES[c.priority - 1])
         with self._lock:
-            self._running[(c.partition, c.entry_id)] = job
+            self._running[_key(c)] = job
         started = now_us()
         try:
             self.handler(job)
@@ -249,9 +251,9 @@ class Worker:
 
     def _held_by_partition(self) -> dict:
         with self._lock:
-            held = list(self._held.items())
+            held = list(self._held)
         by_partition: dict = {}
-        for (partition, entry_id), priority in held:
+        for partition, priority, entry_id in held:
             by_partition.setdefault(partition, []).append((priority, entry_id))
         return by_partition
 
@@ -262,8 +264,10 @@ class Worker:
                 "heartbeat", protocol.heartbeat_call(keys, self.consumer, held)
             )
             with self._lock:
-                for entry_id in stop or []:
-                    job = self._running.get((partition, protocol._text(entry_id)))
+                # Each as its stop request's member: "<priority index>:<entry id>".
+                for member in stop or []:
+                    priority, _, entry_id = protocol._text(member).partition(":")
+                    job = self._running.get((partition, int(priority), entry_id))
                     if job is not None:
                         job.stopped.set()
 
@@ -292,3 +296,8 @@ class Worker:
         for partition, held in self._held_by_partition().items():
             keys = self.queue.partitions[partition]
             self.queue.call("release", protocol.release_call(keys, self.consumer, held))
+
+
+def _key(c: protocol.Claimed) -> tuple:
+    """A held job's key: its partition, priority index and entry id."""
+    return (c.partition, c.priority, c.entry_id)

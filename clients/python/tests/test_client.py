@@ -208,3 +208,41 @@ def test_the_asyncio_client_does_the_same(server):
         await queue.close()
 
     asyncio.run(scenario())
+
+
+def test_held_jobs_with_the_same_entry_id_in_two_priorities_keep_their_leases(server):
+    # Each priority's stream numbers its entries itself: one batch gives
+    # critical and high entries of the same ids. Finishing a critical job
+    # must not stop the lease of its high twin, nor may any lease lapse.
+    queue = streamq.Queue.open(server.url, "twins")
+    jobs = [streamq.Job(i, priority=p) for i in range(20) for p in ("critical", "high")]
+    queue.enqueue_batch(jobs)
+    keys = queue.partitions[0]
+    critical_ids = {e[0] for e in queue.client.xrange(keys.streams[0])}
+    high_ids = {e[0] for e in queue.client.xrange(keys.streams[1])}
+    assert critical_ids & high_ids, "the batch should give both streams the same ids"
+    release = threading.Event()
+    seen = []
+
+    def handler(job):
+        seen.append(job.id)
+        if job.priority == "high":
+            release.wait(30)
+
+    worker = streamq.Worker(queue, handler, fast(concurrency=40, lease=0.9))
+    thread = start(worker)
+    eventually("the critical jobs done", lambda: queue.stats().total("completed") == 20)
+    acked = time.monotonic()
+
+    def renewed_since_the_acks():
+        pending = queue.client.xpending_range(keys.streams[1], protocol.GROUP, "-", "+", 100)
+        since_ms = (time.monotonic() - acked) * 1000
+        return len(pending) == 20 and all(
+            p["time_since_delivered"] < since_ms and p["times_delivered"] == 1 for p in pending)
+
+    eventually("every high job renewed since the acks", renewed_since_the_acks)
+    release.set()
+    eventually("all done", lambda: queue.stats().total("completed") == 40)
+    worker.stop()
+    thread.join()
+    assert sorted(seen) == sorted(set(seen)), "no job ran twice"
