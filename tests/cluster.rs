@@ -268,17 +268,13 @@ async fn kill_a_master_under_load(
     })
     .await;
 
-    let slot = cluster.cli(
-        cluster.nodes[0].port(),
-        &["CLUSTER", "KEYSLOT", queue.keys().stats()],
-    );
-    let victim = cluster.index_of(cluster.owner_of(slot.trim().parse().unwrap()));
+    let slot = cluster.slot_of(queue.keys().stats());
+    let victim = cluster.index_of(cluster.owner_of(slot));
     let victim_port = cluster.nodes[victim].port();
     cluster.nodes[victim].kill();
     let at_kill = acknowledged();
     // Its replica takes over; then the old master comes back, as the new
     // master's replica (without one, a replicated enqueue cannot succeed).
-    let slot: u16 = slot.trim().parse().unwrap();
     eventually("a replica promoted", Duration::from_secs(120), || {
         let owner = cluster.owner_of(slot);
         let moved = owner != 0 && owner != victim_port;
@@ -397,30 +393,27 @@ async fn moving_slots_under_load_loses_nothing() {
     })
     .await;
 
-    // Move every slot of partition 0's master to another master.
-    let slot: u16 = cluster
-        .cli(
-            cluster.nodes[0].port(),
-            &["CLUSTER", "KEYSLOT", queue.keys().stats()],
-        )
-        .trim()
-        .parse()
-        .unwrap();
+    // Move the queue's slots on partition 0's master to another master,
+    // with their keys, under load.
+    let slot = cluster.slot_of(queue.keys().stats());
     let from = cluster.owner_of(slot);
-    let masters = cluster.masters();
-    let from_id = &masters.iter().find(|(_, p)| *p == from).unwrap().0;
-    let to_id = &masters.iter().find(|(_, p)| *p != from).unwrap().0;
-    let out = std::process::Command::new(support::cluster::cli_binary())
-        .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
-        .args(["--cluster-from", from_id, "--cluster-to", to_id])
-        .args(["--cluster-slots", "16384", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let to = cluster
+        .masters()
+        .into_iter()
+        .find(|(_, p)| *p != from)
+        .unwrap()
+        .1;
+    let slots: Vec<u16> = (0..6)
+        .map(|p| {
+            cluster.slot_of(
+                QueueKeys::partition("streamq", "reshard", p)
+                    .unwrap()
+                    .stats(),
+            )
+        })
+        .filter(|s| cluster.owner_of(*s) == from)
+        .collect();
+    cluster.move_slots(from, to, &slots).await;
     assert_ne!(cluster.owner_of(slot), from, "the slot moved");
     let at_move = acknowledged();
     wait_for("producing after the move", || {

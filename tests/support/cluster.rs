@@ -130,10 +130,15 @@ impl TestCluster {
             .collect()
     }
 
+    /// `key`'s slot (`CLUSTER KEYSLOT`).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let slot = self.cli(self.nodes[0].port(), &["CLUSTER", "KEYSLOT", key]);
+        slot.trim().parse().expect("a slot number")
+    }
+
     /// The port of the master serving `key`'s slot.
     pub fn owner_of_key(&self, key: &str) -> u16 {
-        let slot = self.cli(self.nodes[0].port(), &["CLUSTER", "KEYSLOT", key]);
-        self.owner_of(slot.trim().parse().expect("a slot number"))
+        self.owner_of(self.slot_of(key))
     }
 
     /// The port of the master serving `slot` (by `CLUSTER NODES` on a live
@@ -156,6 +161,78 @@ impl TestCluster {
             }
         }
         0 // none right now: a failover is under way
+    }
+
+    /// Moves `slots` with their keys from the master on `from` to the one on
+    /// `to`, as `redis-cli --cluster reshard` does, in the open: each slot
+    /// marked importing and migrating, its keys sent with `MIGRATE` (clients
+    /// meanwhile follow `ASK` redirects), then given to `to` on both sides.
+    /// Works with any server version, which one `redis-cli` does not.
+    pub async fn move_slots(&self, from: u16, to: u16, slots: &[u16]) {
+        // Valkey 8+ waits for the replicas to confirm each SETSLOT: allow
+        // for it (about a replication ack interval).
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+        let connect = |port: u16| {
+            let config = config.clone();
+            async move {
+                redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                    .unwrap()
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (mut source, mut target) = (connect(from).await, connect(to).await);
+        let id = |port: u16| self.cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+        let (from_id, to_id) = (id(from), id(to));
+        for &slot in slots {
+            let setslot = |state: &str, node: &str| {
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
+                cmd
+            };
+            let () = setslot("IMPORTING", &from_id)
+                .query_async(&mut target)
+                .await
+                .unwrap();
+            let () = setslot("MIGRATING", &to_id)
+                .query_async(&mut source)
+                .await
+                .unwrap();
+            loop {
+                let keys: Vec<String> = redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(100)
+                    .query_async(&mut source)
+                    .await
+                    .unwrap();
+                if keys.is_empty() {
+                    break;
+                }
+                let () = redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(to)
+                    .arg("")
+                    .arg(0)
+                    .arg(10_000)
+                    .arg("REPLACE")
+                    .arg("KEYS")
+                    .arg(&keys)
+                    .query_async(&mut source)
+                    .await
+                    .unwrap();
+            }
+            let () = setslot("NODE", &to_id)
+                .query_async(&mut target)
+                .await
+                .unwrap();
+            let () = setslot("NODE", &to_id)
+                .query_async(&mut source)
+                .await
+                .unwrap();
+        }
     }
 
     /// Which node index listens on `port`.
