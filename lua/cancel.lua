@@ -44,9 +44,15 @@
   ARGV[8]    job id              only for a flow child: the child's id
   ARGV[9]    fail parent         only for a flow child: 1 = its removal fails
                                  the parent, 0 = it counts as done
+  ARGV[10]   why                 optional: "drained" when a drain or an
+                                 obliterate removes the job: an active job is
+                                 then left alone (no stop request), the
+                                 removal counts as "drained:<p>" and the
+                                 parent learns "drained"; default "cancelled"
 
   Returns    {OK, outcome}       outcome: 1 = removed, 2 = active (a stop
-                                 request is recorded), 0 = not there any more
+                                 request is recorded, unless "drained"),
+                                 0 = not there any more
 ]]
 local stats, delayed, stops, meta = KEYS[1], KEYS[6], KEYS[7], KEYS[8]
 local group, now, stop_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -57,7 +63,7 @@ local child_id, fail_parent = ARGV[8], ARGV[9] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
 local OK = 0
 local GONE, REMOVED, ACTIVE = 0, 1, 2
-local REASON = 'cancelled'
+local REASON = ARGV[10] == 'drained' and 'drained' or 'cancelled'
 
 -- The parent of a removed flow child: count the child once, then fail or
 -- release the parent (the same rule as flow_child for a dead child).
@@ -93,7 +99,7 @@ local function removed()
     redis.call('HSET', meta, 'state', 'cancelled', 'fin', now)
     redis.call('PEXPIRE', meta, finished_ttl)
   end
-  redis.pcall('HINCRBY', stats, 'cancelled:' .. names[p], 1)
+  redis.pcall('HINCRBY', stats, REASON .. ':' .. names[p], 1)
   return { OK, REMOVED }
 end
 
@@ -112,6 +118,7 @@ if type(pending) == 'table' and pending.err then
   pending = {}
 end
 if pending[1] then
+  if REASON == 'drained' then return { OK, ACTIVE } end
   redis.call('ZADD', stops, now, p .. ':' .. target)
   redis.call('ZREMRANGEBYSCORE', stops, '-inf', '(' .. (now - stop_ttl))
   redis.call('PEXPIRE', stops, stop_ttl)

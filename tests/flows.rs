@@ -530,3 +530,63 @@ async fn bad_flow_input_is_a_typed_error() {
     // The refused children left the flow as it was: still no child.
     assert!(matches!(flow.send().await, Err(Error::InvalidFlow(_))));
 }
+
+#[tokio::test]
+async fn draining_or_obliterating_a_childrens_queue_settles_the_parents() {
+    let redis = TestRedis::start();
+    let parents = redis.queue("parents").await;
+    let children = redis.queue("children").await;
+    // Fail the parent: draining its waiting child dead-letters it.
+    let mut failing = Flow::new(&parents, &"failing".to_owned(), &EnqueueOptions::new()).unwrap();
+    failing
+        .child(&children, &1u32, &EnqueueOptions::new())
+        .unwrap();
+    let failing = failing.send().await.unwrap();
+    // Ignore: the drained child counts as done, and the parent is released.
+    let mut ignoring = Flow::new(&parents, &"ignoring".to_owned(), &EnqueueOptions::new()).unwrap();
+    ignoring
+        .child_with(
+            &children,
+            &2u32,
+            &EnqueueOptions::new(),
+            OnChildFailure::Ignore,
+        )
+        .unwrap();
+    let ignoring = ignoring.send().await.unwrap();
+    // An ordinary job beside them, and one delayed.
+    children
+        .enqueue(&3u32, &EnqueueOptions::new())
+        .await
+        .unwrap();
+    let later = EnqueueOptions::new().delay(std::time::Duration::from_secs(3600));
+    children.enqueue(&4u32, &later).await.unwrap();
+
+    let drained = children.drain().await.unwrap();
+    assert_eq!((drained.waiting, drained.delayed), (3, 1));
+    let state = |id| {
+        let parents = parents.clone();
+        async move { parents.flow(id).await.unwrap().unwrap().state }
+    };
+    assert_eq!(state(&failing.parent).await, FlowState::Failed);
+    assert_eq!(state(&ignoring.parent).await, FlowState::Released);
+    let letters = parents.dead_letters(None, 10).await.unwrap().letters;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].job_id, failing.parent);
+    assert!(
+        letters[0].error.ends_with("failed: drained"),
+        "{}",
+        letters[0].error
+    );
+    let stats = parents.stats().await.unwrap();
+    assert_eq!((stats.waiting(), stats.waiting_children), (1, 0));
+
+    // Obliterating the children's queue settles a waiting parent as well.
+    let mut third = Flow::new(&parents, &"third".to_owned(), &EnqueueOptions::new()).unwrap();
+    third
+        .child(&children, &5u32, &EnqueueOptions::new())
+        .unwrap();
+    let third = third.send().await.unwrap();
+    children.obliterate(false).await.unwrap();
+    assert_eq!(state(&third.parent).await, FlowState::Failed);
+    assert_eq!(parents.stats().await.unwrap().dead_letters, 2);
+}

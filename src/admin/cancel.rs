@@ -77,9 +77,27 @@ const SCAN_CHUNK: usize = 500;
 /// again (delayed to waiting, say).
 const ROUNDS: usize = 4;
 
+/// Why a job is removed: the `cancel` script's last argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Why {
+    /// [`Queue::cancel`]: an active job is asked to stop.
+    Cancelled,
+    /// A drain or an obliterate: an active job is left alone.
+    Drained,
+}
+
+impl Why {
+    fn as_str(self) -> &'static str {
+        match self {
+            Why::Cancelled => "cancelled",
+            Why::Drained => "drained",
+        }
+    }
+}
+
 /// Where a job was found.
 #[derive(Debug)]
-enum Location {
+pub(super) enum Location {
     Entry {
         priority: Priority,
         entry_id: String,
@@ -178,6 +196,18 @@ impl Queue {
     /// Runs the `cancel` script on one location; `None` when the job is no
     /// longer there.
     async fn try_cancel(&self, id: &str, location: &Location) -> Result<Option<Cancelled>, Error> {
+        self.remove_at(id, location, Why::Cancelled).await
+    }
+
+    /// Removes the job at `location` with the `cancel` script, or (for
+    /// [`Why::Cancelled`]) asks its worker to stop it; `None` when it is
+    /// not there any more.
+    pub(super) async fn remove_at(
+        &self,
+        id: &str,
+        location: &Location,
+        why: Why,
+    ) -> Result<Option<Cancelled>, Error> {
         let keys = self.keys();
         let script = &scripts().cancel;
         let mut extra = vec![
@@ -218,9 +248,11 @@ impl Queue {
                 .arg(priority.lua_index())
                 .arg(member.as_slice()),
         };
-        if let Some(parent) = &parent {
-            call.arg(id).arg(u8::from(parent.fail_parent));
-        }
+        match &parent {
+            Some(parent) => call.arg(id).arg(u8::from(parent.fail_parent)),
+            None => call.arg("").arg(0),
+        };
+        call.arg(why.as_str());
         let reply = call.invoke(&mut self.conn()).await;
         let reply = match reply {
             Ok(reply) => reply,
@@ -409,7 +441,7 @@ enum Tracked {
 }
 
 /// The priority and job id of a delayed member (`<priority digit><envelope>`).
-fn member_job_id(member: &[u8]) -> Option<(Priority, String)> {
+pub(super) fn member_job_id(member: &[u8]) -> Option<(Priority, String)> {
     let (digit, envelope) = member.split_first()?;
     let priority = Priority::from_lua_index(i64::from(digit.checked_sub(b'0')?))?;
     let envelope = Envelope::decode(envelope).ok()?;
@@ -418,7 +450,7 @@ fn member_job_id(member: &[u8]) -> Option<(Priority, String)> {
 
 /// An `XRANGE` reply as (entry id, envelope) pairs; entries without an
 /// envelope field (not written by streamq) have `None`.
-fn stream_entries(page: Value) -> Vec<(String, Option<Vec<u8>>)> {
+pub(super) fn stream_entries(page: Value) -> Vec<(String, Option<Vec<u8>>)> {
     let Value::Array(entries) = page else {
         return Vec::new();
     };

@@ -13,6 +13,8 @@
 //! - `history`: the queue's recent past, one snapshot per step, in Redis.
 //! - `events`: [`Queue::events`](crate::Queue::events), following what
 //!   happens to jobs.
+//! - `flow_children`: flow children among what a drain or an obliterate
+//!   removes, each removed with its parent settled.
 //! - `follow`: one stream per partition read as one, oldest first, for
 //!   the event reader and the dead-letter watcher.
 //! - `lookup`: a tracked job by id.
@@ -29,6 +31,7 @@ pub(crate) mod cancel;
 pub(crate) mod dead_letter_delete;
 pub(crate) mod dead_letters;
 pub(crate) mod events;
+pub(crate) mod flow_children;
 pub(crate) mod follow;
 pub(crate) mod history;
 pub(crate) mod inspect;

@@ -169,7 +169,8 @@ impl Queue {
     /// Jobs enqueued while it runs may stay: each stream is drained up to
     /// its last entry when the drain began, and the delayed set by as many
     /// jobs as it held then. Tracked metadata of removed jobs is left to
-    /// expire.
+    /// expire. Flow children go first, one call each, settling their parents
+    /// (as children that failed with the error `drained`).
     ///
     /// # Errors
     ///
@@ -194,42 +195,10 @@ impl Queue {
     async fn drain_one(&self) -> Result<Drained, Error> {
         let keys = self.keys();
         let mut conn = self.conn();
-        let mut pipe = redis::pipe();
-        for priority in Priority::ALL {
-            pipe.cmd("XREVRANGE")
-                .arg(keys.stream(priority))
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
-        }
-        pipe.cmd("ZCARD").arg(keys.delayed());
-        let (last, delayed_then): (Vec<Value>, u64) = {
-            let mut replies: Vec<Value> = match pipe.query_async(&mut conn).await {
-                Ok(replies) => replies,
-                Err(err) => return Err(self.name_wrong_key(Error::from(err)).await),
-            };
-            let delayed_then = replies
-                .pop()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or(0);
-            (replies, delayed_then)
-        };
-        let upto: Vec<String> = last
-            .into_iter()
-            .map(|page| match page {
-                Value::Array(mut entries) if !entries.is_empty() => match entries.swap_remove(0) {
-                    Value::Array(mut parts) if !parts.is_empty() => {
-                        redis::from_redis_value(parts.swap_remove(0)).unwrap_or_default()
-                    }
-                    _ => String::new(),
-                },
-                _ => String::new(),
-            })
-            .map(|id| if id.is_empty() { "0-0".to_owned() } else { id })
-            .collect();
-        let mut drained = Drained::default();
-        let mut delayed_left = delayed_then;
+        let (upto, delayed_then) = self.drain_bounds().await?;
+        // Flow children first, one by one, each settling its parent.
+        let mut drained = self.drain_flow_children(&upto, delayed_then).await?;
+        let mut delayed_left = delayed_then.saturating_sub(drained.delayed);
         let mut streams_done = false;
         loop {
             let delayed_count = delayed_left.min(CHUNK as u64);
@@ -269,8 +238,9 @@ impl Queue {
     /// within [`ACTIVE_WITHIN`], unless `force`. Workers that shut down
     /// cleanly have left the group; stop them all first.
     ///
-    /// Keys are found with `SCAN` and deleted with `UNLINK` in chunks, so
-    /// this is not atomic: keys written meanwhile (a producer enqueueing, a
+    /// Waiting and delayed flow children are removed first, settling their
+    /// parents (as [`Queue::drain`] does). Keys are found with `SCAN` and
+    /// deleted with `UNLINK` in chunks, so this is not atomic: keys written meanwhile (a producer enqueueing, a
     /// forced-through worker recreating its group) may remain.
     ///
     /// # Errors
@@ -305,6 +275,10 @@ impl Queue {
     /// many. `SCAN` names no key, so on a cluster it is sent to the node
     /// holding the partition's slot.
     async fn obliterate_one(&self) -> Result<u64, Error> {
+        // Waiting and delayed flow children go first, settling their
+        // parents on other queues.
+        let (upto, delayed) = self.drain_bounds().await?;
+        self.drain_flow_children(&upto, delayed).await?;
         let keys = self.keys();
         let pattern = keys.literal_pattern();
         let mut conn = self.conn();
@@ -332,6 +306,44 @@ impl Queue {
             cursor = next;
         }
         Ok(deleted)
+    }
+
+    /// What a drain removes: each stream's newest entry id now (`0-0` for
+    /// an empty one), and how many jobs the delayed set holds now.
+    async fn drain_bounds(&self) -> Result<(Vec<String>, u64), Error> {
+        let keys = self.keys();
+        let mut pipe = redis::pipe();
+        for priority in Priority::ALL {
+            pipe.cmd("XREVRANGE")
+                .arg(keys.stream(priority))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        pipe.cmd("ZCARD").arg(keys.delayed());
+        let mut replies: Vec<Value> = match pipe.query_async(&mut self.conn()).await {
+            Ok(replies) => replies,
+            Err(err) => return Err(self.name_wrong_key(Error::from(err)).await),
+        };
+        let delayed = replies
+            .pop()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(0);
+        let upto = replies
+            .into_iter()
+            .map(|page| match page {
+                Value::Array(mut entries) if !entries.is_empty() => match entries.swap_remove(0) {
+                    Value::Array(mut parts) if !parts.is_empty() => {
+                        redis::from_redis_value(parts.swap_remove(0)).unwrap_or_default()
+                    }
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            })
+            .map(|id| if id.is_empty() { "0-0".to_owned() } else { id })
+            .collect();
+        Ok((upto, delayed))
     }
 
     /// Consumers that hold jobs or were seen within [`ACTIVE_WITHIN`].

@@ -16,8 +16,9 @@
                                  queue (unused here)
   KEYS[6]    flow hash           the parent's record (a new id: never exists)
   KEYS[7..]  child keys          per child: its stream, its queue's stats hash
-                                 (HINCRBY "enqueued:<p>"), at the indexes
-                                 given in ARGV
+                                 (HINCRBY "enqueued:<p>" and "flow_children",
+                                 which tells a drain to look for flow
+                                 children), at the indexes given in ARGV
   ARGV[1]    now                 Unix ms
   ARGV[2]    parent priority     index 1..4: the stream it is released into
   ARGV[3]    parent job id
@@ -47,6 +48,7 @@ for i = FIRST, #ARGV, STRIDE do
   local p = tonumber(ARGV[i + 2])
   redis.call('XADD', stream, '*', 'e', ARGV[i + 3])
   redis.call('HINCRBY', child_stats, 'enqueued:' .. names[p], 1)
+  redis.call('HINCRBY', child_stats, 'flow_children', 1)
 end
 redis.call('HINCRBY', stats, 'waiting_children', 1)
 return { OK }
