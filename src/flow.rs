@@ -87,6 +87,7 @@ struct Child {
     queue: Queue,
     id: JobId,
     priority: Priority,
+    name: String,
     envelope: Vec<u8>,
 }
 
@@ -232,6 +233,7 @@ impl Flow {
             queue: queue.clone(),
             id: child.id.clone(),
             priority: child.priority,
+            name: child.name,
             envelope: child.envelope,
         });
         Ok(child.id)
@@ -245,7 +247,9 @@ impl Flow {
     ///
     /// [`Error::InvalidFlow`] for a flow without children (nothing to wait
     /// for: enqueue the parent alone instead) and on Redis Cluster for
-    /// queues in different hash slots; [`Error::OutOfMemory`] and connection
+    /// queues in different hash slots; [`Error::QueueFull`] when a child
+    /// queue's [`max_backlog`](crate::QueueBuilder::max_backlog) would be
+    /// passed (nothing is created); [`Error::OutOfMemory`] and connection
     /// errors. On a timeout or dropped connection the flow may or may not
     /// have been created.
     ///
@@ -264,22 +268,38 @@ impl Flow {
         }
         let keys = self.queue.keys();
         let mut extra = vec![keys.flow(self.parent_id.as_str())];
-        let mut key_of = |key: &str| match extra.iter().position(|k| k == key) {
-            Some(at) => COMMON_KEYS + at + 1,
-            None => {
-                extra.push(key.to_owned());
-                COMMON_KEYS + extra.len()
-            }
-        };
-        let indexes: Vec<(usize, usize)> = self
+        // Each child queue once, as seven keys in a row; its position in
+        // `queues` is its number in the call (from 1).
+        let mut queues: Vec<(&Queue, usize, u64)> = Vec::new();
+        let mut numbers = Vec::with_capacity(self.children.len());
+        for child in &self.children {
+            let known = queues
+                .iter()
+                .position(|(q, ..)| q.keys() == child.queue.keys());
+            let number = match known {
+                Some(at) => at,
+                None => {
+                    let child_keys = child.queue.keys();
+                    queues.push((&child.queue, COMMON_KEYS + extra.len() + 1, 0));
+                    extra.push(child_keys.stats().to_owned());
+                    extra.extend(child_keys.streams().iter().cloned());
+                    extra.push(child_keys.delayed().to_owned());
+                    extra.push(child_keys.events());
+                    queues.len() - 1
+                }
+            };
+            queues[number].2 += 1;
+            numbers.push(number + 1);
+        }
+        let metas: Vec<usize> = self
             .children
             .iter()
-            .map(|c| {
-                let child_keys = c.queue.keys();
-                (
-                    key_of(child_keys.stream(c.priority)),
-                    key_of(child_keys.stats()),
-                )
+            .map(|child| match child.queue.settings().tracking {
+                Some(_) => {
+                    extra.push(child.queue.keys().job(child.id.as_str()));
+                    COMMON_KEYS + extra.len()
+                }
+                None => 0,
             })
             .collect();
         let mut call = scripts().flow_add.call(keys, &extra);
@@ -288,11 +308,23 @@ impl Flow {
             .arg(self.parent_id.as_str())
             .arg(&self.name)
             .arg(self.envelope.as_slice())
-            .arg(millis(self.retention).max(1));
-        for (child, (stream, stats)) in self.children.iter().zip(indexes) {
-            call.arg(stream)
-                .arg(stats)
+            .arg(millis(self.retention).max(1))
+            .arg(queues.len());
+        for (queue, first_key, adding) in &queues {
+            let settings = queue.settings();
+            call.arg(*first_key)
+                .arg(settings.max_backlog.unwrap_or(0))
+                .arg(settings.events_cap())
+                .arg(settings.tracking.map_or(0, |t| millis(t.keep_live)))
+                .arg(u8::from(settings.metrics))
+                .arg(*adding);
+        }
+        for ((child, number), meta) in self.children.iter().zip(numbers).zip(metas) {
+            call.arg(number)
                 .arg(child.priority.lua_index())
+                .arg(child.id.as_str())
+                .arg(&child.name)
+                .arg(meta)
                 .arg(child.envelope.as_slice());
         }
         let reply =

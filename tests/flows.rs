@@ -590,3 +590,60 @@ async fn draining_or_obliterating_a_childrens_queue_settles_the_parents() {
     assert_eq!(state(&third.parent).await, FlowState::Failed);
     assert_eq!(parents.stats().await.unwrap().dead_letters, 2);
 }
+
+#[tokio::test]
+async fn flow_children_are_tracked_announced_and_bounded_like_any_job() {
+    let redis = TestRedis::start();
+    let parents = redis.queue("parents").await;
+    let children = redis
+        .open(
+            Queue::builder("children")
+                .track_jobs(streamq::JobTracking::default())
+                .events(streamq::EventLog::default())
+                .max_backlog(3),
+        )
+        .await;
+    let mut flow = Flow::new(&parents, &"p".to_owned(), &EnqueueOptions::new()).unwrap();
+    let named = EnqueueOptions::new().name("fetch");
+    let first = flow.child(&children, &1u32, &named).unwrap();
+    let second = flow.child(&children, &2u32, &named).unwrap();
+    flow.send().await.unwrap();
+
+    // Tracked from creation, and announced on the event stream.
+    let info = children
+        .job(first.as_str())
+        .await
+        .unwrap()
+        .expect("tracked");
+    assert!(
+        matches!(info.state, streamq::JobState::Waiting { .. }),
+        "{:?}",
+        info.state
+    );
+    assert_eq!(info.name, "fetch");
+    let mut events = Box::pin(children.events(streamq::EventsFrom::Start));
+    let mut announced = Vec::new();
+    while announced.len() < 2 {
+        let event = futures_util::StreamExt::next(&mut events)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.kind, streamq::EventKind::Enqueued);
+        announced.push(event.job_id);
+    }
+    assert_eq!(announced, [first, second]);
+
+    // Two more children would pass the bound of 3: the whole flow is refused.
+    let mut over = Flow::new(&parents, &"over".to_owned(), &EnqueueOptions::new()).unwrap();
+    over.child(&children, &3u32, &named).unwrap();
+    over.child(&children, &4u32, &named).unwrap();
+    match over.send().await {
+        Err(Error::QueueFull {
+            backlog: 2,
+            limit: 3,
+        }) => {}
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    assert_eq!(children.stats().await.unwrap().waiting(), 2);
+    assert_eq!(parents.stats().await.unwrap().waiting_children, 1);
+}
