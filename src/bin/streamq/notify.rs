@@ -76,9 +76,17 @@ pub(crate) async fn run(args: NotifyArgs) -> Result<ExitCode, Box<dyn std::error
         .await
         .map_err(|e| args.queue.explain(&e))?;
     let name = queue.name().to_owned();
-    let position = match watcher.position() {
-        "0-0" => "from the first dead letter".to_owned(),
-        id => format!("after dead letter {id}"),
+    // One id per partition on a partitioned queue ("<id>@<partition>", ...).
+    let position = watcher.position();
+    let position = if position
+        .split(',')
+        .all(|p| p.split('@').next() == Some("0-0"))
+    {
+        "from the first dead letter".to_owned()
+    } else if position.contains(',') {
+        format!("after dead letters {position} (one per partition)")
+    } else {
+        format!("after dead letter {position}")
     };
     eprintln!(
         "streamq notify: posting dead letters of queue {name} to {} ({position}; notifier {:?}, \
