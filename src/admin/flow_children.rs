@@ -38,8 +38,11 @@ impl Queue {
             return Ok(drained);
         }
         for (priority, upto) in Priority::ALL.into_iter().zip(upto) {
+            if upto == "0-0" {
+                continue;
+            }
             let mut from = "-".to_owned();
-            while upto != "0-0" {
+            loop {
                 let page: Value = redis::cmd("XRANGE")
                     .arg(self.keys().stream(priority))
                     .arg(&from)
@@ -57,7 +60,7 @@ impl Queue {
                         priority,
                         entry_id: entry_id.clone(),
                     };
-                    if removed(self.remove_at(&id, &at, Why::Drained).await?) {
+                    if removed(&self.remove_at(&id, &at, Why::Drained).await?) {
                         drained.waiting += 1;
                     }
                 }
@@ -93,7 +96,7 @@ impl Queue {
                     due_ms: 0,
                     member,
                 };
-                if removed(self.remove_at(&id, &at, Why::Drained).await?) {
+                if removed(&self.remove_at(&id, &at, Why::Drained).await?) {
                     drained.delayed += 1;
                     start -= 1;
                     end -= 1;
@@ -111,7 +114,7 @@ fn flow_child_id(envelope: Option<&[u8]>) -> Option<String> {
     Some(envelope.id.into_owned())
 }
 
-fn removed(outcome: Option<Cancelled>) -> bool {
+fn removed(outcome: &Option<Cancelled>) -> bool {
     matches!(
         outcome,
         Some(Cancelled::Removed {

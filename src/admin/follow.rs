@@ -139,13 +139,10 @@ impl Follower {
                 (p, read.map(|_| conn).map_err(Error::from))
             }));
         }
-        match self.waits.next().await {
-            Some(Ok((p, conn))) => {
-                self.waiting[p] = false;
-                self.conns[p] = Some(conn?);
-            }
-            // Only an abort ends a wait early, and only on drop.
-            Some(Err(_)) | None => {}
+        // A wait fails to join only when aborted, and only on drop.
+        if let Some(Ok((p, conn))) = self.waits.next().await {
+            self.waiting[p] = false;
+            self.conns[p] = Some(conn?);
         }
         Ok(())
     }
