@@ -16,12 +16,12 @@ use crate::protocol::scripts::scripts;
 use crate::queue::Queue;
 
 /// Entries this worker holds, running or waiting for a slot, each with its
-/// job's stop signal. An entry is its priority and its id: each priority's
-/// stream numbers its entries itself, so one batch enqueued within a
-/// millisecond gives entries of the same id in several streams.
+/// job's stop signal. One map per priority: each priority's stream numbers
+/// its entries itself, so one batch enqueued within a millisecond gives
+/// entries of the same id in several streams.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Holdings {
-    held: Arc<Mutex<HashMap<(Priority, String), Held>>>,
+    held: Arc<Mutex<[HashMap<String, Held>; 4]>>,
     /// The worker's shutdown signal: every job's stop signal is its child.
     stopping: CancellationToken,
 }
@@ -46,8 +46,8 @@ impl Holdings {
 
     pub(crate) fn hold(&self, priority: Priority, entry_id: &str) {
         let stopping = &self.stopping;
-        self.lock()
-            .entry((priority, entry_id.to_owned()))
+        self.lock()[priority.index()]
+            .entry(entry_id.to_owned())
             .or_insert_with(|| Held {
                 stop: stopping.child_token(),
                 cancel_requested: false,
@@ -56,12 +56,16 @@ impl Holdings {
 
     /// Stops holding an entry: it was finished, or handed back.
     pub(crate) fn forget(&self, priority: Priority, entry_id: &str) {
-        self.lock().remove(&(priority, entry_id.to_owned()));
+        self.lock()[priority.index()].remove(entry_id);
     }
 
     /// Every entry held now.
     pub(crate) fn snapshot(&self) -> Vec<(Priority, String)> {
-        self.lock().keys().cloned().collect()
+        let held = self.lock();
+        Priority::ALL
+            .into_iter()
+            .flat_map(|p| held[p.index()].keys().map(move |id| (p, id.clone())))
+            .collect()
     }
 
     /// The stop signal of a held entry's job: cancelled on shutdown or when
@@ -71,7 +75,7 @@ impl Holdings {
         priority: Priority,
         entry_id: &str,
     ) -> (CancellationToken, bool) {
-        match self.lock().get(&(priority, entry_id.to_owned())) {
+        match self.lock()[priority.index()].get(entry_id) {
             Some(held) => (held.stop.clone(), held.cancel_requested),
             None => (self.stopping.child_token(), false),
         }
@@ -79,8 +83,8 @@ impl Holdings {
 
     /// Whether a stop request reached this entry's job.
     pub(crate) fn cancel_requested(&self, priority: Priority, entry_id: &str) -> bool {
-        self.lock()
-            .get(&(priority, entry_id.to_owned()))
+        self.lock()[priority.index()]
+            .get(entry_id)
             .is_some_and(|held| held.cancel_requested)
     }
 
@@ -88,15 +92,15 @@ impl Holdings {
     /// that job). Returns whether it was new.
     fn request_stop(&self, priority: Priority, entry_id: &str) -> bool {
         let mut held = self.lock();
-        let Some(held) = held.get_mut(&(priority, entry_id.to_owned())) else {
+        let Some(held) = held[priority.index()].get_mut(entry_id) else {
             return false;
         };
         held.stop.cancel();
         !std::mem::replace(&mut held.cancel_requested, true)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Priority, String), Held>> {
-        // The map stays consistent even if a holder panicked mid-update.
+    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Held>; 4]> {
+        // The maps stay consistent even if a holder panicked mid-update.
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
