@@ -18,6 +18,9 @@ use crate::queue::Queue;
 use crate::time::{micros, millis, now_ms, now_us};
 
 mod coalesce;
+mod ledger;
+
+use ledger::{Ledger, Numbered};
 
 pub(crate) use coalesce::Fill;
 
@@ -366,12 +369,30 @@ impl Batch {
         self.queue.ensure_groups_once().await?;
         let mut conn = self.queue.conn();
         let per_call = self.jobs_per_call();
-        let calls: Vec<ScriptCall> = self.jobs.chunks(per_call).map(|c| self.call(c)).collect();
+        let ledger = ledger(&self.queue);
+        let epoch = ledger.map(Ledger::epoch).unwrap_or_default();
+        let calls: Vec<ScriptCall> = self
+            .jobs
+            .chunks(per_call)
+            .map(|c| self.call(c, &epoch))
+            .collect();
         let mut chunks = self.jobs.chunks(per_call);
         let durability = self.queue.settings().durability;
+        let mut rolled_back = Vec::new();
+        let mut check = |chunk: &[Pending], reply| {
+            let (ids, numbered) = job_ids(chunk, reply)?;
+            let added = chunk
+                .iter()
+                .zip(&ids)
+                .filter(|(job, id)| job.id == **id)
+                .map(|(job, id)| (job.priority, id));
+            rolled_back.extend(ledger.and_then(|l| l.record(&epoch, &numbered, added)));
+            Ok::<_, Error>(ids)
+        };
         if let [call] = calls.as_slice() {
             let reply = call.invoke(&mut conn).await?;
-            let ids = job_ids(&self.jobs, reply)?;
+            let ids = check(&self.jobs, reply)?;
+            ledger::report(&self.queue, rolled_back).await;
             return crate::durability::wait(&self.queue, durability, ids).await;
         }
         let mut enqueued = Vec::with_capacity(self.jobs.len());
@@ -381,7 +402,7 @@ impl Batch {
             let chunk = chunks.next().unwrap_or_default();
             let checked = result
                 .map_err(Error::from)
-                .and_then(|reply| job_ids(chunk, reply));
+                .and_then(|reply| check(chunk, reply));
             match checked {
                 Ok(ids) => enqueued.extend(ids),
                 Err(e) => {
@@ -389,6 +410,7 @@ impl Batch {
                 }
             }
         }
+        ledger::report(&self.queue, rolled_back).await;
         match first_error {
             None => crate::durability::wait(&self.queue, durability, enqueued).await,
             Some(e) if enqueued.is_empty() => Err(e),
@@ -407,9 +429,10 @@ impl Batch {
         }
     }
 
-    fn call(&self, chunk: &[Pending]) -> ScriptCall {
+    fn call(&self, chunk: &[Pending], epoch: &str) -> ScriptCall {
         let keys = self.queue.keys();
-        let mut extra: Vec<String> = vec![keys.delayed().to_owned(), keys.events()];
+        let mut extra: Vec<String> =
+            vec![keys.delayed().to_owned(), keys.events(), keys.sequence()];
         // The script finds these keys by their index in KEYS (1-based, after
         // the common keys); a key repeated within the chunk is passed once.
         let key_of = |key: String, extra: &mut Vec<String>| {
@@ -441,7 +464,8 @@ impl Batch {
             .arg(now_ms())
             .arg(u8::from(settings.metrics))
             .arg(tracking.map_or(0, |t| millis(t.keep_live)))
-            .arg(settings.events_cap());
+            .arg(settings.events_cap())
+            .arg(epoch);
         for (job, (dedup, meta)) in chunk.iter().zip(indexes) {
             call.arg(job.priority.lua_index())
                 .arg(job.due_ms)
@@ -458,10 +482,11 @@ impl Batch {
 
 /// The final ids of a chunk from its `enqueue` reply: each job's own,
 /// except duplicates, which the script reports as (1-based position, id of
-/// the job holding the key).
-fn job_ids(chunk: &[Pending], reply: redis::Value) -> Result<Vec<JobId>, Error> {
+/// the job holding the key); and how the jobs added were numbered.
+fn job_ids(chunk: &[Pending], reply: redis::Value) -> Result<(Vec<JobId>, Numbered), Error> {
     let mut ids: Vec<JobId> = chunk.iter().map(|job| job.id.clone()).collect();
-    let mut duplicates = reply::done(&scripts().enqueue, reply)?.array()?;
+    let mut body = reply::done(&scripts().enqueue, reply)?;
+    let mut duplicates = body.array()?;
     while !duplicates.is_empty() {
         let position = duplicates.count()?;
         let holder = duplicates.text()?;
@@ -474,7 +499,27 @@ fn job_ids(chunk: &[Pending], reply: redis::Value) -> Result<Vec<JobId>, Error> 
             })?;
         *slot = JobId::from(holder);
     }
-    Ok(ids)
+    let numbered = Numbered {
+        epoch: body.text()?,
+        first: u64::try_from(body.int()?).unwrap_or(0),
+        kept: body.int()?,
+    };
+    Ok((ids, numbered))
+}
+
+/// The producer layer's state kept with each queue handle.
+#[derive(Default)]
+struct ProducerState {
+    coalescer: coalesce::Coalescer,
+    ledger: Ledger,
+}
+
+fn producer_state(queue: &Queue) -> Option<&ProducerState> {
+    queue.producer_state(ProducerState::default)
+}
+
+fn ledger(queue: &Queue) -> Option<&Ledger> {
+    producer_state(queue).map(|state| &state.ledger)
 }
 
 impl Queue {

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, QueueKeys, QueueStats};
 use support::cluster::TestCluster;
 use support::{Seen, eventually, fast, spawn_worker, until_stats, wait_for};
@@ -191,6 +192,8 @@ async fn until_stats_for(
 #[derive(Default)]
 struct Produced {
     acknowledged: HashSet<u32>,
+    /// The id each acknowledged payload was enqueued under.
+    ids: std::collections::HashMap<streamq::JobId, u32>,
     not_replicated: HashSet<u32>,
     unknown: HashSet<u32>,
 }
@@ -225,7 +228,12 @@ fn record(
 ) {
     let mut produced = produced.lock().unwrap();
     match outcome {
-        Ok(_) => produced.acknowledged.extend(numbers),
+        Ok(ids) => {
+            produced
+                .ids
+                .extend(ids.iter().cloned().zip(numbers.iter().copied()));
+            produced.acknowledged.extend(numbers);
+        }
         Err(streamq::Error::NotReplicated { .. }) => produced.not_replicated.extend(numbers),
         Err(_) => produced.unknown.extend(numbers),
     }
@@ -256,16 +264,20 @@ impl Done {
 /// Kills the master of `queue`'s partition 0 under load (producer and
 /// worker running), lets its replica take over, and returns what the
 /// producer saw and what the worker completed once everything acknowledged
-/// is done or the queue is idle.
+/// is done or the queue is idle. With `cut_replication`, the master's last
+/// writes before the kill never reach its replica: the replica is stopped
+/// (SIGSTOP) and its link cut while the producer carries on.
 async fn kill_a_master_under_load(
     durability: streamq::Durability,
-) -> (Produced, Done, TestCluster) {
+    cut_replication: bool,
+) -> (Produced, Done, TestCluster, Queue) {
     let mut cluster = TestCluster::start();
     let queue = cluster
         .open(
             Queue::builder("failover")
                 .partitions(6)
-                .durability(durability),
+                .durability(durability)
+                .events(streamq::EventLog::default()),
         )
         .await;
     let produced = Arc::new(Mutex::new(Produced::default()));
@@ -286,7 +298,35 @@ async fn kill_a_master_under_load(
     let slot = cluster.slot_of(queue.keys().stats());
     let victim = cluster.index_of(cluster.owner_of(slot));
     let victim_port = cluster.nodes[victim].port();
+    let mut stopped_replica = None;
+    if cut_replication {
+        // Paused (and the pause replicated), so that the jobs the replica
+        // will never see stay unrun: lost, not merely rolled back.
+        queue.pause().await.unwrap();
+        let replica = replica_of(&cluster, victim_port);
+        let replica_port = cluster.nodes[replica].port();
+        let offset = |port: u16, field: &str| -> u64 {
+            cluster.info(port, "replication")[field].parse().unwrap()
+        };
+        let written = offset(victim_port, "master_repl_offset");
+        wait_for("the pause replicated", || {
+            offset(replica_port, "slave_repl_offset") >= written
+        })
+        .await;
+        let pid = cluster.nodes[replica].pid().expect("replica running");
+        signal(pid, "STOP");
+        stopped_replica = Some(pid);
+        cluster.cli(victim_port, &["CLIENT", "KILL", "TYPE", "replica"]);
+        let before = acknowledged();
+        wait_for("jobs acknowledged with replication cut", || {
+            acknowledged() >= before + 200
+        })
+        .await;
+    }
     cluster.nodes[victim].kill();
+    if let Some(pid) = stopped_replica {
+        signal(pid, "CONT");
+    }
     let at_kill = acknowledged();
     // Its replica takes over; then the old master comes back, as the new
     // master's replica (without one, a replicated enqueue cannot succeed).
@@ -297,6 +337,9 @@ async fn kill_a_master_under_load(
     })
     .await;
     cluster.nodes[victim].restart().unwrap();
+    if cut_replication {
+        queue.resume().await.unwrap();
+    }
     // Producers and workers carry on by themselves once the replica is master.
     eventually(
         "producing again after the failover",
@@ -329,7 +372,27 @@ async fn kill_a_master_under_load(
     .await;
     stop.cancel();
     worker.await.unwrap();
-    (produced, done, cluster)
+    (produced, done, cluster, queue)
+}
+
+/// The node replicating the master on `master_port`.
+fn replica_of(cluster: &TestCluster, master_port: u16) -> usize {
+    let info = cluster.info(master_port, "replication");
+    let port = info
+        .get("slave0")
+        .and_then(|s| s.split(',').find_map(|kv| kv.strip_prefix("port=")))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the master on {master_port} has a replica: {info:?}"));
+    cluster.index_of(port)
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,7 +402,7 @@ async fn with_replicated_durability_a_master_failover_loses_no_acknowledged_job(
         replicas: 1,
         timeout: Duration::from_secs(2),
     };
-    let (produced, done, _cluster) = kill_a_master_under_load(durability).await;
+    let (produced, done, _cluster, _queue) = kill_a_master_under_load(durability, false).await;
     let lost: Vec<u32> = produced
         .acknowledged
         .iter()
@@ -360,28 +423,78 @@ async fn with_replicated_durability_a_master_failover_loses_no_acknowledged_job(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_replication_a_failover_loss_is_counted_and_reported() {
     let _serial = SERIAL.lock().await;
-    let (produced, done, _cluster) =
-        kill_a_master_under_load(streamq::Durability::Acknowledged).await;
-    let lost = produced
+    let (produced, done, _cluster, queue) =
+        kill_a_master_under_load(streamq::Durability::Acknowledged, true).await;
+    let lost: HashSet<u32> = produced
         .acknowledged
         .iter()
-        .filter(|&&n| !done.has(n))
-        .count();
-    // Never silent: every acknowledged job is either completed or counted
-    // here as lost, and nothing completes that nobody enqueued.
+        .copied()
+        .filter(|&n| !done.has(n))
+        .collect();
+    // The producers count what they lost in the queue's counters and name
+    // each job in the event stream.
+    let counted = rolled_back_count(&queue).await;
+    let events = Box::pin(queue.events(streamq::EventsFrom::Start));
+    let reported: Vec<streamq::Event> = tokio::time::timeout(
+        Duration::from_secs(60),
+        events
+            .filter_map(|e| async move { e.ok() })
+            .filter(|e| std::future::ready(e.kind == streamq::EventKind::RolledBack))
+            .take(usize::try_from(counted).unwrap())
+            .collect(),
+    )
+    .await
+    .expect("one rolled_back event per job counted");
+    let reported: HashSet<u32> = reported
+        .iter()
+        .map(|e| {
+            produced
+                .ids
+                .get(&e.job_id)
+                .copied()
+                .expect("an acknowledged job")
+        })
+        .collect();
     eprintln!(
-        "acknowledged only: {} acknowledged, {} unknown, {} lost in the failover, {} completed twice",
+        "acknowledged only: {} acknowledged, {} unknown, {} rolled back ({} of them never ran), {} completed twice",
         produced.acknowledged.len(),
         produced.unknown.len(),
-        lost,
+        reported.len(),
+        lost.len(),
         done.duplicates()
+    );
+    // Never silent: every acknowledged job that never ran was reported, and
+    // nothing completes that nobody enqueued. Jobs were lost: the queue was
+    // paused while the master acknowledged what its replica never got.
+    assert!(!lost.is_empty(), "the cut replication lost nothing");
+    let unreported: Vec<&u32> = lost.difference(&reported).collect();
+    assert!(
+        unreported.is_empty(),
+        "lost without a report: {unreported:?}"
     );
     let all = done.0.lock().unwrap();
     assert!(
         all.keys()
             .all(|n| produced.acknowledged.contains(n) || produced.unknown.contains(n))
     );
-    assert!(lost <= produced.acknowledged.len());
+}
+
+/// Jobs counted rolled back on every partition, once there are any.
+async fn rolled_back_count(queue: &Queue) -> u64 {
+    let count = Arc::new(Mutex::new(0));
+    eventually("rolled back jobs counted", Duration::from_secs(60), || {
+        let (queue, count) = (queue.clone(), count.clone());
+        async move {
+            let Ok(metrics) = queue.metrics().await else {
+                return false;
+            };
+            let n: u64 = metrics.by_priority.values().map(|c| c.rolled_back).sum();
+            *count.lock().unwrap() = n;
+            n > 0
+        }
+    })
+    .await;
+    *count.lock().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,10 +632,7 @@ async fn operators_reach_every_partition_on_a_cluster() {
     let mut dead = 0;
     let read = async {
         while dead < 8 {
-            let event = futures_util::StreamExt::next(&mut events)
-                .await
-                .unwrap()
-                .unwrap();
+            let event = events.next().await.unwrap().unwrap();
             dead += usize::from(event.kind == streamq::EventKind::DeadLettered);
         }
     };

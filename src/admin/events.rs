@@ -5,7 +5,8 @@
 //! `dead_lettered` in the same step as the change they describe, so those
 //! are exactly as durable as the change itself. Workers write `started`,
 //! `progress` and `reclaimed` after the fact, best-effort (a worker that
-//! dies may not have written them). The stream is capped: a reader that
+//! dies may not have written them); producers write `rolled_back` when a
+//! failover took away jobs they had been told were enqueued. The stream is capped: a reader that
 //! falls further behind than the cap misses the oldest events.
 
 use std::collections::VecDeque;
@@ -44,6 +45,10 @@ pub enum EventKind {
     DeadLettered,
     /// Taken over after its worker's lease ran out (`deliveries`).
     Reclaimed,
+    /// Acknowledged to its producer, then rolled back by a failover or a
+    /// restart: the server now holding its partition never had it. Written
+    /// by the producer that finds out (docs/guarantees.md).
+    RolledBack,
     /// A kind this version does not know (written by a newer one).
     Other(String),
 }
@@ -59,6 +64,7 @@ impl EventKind {
             "retried" => EventKind::Retried,
             "dead_lettered" => EventKind::DeadLettered,
             "reclaimed" => EventKind::Reclaimed,
+            "rolled_back" => EventKind::RolledBack,
             other => EventKind::Other(other.to_owned()),
         }
     }
@@ -74,6 +80,7 @@ impl EventKind {
             EventKind::Retried => "retried",
             EventKind::DeadLettered => "dead_lettered",
             EventKind::Reclaimed => "reclaimed",
+            EventKind::RolledBack => "rolled_back",
             EventKind::Other(kind) => kind,
         }
     }

@@ -34,6 +34,11 @@ pub struct Counts {
     /// Pending jobs Redis reported deleted (per priority only: a deleted
     /// entry has no name left to count under).
     pub lost: u64,
+    /// Acknowledged enqueues that a failover or a restart rolled back: the
+    /// server now holding the partition never had them (counted by the
+    /// producers that made them; per priority only). Includes jobs that had
+    /// already run before the failover. See docs/guarantees.md.
+    pub rolled_back: u64,
     /// Finishes refused because another worker owned the job by then.
     pub ownership_lost: u64,
     /// Dead letters moved back to the queue (per priority only).
@@ -53,6 +58,7 @@ impl Counts {
             "dead" => &mut self.dead_lettered,
             "reclaimed" => &mut self.reclaimed,
             "lost" => &mut self.lost,
+            "rolled_back" => &mut self.rolled_back,
             "ownership_lost" => &mut self.ownership_lost,
             "requeued" => &mut self.requeued,
             "released" => &mut self.released,
@@ -222,7 +228,7 @@ impl QueueMetrics {
 }
 
 impl Counts {
-    fn fields(&self) -> [(&'static str, u64); 10] {
+    fn fields(&self) -> [(&'static str, u64); 11] {
         [
             ("enqueued", self.enqueued),
             ("completed", self.completed),
@@ -231,6 +237,7 @@ impl Counts {
             ("dead", self.dead_lettered),
             ("reclaimed", self.reclaimed),
             ("lost", self.lost),
+            ("rolled_back", self.rolled_back),
             ("ownership_lost", self.ownership_lost),
             ("requeued", self.requeued),
             ("released", self.released),

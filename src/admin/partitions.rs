@@ -53,6 +53,7 @@ fn add_counts(sum: &mut Counts, c: &Counts) {
     sum.dead_lettered += c.dead_lettered;
     sum.reclaimed += c.reclaimed;
     sum.lost += c.lost;
+    sum.rolled_back += c.rolled_back;
     sum.ownership_lost += c.ownership_lost;
     sum.requeued += c.requeued;
     sum.released += c.released;

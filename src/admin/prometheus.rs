@@ -51,7 +51,7 @@ type Gauge = (&'static str, &'static str, fn(&PriorityReport) -> f64);
 /// A counter family: its name part, its help, and how to read it.
 type Counter = (&'static str, &'static str, fn(&Counts) -> u64);
 
-const COUNTERS: [Counter; 10] = [
+const COUNTERS: [Counter; 11] = [
     ("enqueued", "Jobs added to the queue.", |c| c.enqueued),
     ("completed", "Jobs completed and acknowledged.", |c| {
         c.completed
@@ -69,6 +69,11 @@ const COUNTERS: [Counter; 10] = [
         |c| c.reclaimed,
     ),
     ("lost", "Pending jobs Redis reported deleted.", |c| c.lost),
+    (
+        "rolled_back",
+        "Acknowledged enqueues a failover or restart rolled back.",
+        |c| c.rolled_back,
+    ),
     (
         "ownership_lost",
         "Finishes refused: another worker owned the job.",
@@ -163,7 +168,7 @@ pub(crate) fn render(report: &QueueReport, metrics: &QueueMetrics) -> String {
     }
     if !metrics.by_name.is_empty() {
         for (counter, help, get) in COUNTERS {
-            if matches!(counter, "lost" | "requeued" | "released") {
+            if matches!(counter, "lost" | "rolled_back" | "requeued" | "released") {
                 continue;
             }
             out.family(

@@ -68,6 +68,7 @@ pub(crate) fn counts(c: &Counts) -> Value {
         "dead_lettered": c.dead_lettered,
         "reclaimed": c.reclaimed,
         "lost": c.lost,
+        "rolled_back": c.rolled_back,
         "ownership_lost": c.ownership_lost,
         "requeued": c.requeued,
     })

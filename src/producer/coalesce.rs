@@ -84,7 +84,7 @@ impl Coalescer {
 }
 
 fn coalescer(queue: &Queue) -> Option<&Coalescer> {
-    queue.producer_state(Coalescer::default)
+    super::producer_state(queue).map(|state| &state.coalescer)
 }
 
 /// Enqueues `job` with whatever else is waiting and returns its final id.

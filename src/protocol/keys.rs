@@ -28,6 +28,7 @@
 //! | `<prefix>:{<queue>}:notify:<name>` | string | the last dead-letter id a notifier has delivered |
 //! | `<prefix>:{<queue>}:flow:<id>` | hash  | a flow parent waiting for its children: its envelope, pending count, state, and `c:<child id>` per settled child (with a TTL once the parent was released or failed) |
 //! | `<prefix>:{<queue>}:layout`   | hash   | `partitions` (N) and `version` (1): a partitioned queue's layout |
+//! | `<prefix>:{<queue>}:seq`      | hash   | the enqueue sequence and its epochs, kept by `enqueue`: `n` jobs numbered, `epoch` the current one, `epochs` the last 8 (`<epoch> <first number>;` each) |
 //!
 //! A queue of N > 1 partitions has this key set N times: partition 0 is the
 //! set above, partition `i` the same names under the tag `{<queue>#<i>.<s>}`
@@ -235,6 +236,13 @@ impl QueueKeys {
     /// partition 0 only: how many partitions the queue has.
     pub fn layout(&self) -> String {
         format!("{}:layout", self.base)
+    }
+
+    /// The enqueue sequence (a hash: `n`, `epoch`, `epochs`): each job added
+    /// takes the next number, and each server that writes it opens an epoch,
+    /// so producers learn which of their jobs a failover rolled back.
+    pub fn sequence(&self) -> String {
+        format!("{}:seq", self.base)
     }
 
     /// The counters hash.

@@ -7,12 +7,26 @@
   first write, so a batch is all-or-nothing and an OOM reply means nothing was
   added.
 
+  Loss accounting (docs/guarantees.md, "Failover"): every job added takes the
+  next number of the partition's sequence. An epoch is the run of numbers one
+  server wrote, named by its replication id (`INFO replication`, which changes
+  when a replica is promoted or a master restarts) and the time it began. A
+  server that did not write the current epoch opens a new one, and the
+  history records where each epoch began: every number before that was
+  inherited, every later number of the epoch before it was lost. The caller
+  names the epoch it last saw, so it learns which of its own acknowledged
+  jobs the server never had. Where ACLs refuse `INFO`, there are no epochs
+  and the reply says so with an empty epoch.
+
   KEYS[1]    stats hash          HINCRBY "enqueued:<p>", "name:enqueued:<name>",
                                  "scheduled", "deduplicated"
   KEYS[2..5] streams             critical, high, medium, low
   KEYS[6]    delayed zset        member = priority digit .. envelope, score = due ms
   KEYS[7]    events stream       XADD "enqueued" per job added (see ARGV[5])
-  KEYS[8..]  idempotency keys    strings holding the id of the job that took them,
+  KEYS[8]    sequence hash       "n": jobs numbered; "epoch": the current
+                                 epoch; "epochs": the last 8, "<epoch>
+                                 <first number>;" each
+  KEYS[9..]  idempotency keys    strings holding the id of the job that took them,
              and job metadata    hashes of tracked jobs (see ARGV)
   ARGV[1]    max backlog         jobs in the streams plus delayed beyond which the
                                  batch is refused; 0 = no bound
@@ -22,7 +36,8 @@
                                  an update; 0 = jobs are not tracked
   ARGV[5]    events cap          approximate MAXLEN of the events stream;
                                  0 = no events
-  ARGV[6..]  eight per job:      priority index (1 = critical .. 4 = low),
+  ARGV[6]    known epoch         the epoch the caller last saw; "" = none
+  ARGV[7..]  eight per job:      priority index (1 = critical .. 4 = low),
                                  due (Unix ms; 0 = now),
                                  idempotency key index into KEYS (0 = none),
                                  idempotency ttl (ms),
@@ -31,22 +46,33 @@
                                  metadata key index into KEYS (0 = none),
                                  envelope bytes (opaque, never decoded here)
 
-  Returns    {OK, duplicates}    added; duplicates: for each job whose
+  Returns    {OK, duplicates, epoch, first, kept}
+                                 added; duplicates: for each job whose
                                  idempotency key was taken, its 1-based
                                  position in the call and the id of the job
-                                 holding the key (pairs, flat)
+                                 holding the key (pairs, flat); epoch: the
+                                 current epoch ("" = no accounting); first:
+                                 the number of the first job added (the rest
+                                 follow in call order, duplicates skipped);
+                                 kept: when ARGV[6] names an earlier epoch,
+                                 its last number this server has (0 when
+                                 that epoch is no longer in the history,
+                                 -2 when the sequence was deleted on this
+                                 same server, by obliterate), else -1
              {QUEUE_FULL, backlog, limit}
                                  refused: the backlog would exceed ARGV[1];
                                  nothing was written
 ]]
-local stats, delayed, events = KEYS[1], KEYS[6], KEYS[7]
+local stats, delayed, events, sequence = KEYS[1], KEYS[6], KEYS[7], KEYS[8]
 local max_backlog = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local by_name = ARGV[3] == '1'
 local tracking_ttl = tonumber(ARGV[4])
 local events_cap = tonumber(ARGV[5])
+local known = ARGV[6]
 local names = { 'critical', 'high', 'medium', 'low' }
-local FIRST, STRIDE = 6, 8
+local FIRST, STRIDE = 7, 8
+local HISTORY = 8
 local OK, QUEUE_FULL = 0, 1
 
 local jobs = (#ARGV - FIRST + 1) / STRIDE
@@ -64,6 +90,41 @@ local counts = {}
 local function count(field, n)
   counts[field] = (counts[field] or 0) + n
 end
+
+local state = redis.call('HMGET', sequence, 'n', 'epoch', 'epochs')
+local seq = tonumber(state[1]) or 0
+local epoch, history = state[2] or '', state[3] or ''
+local info = redis.pcall('INFO', 'replication')
+local server = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
+local function server_of(e)
+  return string.match(e, '^(%x+)/') or ''
+end
+if server == '' then
+  epoch = ''
+elseif server_of(epoch) ~= server then
+  epoch = server .. '/' .. ARGV[2]
+  history = history .. epoch .. ' ' .. (seq + 1) .. ';'
+  local _, epochs = string.gsub(history, ';', '')
+  for _ = HISTORY + 1, epochs do
+    history = string.gsub(history, '^[^;]*;', '', 1)
+  end
+  redis.call('HSET', sequence, 'epoch', epoch, 'epochs', history)
+end
+local kept = -1
+if epoch ~= '' and known ~= '' and known ~= epoch then
+  local before, found = nil, false
+  for e, from in string.gmatch(history, '(%S+) (%d+);') do
+    if before == known then
+      kept, found = tonumber(from) - 1, true
+      break
+    end
+    before = e
+  end
+  if not found then
+    kept = server_of(known) == server and -2 or 0
+  end
+end
+local first = seq + 1
 
 local duplicates = {}
 for i = FIRST, #ARGV, STRIDE do
@@ -102,6 +163,7 @@ for i = FIRST, #ARGV, STRIDE do
       redis.call('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'enqueued',
                  'job', job_id, 'name', name, 'p', names[p], 'at', now, 'due', due)
     end
+    seq = seq + 1
     count('enqueued:' .. names[p], 1)
     if by_name then count('name:enqueued:' .. name, 1) end
   end
@@ -109,4 +171,7 @@ end
 for field, n in pairs(counts) do
   redis.call('HINCRBY', stats, field, n)
 end
-return { OK, duplicates }
+if seq + 1 > first then
+  redis.call('HSET', sequence, 'n', seq)
+end
+return { OK, duplicates, epoch, first, kept }

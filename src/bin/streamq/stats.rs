@@ -172,6 +172,7 @@ fn to_json(report: &QueueReport, metrics: &QueueMetrics) -> serde_json::Value {
                 "dead_lettered": c.dead_lettered,
                 "reclaimed": c.reclaimed,
                 "lost": c.lost,
+                "rolled_back": c.rolled_back,
             })
         })
         .collect();
@@ -251,6 +252,16 @@ fn print_table(
         report.delayed,
         report.dead_letters
     );
+    let (rolled_back, lost) = metrics
+        .by_priority
+        .values()
+        .fold((0, 0), |(r, l), c| (r + c.rolled_back, l + c.lost));
+    if rolled_back + lost > 0 {
+        outln!(
+            "lost jobs: {rolled_back} acknowledged then rolled back by a failover or restart, \
+             {lost} deleted while pending (see docs/guarantees.md)"
+        );
+    }
     if report.consumers.is_empty() {
         outln!("consumers: none");
     }
