@@ -162,7 +162,15 @@ pub(crate) struct Finisher {
     holdings: Holdings,
     config: WorkerConfig,
     tracker: Option<Tracker>,
+    /// How long to gather more outcomes after the first of a batch.
+    gather: Duration,
 }
+
+/// How long the finisher of one partition's loop gathers outcomes before
+/// acknowledging them. It sees only its partition's share of the
+/// completions, too few at a time to batch on their own: without it, each
+/// job cost an `ack` call of its own.
+const PARTITION_GATHER: Duration = Duration::from_millis(2);
 
 impl Finisher {
     pub(crate) fn new(
@@ -181,7 +189,15 @@ impl Finisher {
             holdings,
             config: config.clone(),
             tracker,
+            gather: Duration::ZERO,
         }
+    }
+
+    /// Gathers outcomes for [`PARTITION_GATHER`] before finishing them (for
+    /// the loops of a partitioned worker).
+    pub(crate) fn gathering(mut self) -> Finisher {
+        self.gather = PARTITION_GATHER;
+        self
     }
 
     /// Runs until every sender is dropped and everything received is finished.
@@ -202,6 +218,20 @@ impl Finisher {
                     }
                 }
                 _ = sleep_until_some(next_due) => {}
+            }
+            if !self.gather.is_zero() && !batch.is_empty() {
+                let until = Instant::now() + self.gather;
+                while batch.len() < max_batch {
+                    let room = max_batch - batch.len();
+                    tokio::select! {
+                        received = rx.recv_many(&mut batch, room) => {
+                            if received == 0 {
+                                break;
+                            }
+                        }
+                        _ = tokio::time::sleep_until(until) => break,
+                    }
+                }
             }
             let mut acks = Vec::with_capacity(batch.len());
             let mut releases = Vec::new();

@@ -184,7 +184,7 @@ impl Worker {
         let holdings = Holdings::new(stopping.clone());
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
         let (tracker, tracker_task) = Tracker::spawn(&self.queue).unzip();
-        let finisher = Finisher::new(
+        let mut finisher = Finisher::new(
             &self.queue,
             &self.consumer,
             counters.clone(),
@@ -192,6 +192,9 @@ impl Worker {
             &self.config,
             tracker.clone(),
         );
+        if self.share.is_some() {
+            finisher = finisher.gathering();
+        }
         let finisher = tokio::spawn(finisher.run(finished_rx));
         // Stops the heartbeat even if this future is dropped mid-run, so the
         // jobs it abandons can be reclaimed.

@@ -33,6 +33,10 @@ use crate::protocol::scripts::scripts;
 use crate::queue::KeepResults;
 use tokio::sync::watch;
 
+/// How long a loop of a partitioned worker that holds work may put off
+/// fetching while it has room for less than a batch.
+const FETCH_LINGER: Duration = Duration::from_millis(2);
+
 /// What every job task needs.
 pub(super) struct JobContext<H> {
     pub(super) handler: H,
@@ -107,25 +111,43 @@ impl Worker {
         // block from these ids without fetching again first (ids gone stale
         // meanwhile only make that wait return at once).
         let mut drained: Option<[String; 4]> = None;
+        let mut last_fetch = Instant::now();
         while !shutdown.is_cancelled() {
             while lane.running.try_join_next().is_some() {}
             self.dispatch::<T, R, H>(lane, context);
             let room = capacity.saturating_sub(lane.running.len() + lane.buffer.len());
             let now = Instant::now();
+            // One loop of a partitioned worker sees a share of the
+            // completions, each freeing room for one job: fetching at once
+            // would cost a script call per job. While it holds work it
+            // waits for a quarter of its capacity, or FETCH_LINGER, so that
+            // more urgent work behind its buffer waits no longer than that.
+            let batch = if lane.share.is_some() && !lane.buffer.is_empty() {
+                (capacity / 4).max(1)
+            } else {
+                1
+            };
+            let linger_until = last_fetch + FETCH_LINGER;
+            let hold_off = room == 0 || (room < batch && now < linger_until);
             if now >= next_promote {
                 next_promote = now + self.promote().await;
             }
             // While paused, stalled jobs stay where they are: running them
             // would be fetching too.
-            if now >= next_reclaim && room > 0 && !paused {
+            if now >= next_reclaim && !hold_off && !paused {
                 self.reclaim::<T, R, H>(lane, context, room).await;
                 next_reclaim = now + self.config.reclaim_interval;
                 continue;
             }
             let upkeep_at = next_promote.min(next_reclaim);
-            if room == 0 {
-                // Reclaiming waits for room: only promotion can be due now.
-                let upkeep_at = next_promote;
+            if hold_off {
+                // Reclaiming waits for room: only promotion can be due now,
+                // and the end of the linger when there is some room.
+                let upkeep_at = if room == 0 {
+                    next_promote
+                } else {
+                    next_promote.min(linger_until)
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = lane.running.join_next(), if !lane.running.is_empty() => {}
@@ -135,6 +157,7 @@ impl Worker {
                 continue;
             }
             // Never cancelled: a fetch dropped mid-flight may have claimed jobs.
+            last_fetch = now;
             let fetched = match drained.take() {
                 Some(last_ids) => Ok(Fetched::Idle(last_ids)),
                 None => lane.fetcher.fetch(room, self.config.rate_limit).await,
