@@ -384,8 +384,9 @@ impl Batch {
             let added = chunk
                 .iter()
                 .zip(&ids)
-                .filter(|(job, id)| job.id == **id)
-                .map(|(job, id)| (job.priority, id));
+                .zip(&numbered.added)
+                .filter(|(_, added)| **added)
+                .map(|((job, id), _)| (job.priority, id));
             rolled_back.extend(ledger.and_then(|l| l.record(&epoch, &numbered, added)));
             Ok::<_, Error>(ids)
         };
@@ -485,6 +486,7 @@ impl Batch {
 /// the job holding the key); and how the jobs added were numbered.
 fn job_ids(chunk: &[Pending], reply: redis::Value) -> Result<(Vec<JobId>, Numbered), Error> {
     let mut ids: Vec<JobId> = chunk.iter().map(|job| job.id.clone()).collect();
+    let mut added = vec![true; chunk.len()];
     let mut body = reply::done(&scripts().enqueue, reply)?;
     let mut duplicates = body.array()?;
     while !duplicates.is_empty() {
@@ -498,11 +500,13 @@ fn job_ids(chunk: &[Pending], reply: redis::Value) -> Result<(Vec<JobId>, Number
                 detail: format!("duplicate at position {position}"),
             })?;
         *slot = JobId::from(holder);
+        added[position - 1] = false;
     }
     let numbered = Numbered {
         epoch: body.text()?,
         first: u64::try_from(body.int()?).unwrap_or(0),
         kept: body.int()?,
+        added,
     };
     Ok((ids, numbered))
 }

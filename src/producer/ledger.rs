@@ -33,6 +33,9 @@ pub(crate) struct Numbered {
     /// named the current one (or none), `0` when that epoch is no longer in
     /// the history, `-2` when the sequence was deleted (obliterate).
     pub(crate) kept: i64,
+    /// For each job of the call, whether it was added (not a duplicate of
+    /// an idempotency key): only those were numbered.
+    pub(crate) added: Vec<bool>,
 }
 
 /// What a new epoch took away from this producer.
@@ -271,6 +274,7 @@ mod tests {
             epoch: epoch.to_owned(),
             first,
             kept,
+            added: Vec::new(),
         }
     }
 

@@ -92,6 +92,8 @@ export class QueueKeys {
   readonly events: string;
   readonly stop: string;
   readonly layout: string;
+  /** The enqueue sequence and its epochs (docs/protocol.md, "Loss accounting"). */
+  readonly seq: string;
 
   constructor(readonly prefix: string, readonly queue: string, readonly index = 0) {
     validateName("queue name", queue);
@@ -108,6 +110,7 @@ export class QueueKeys {
     this.events = `${base}:events`;
     this.stop = `${base}:stop`;
     this.layout = `${base}:layout`;
+    this.seq = `${base}:seq`;
   }
 
   /** The five keys every script takes first. */

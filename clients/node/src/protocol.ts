@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { Envelope, encodeEnvelope } from "./envelope";
 import { QueueFull, UnexpectedReply } from "./errors";
 import { GROUP, PRIORITIES, QueueKeys } from "./keys";
+import { Added, Numbered } from "./ledger";
 
 export const OK = 0;
 export const QUEUE_FULL = 1;
@@ -36,9 +37,11 @@ export interface Pending {
   idempotency: [string, number] | null;
 }
 
-export function enqueueCall(keys: QueueKeys, jobs: Pending[], maxBacklog: number): Call {
-  const extra = [keys.delayed, keys.events];
-  const argv: (string | number | Buffer)[] = [maxBacklog, nowMs(), 1, 0, 0];
+/** `enqueue`'s KEYS and ARGV; `knownEpoch` is the partition's epoch the
+ * producer last saw ("" at first: see `Ledger`). */
+export function enqueueCall(keys: QueueKeys, jobs: Pending[], maxBacklog: number, knownEpoch = "", eventsCap = 0): Call {
+  const extra = [keys.delayed, keys.events, keys.seq];
+  const argv: (string | number | Buffer)[] = [maxBacklog, nowMs(), 1, 0, eventsCap, knownEpoch];
   for (const job of jobs) {
     let dedup = 0;
     let ttl = 0;
@@ -53,13 +56,34 @@ export function enqueueCall(keys: QueueKeys, jobs: Pending[], maxBacklog: number
   return [[...keys.common(), ...extra], argv];
 }
 
-export function enqueueIds(jobs: Pending[], reply: unknown[]): string[] {
+/** What an `enqueue` reply says. */
+export interface EnqueueReply {
+  /** Each job's id, a duplicate's replaced by the id holding its key. */
+  ids: string[];
+  /** How the jobs added were numbered. */
+  numbered: Numbered;
+  /** The jobs added, [priority, id] in call order, duplicates left out. */
+  added: Added[];
+}
+
+export function enqueueReply(jobs: Pending[], reply: unknown[]): EnqueueReply {
   if (reply[0] === QUEUE_FULL) throw new QueueFull(Number(reply[1]), Number(reply[2]));
-  if (reply[0] !== OK) throw new UnexpectedReply(`enqueue answered status ${reply[0]}`);
+  if (reply[0] !== OK || reply.length < 5) throw new UnexpectedReply(`enqueue answered status ${reply[0]} (${reply.length} fields)`);
   const ids = jobs.map((j) => j.id);
   const dup = reply[1] as unknown[];
-  for (let i = 0; i < dup.length; i += 2) ids[Number(dup[i]) - 1] = text(dup[i + 1]);
-  return ids;
+  const skipped = new Set<number>();
+  for (let i = 0; i < dup.length; i += 2) {
+    ids[Number(dup[i]) - 1] = text(dup[i + 1]);
+    skipped.add(Number(dup[i]) - 1);
+  }
+  const added: Added[] = [];
+  jobs.forEach((job, i) => { if (!skipped.has(i)) added.push([job.priority, job.id]); });
+  const numbered = { epoch: text(reply[2]), first: Number(reply[3]), kept: Number(reply[4]) };
+  return { ids, numbered, added };
+}
+
+export function enqueueIds(jobs: Pending[], reply: unknown[]): string[] {
+  return enqueueReply(jobs, reply).ids;
 }
 
 /** Batches of at most 1,000 jobs or 4 MiB, one script call each. */

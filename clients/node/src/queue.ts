@@ -5,6 +5,7 @@ import {
 } from "./envelope";
 import { PayloadTooLarge, UnknownLayout, UnsupportedServer, WrongKeyType } from "./errors";
 import { GROUP, LAYOUT_VERSION, MAX_PARTITIONS, PRIORITIES, QueueKeys, partitionOf, priorityIndex } from "./keys";
+import { Ledger, RolledBack, reportCommands, rolledBackMessage } from "./ledger";
 import * as protocol from "./protocol";
 
 /** A job's options; every field has the Rust producer's default. */
@@ -62,11 +63,18 @@ export function partitionsFrom(layout: Record<string, string>): number {
 
 export class Queue {
   readonly partitions: QueueKeys[];
+  /** Per partition: this handle's acknowledged jobs and the epoch it saw. */
+  readonly ledgers: Ledger[];
+  /** Approximate MAXLEN of the events stream; 0 = no events. This client
+   * keeps no events (docs/protocol.md, section 6): the scripts get 0, and so
+   * does the loss report, unless this is raised. */
+  eventsCap = 0;
   private roundRobin = Math.floor(Math.random() * 65536);
   private groupsReady = false;
 
   private constructor(readonly client: Redis, readonly name: string, readonly options: Required<QueueOptions>, partitions: number) {
     this.partitions = Array.from({ length: partitions }, (_, i) => new QueueKeys(options.prefix, name, i));
+    this.ledgers = this.partitions.map(() => new Ledger());
     for (const script of protocol.SCRIPTS) client.defineCommand(script, { lua: protocol.lua(script) });
   }
 
@@ -174,24 +182,66 @@ export class Queue {
       byPartition.get(p)!.push([position, this.encode(job)]);
     });
     const pipe = this.client.pipeline();
-    const calls: [Map<protocol.Pending, number>, protocol.Pending[]][] = [];
+    const calls: [number, Map<protocol.Pending, number>, protocol.Pending[]][] = [];
+    // The epoch each partition's calls name: its ledger's, read once per
+    // batch (every call of the batch is judged against it).
+    const named = new Map<number, string>();
     for (const [partition, items] of byPartition) {
       const positions = new Map(items.map(([pos, p]) => [p, pos]));
+      named.set(partition, this.ledgers[partition].epoch());
       for (const chunk of protocol.chunks(items.map(([, p]) => p))) {
-        calls.push([positions, chunk]);
-        this.call(pipe, "enqueue", protocol.enqueueCall(this.partitions[partition], chunk, this.options.maxBacklog));
+        calls.push([partition, positions, chunk]);
+        this.call(pipe, "enqueue", protocol.enqueueCall(this.partitions[partition], chunk, this.options.maxBacklog,
+          named.get(partition), this.eventsCap));
       }
     }
     const replies = (await pipe.exec()) ?? [];
     const ids: string[] = new Array(jobs.length);
-    calls.forEach(([positions, chunk], i) => {
-      const [err, reply] = replies[i];
-      if (err) throw err;
-      protocol.enqueueIds(chunk, reply as unknown[]).forEach((id, j) => {
+    const rolledBack = new Map<number, RolledBack[]>();
+    let error: unknown = null;
+    // Every call that succeeded is recorded in its partition's ledger,
+    // whatever the others did; the first error is thrown after the report.
+    calls.forEach(([partition, positions, chunk], i) => {
+      const [err, reply] = replies[i] ?? [new Error("no reply to an enqueue call"), null];
+      let parsed: protocol.EnqueueReply;
+      try {
+        if (err) throw err;
+        parsed = protocol.enqueueReply(chunk, reply as unknown[]);
+      } catch (e) {
+        error ??= e;
+        return;
+      }
+      parsed.ids.forEach((id, j) => {
         ids[positions.get(chunk[j])!] = id;
       });
+      const lost = this.ledgers[partition].record(named.get(partition)!, parsed.numbered, parsed.added);
+      if (lost) {
+        if (!rolledBack.has(partition)) rolledBack.set(partition, []);
+        rolledBack.get(partition)!.push(lost);
+      }
     });
+    for (const [partition, lost] of rolledBack) await this.reportRolledBack(partition, lost);
+    if (error !== null) throw error;
     return ids;
+  }
+
+  /** Reports what new epochs rolled back on `partition`: an error naming the
+   * jobs, the `rolled_back:<priority>` counters and, when the queue keeps
+   * events, a `rolled_back` event per named job. Best effort: a failure is
+   * logged, never thrown (the enqueue that found the loss succeeded). */
+  private async reportRolledBack(partition: number, rolledBack: RolledBack[]): Promise<void> {
+    const keys = this.partitions[partition];
+    console.error(rolledBackMessage(keys, rolledBack));
+    try {
+      const pipe = this.client.pipeline();
+      for (const [command, ...args] of reportCommands(keys, rolledBack, this.eventsCap, protocol.nowMs())) {
+        pipe.call(String(command), ...args);
+      }
+      const failed = ((await pipe.exec()) ?? []).find(([err]) => err);
+      if (failed) throw failed[0];
+    } catch (err) {
+      console.error(`streamq: could not count the lost jobs of queue ${keys.queue}, partition ${keys.index} in Redis:`, err);
+    }
   }
 
   /** Waiting, in flight, delayed, dead letters and counters, over partitions. */

@@ -13,12 +13,12 @@ from typing import Any, Awaitable, Callable, Iterable, Optional
 import redis.asyncio as aioredis
 from redis import ResponseError
 
-from . import protocol
+from . import ledger, protocol
 from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, DecodeError, Envelope, now_us
 from .errors import PermanentError, WrongKeyType
 from .keys import GROUP, PRIORITIES, QueueKeys
-from .queue import (SCRIPTS, Job, QueueSettings, batch_ids, check_server, partitions_from,
-                    plan_batch, server_version)
+from .queue import (SCRIPTS, Job, QueueSettings, check_server, enqueue_commands, finish_batch,
+                    partitions_from, plan_batch, server_version)
 from .worker import JobContext, Outcomes, WorkerConfig, default_consumer_name
 
 log = logging.getLogger("streamq")
@@ -32,6 +32,8 @@ class Queue:
         self.settings = settings
         self.partitions = [QueueKeys(settings.prefix, settings.name, i) for i in range(partitions)]
         self.scripts = {name: client.register_script(protocol.lua(name)) for name in SCRIPTS}
+        # Per partition: this handle's acknowledged jobs and the epoch it saw.
+        self.ledgers = [ledger.Ledger() for _ in range(partitions)]
         self._round_robin = itertools.count(random.randrange(1 << 16))
         self._groups_ready = False
 
@@ -83,11 +85,30 @@ class Queue:
             return []
         await self.ensure_groups()
         calls = plan_batch(self.settings, jobs, len(self.partitions), self._round_robin)
+        commands, named = enqueue_commands(self.settings, self.partitions, self.ledgers, calls)
         pipe = self.client.pipeline(transaction=False)
-        for partition, chunk, _ in calls:
-            await self.call("enqueue", protocol.enqueue_call(
-                self.partitions[partition], chunk, self.settings.max_backlog, True), client=pipe)
-        return batch_ids(calls, await pipe.execute(), len(jobs))
+        for keys_and_args in commands:
+            await self.call("enqueue", keys_and_args, client=pipe)
+        replies = await pipe.execute(raise_on_error=False)
+        ids, rolled_back, error = finish_batch(calls, replies, len(jobs), named, self.ledgers)
+        await self._report_rolled_back(rolled_back)
+        if error is not None:
+            raise error
+        return ids
+
+    async def _report_rolled_back(self, rolled_back: dict) -> None:
+        """As the sync queue's `report_rolled_back`: logged, counted, best effort."""
+        for partition, lost in rolled_back.items():
+            keys = self.partitions[partition]
+            ledger.log_rolled_back(keys, lost)
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for command in ledger.report_commands(keys, lost, self.settings.events_cap,
+                                                      protocol.now_ms()):
+                    pipe.execute_command(*command)
+                await pipe.execute()
+            except Exception as exc:
+                ledger.log_report_failed(keys, exc)
 
     async def stats(self) -> protocol.Stats:
         stats = protocol.Stats()

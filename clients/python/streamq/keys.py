@@ -106,6 +106,8 @@ class QueueKeys:
         self.events = f"{base}:events"
         self.stop = f"{base}:stop"
         self.layout = f"{base}:layout"
+        # The enqueue sequence and its epochs (docs/protocol.md, "Loss accounting").
+        self.seq = f"{base}:seq"
 
     def common(self) -> list:
         """The five keys every script takes first."""

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from .envelope import Envelope
 from .errors import QueueFull, UnexpectedReply
 from .keys import GROUP, PRIORITIES, QueueKeys
+from .ledger import Numbered
 
 LUA_DIR = Path(__file__).parent / "lua"
 OK, QUEUE_FULL, PAUSED, RATE_LIMITED = 0, 1, 2, 3
@@ -46,9 +47,12 @@ class Pending:
     idempotency: Optional[tuple] = None  # (key, ttl ms)
 
 
-def enqueue_call(keys: QueueKeys, jobs: list, max_backlog: int, by_name: bool) -> tuple:
-    extra = [keys.delayed, keys.events]
-    argv: list = [max_backlog, now_ms(), int(by_name), 0, 0]
+def enqueue_call(keys: QueueKeys, jobs: list, max_backlog: int, by_name: bool,
+                 known_epoch: str = "", events_cap: int = 0) -> tuple:
+    """`enqueue`'s KEYS and ARGV; `known_epoch` is the partition's epoch the
+    producer last saw ("" at first: see `ledger.Ledger`)."""
+    extra = [keys.delayed, keys.events, keys.seq]
+    argv: list = [max_backlog, now_ms(), int(by_name), 0, events_cap, known_epoch]
     for job in jobs:
         dedup, ttl = 0, 0
         if job.idempotency is not None:
@@ -60,18 +64,29 @@ def enqueue_call(keys: QueueKeys, jobs: list, max_backlog: int, by_name: bool) -
     return keys.common() + extra, argv
 
 
-def enqueue_ids(jobs: list, reply: Any) -> list:
-    """Each job's id, duplicates replaced by the id holding their key."""
+def enqueue_reply(jobs: list, reply: Any) -> tuple:
+    """(ids, numbered, added) from an `enqueue` reply: each job's id, a
+    duplicate's replaced by the id holding its key; how the jobs added were
+    numbered (`ledger.Numbered`); and the jobs added, as (priority, id) in
+    call order, duplicates left out."""
     status = reply[0]
     if status == QUEUE_FULL:
         raise QueueFull(int(reply[1]), int(reply[2]))
-    if status != OK:
-        raise UnexpectedReply(f"enqueue answered status {status}")
+    if status != OK or len(reply) < 5:
+        raise UnexpectedReply(f"enqueue answered status {status} ({len(reply)} fields)")
     ids = [job.id for job in jobs]
     duplicates = reply[1]
     for i in range(0, len(duplicates), 2):
         ids[int(duplicates[i]) - 1] = _text(duplicates[i + 1])
-    return ids
+    skipped = {int(duplicates[i]) - 1 for i in range(0, len(duplicates), 2)}
+    added = [(job.priority, job.id) for i, job in enumerate(jobs) if i not in skipped]
+    numbered = Numbered(_text(reply[2]), int(reply[3]), int(reply[4]))
+    return ids, numbered, added
+
+
+def enqueue_ids(jobs: list, reply: Any) -> list:
+    """Each job's id, duplicates replaced by the id holding their key."""
+    return enqueue_reply(jobs, reply)[0]
 
 
 def chunks(jobs: list) -> list:

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import redis
 
-from . import protocol
+from . import ledger, protocol
 from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENVELOPE_OVERHEAD, Envelope, encode_payload, new_job_id, now_us
 from .errors import PayloadTooLarge, UnknownLayout, UnsupportedServer, WrongKeyType
 from .keys import GROUP, LAYOUT_VERSION, MAX_PARTITIONS, QueueKeys, partition_of, priority_index
@@ -77,6 +77,10 @@ class QueueSettings:
         self.max_payload_bytes = max_payload_bytes
         self.compress_above = compress_above
         self.max_backlog = max_backlog
+        # Approximate MAXLEN of the events stream; 0 = no events. This client
+        # keeps no events (docs/protocol.md, section 6): the scripts get 0,
+        # and so does the loss report, unless this is raised.
+        self.events_cap = 0
 
     def encode(self, job: Job) -> protocol.Pending:
         priority = priority_index(job.priority)
@@ -123,13 +127,61 @@ def plan_batch(settings: QueueSettings, jobs: list, partitions: int, round_robin
     return calls
 
 
-def batch_ids(calls: list, replies: list, count: int) -> list:
-    """The jobs' ids in their order, from the replies to `plan_batch`'s calls."""
+def enqueue_commands(settings: QueueSettings, partitions: list, ledgers: list, calls: list) -> tuple:
+    """The `enqueue` script calls of `plan_batch`'s calls, as (keys, args),
+    and the epoch each partition's calls name (its ledger's, read once per
+    batch: every call of the batch is judged against it)."""
+    named: dict = {}
+    commands = []
+    for partition, chunk, _ in calls:
+        if partition not in named:
+            named[partition] = ledgers[partition].epoch()
+        commands.append(protocol.enqueue_call(
+            partitions[partition], chunk, settings.max_backlog, True, named[partition],
+            settings.events_cap,
+        ))
+    return commands, named
+
+
+def finish_batch(calls: list, replies: list, count: int, named: dict, ledgers: list) -> tuple:
+    """From the replies to `plan_batch`'s calls (an exception in place of a
+    failed call's reply): (the jobs' ids in their order, what new epochs
+    rolled back per partition, the first error). Every call that succeeded
+    is recorded in its partition's ledger, whatever the others did."""
     ids: list = [None] * count
-    for (_, chunk, positions), reply in zip(calls, replies):
-        for position, job_id in zip(positions, protocol.enqueue_ids(chunk, reply)):
+    rolled_back: dict = {}
+    error = None
+    for (partition, chunk, positions), reply in zip(calls, replies):
+        try:
+            if isinstance(reply, Exception):
+                raise reply
+            chunk_ids, numbered, added = protocol.enqueue_reply(chunk, reply)
+        except Exception as exc:  # reported after the others are recorded
+            error = error or exc
+            continue
+        for position, job_id in zip(positions, chunk_ids):
             ids[position] = job_id
-    return ids
+        lost = ledgers[partition].record(named[partition], numbered, added)
+        if lost is not None:
+            rolled_back.setdefault(partition, []).append(lost)
+    return ids, rolled_back, error
+
+
+def report_rolled_back(client: Any, partitions: list, settings: QueueSettings, rolled_back: dict) -> None:
+    """Reports what new epochs rolled back (`ledger.report_commands`): an
+    error in the log naming the jobs, the `rolled_back:<priority>` counters
+    and events. Best effort: a failure is logged, never raised (the enqueue
+    that found the loss succeeded)."""
+    for partition, lost in rolled_back.items():
+        keys = partitions[partition]
+        ledger.log_rolled_back(keys, lost)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for command in ledger.report_commands(keys, lost, settings.events_cap, protocol.now_ms()):
+                pipe.execute_command(*command)
+            pipe.execute()
+        except Exception as exc:
+            ledger.log_report_failed(keys, exc)
 
 
 class Queue:
@@ -143,6 +195,8 @@ class Queue:
         self.settings = settings
         self.partitions = [QueueKeys(settings.prefix, settings.name, i) for i in range(partitions)]
         self.scripts = {name: client.register_script(protocol.lua(name)) for name in SCRIPTS}
+        # Per partition: this handle's acknowledged jobs and the epoch it saw.
+        self.ledgers = [ledger.Ledger() for _ in range(partitions)]
         self._round_robin = itertools.count(random.randrange(1 << 16))
         self._groups_ready = False
 
@@ -210,13 +264,16 @@ class Queue:
             return []
         self.ensure_groups()
         calls = plan_batch(self.settings, jobs, len(self.partitions), self._round_robin)
+        commands, named = enqueue_commands(self.settings, self.partitions, self.ledgers, calls)
         pipe = self.client.pipeline(transaction=False)
-        for partition, chunk, _ in calls:
-            keys_and_args = protocol.enqueue_call(
-                self.partitions[partition], chunk, self.settings.max_backlog, True
-            )
+        for keys_and_args in commands:
             self.call("enqueue", keys_and_args, client=pipe)
-        return batch_ids(calls, pipe.execute(), len(jobs))
+        replies = pipe.execute(raise_on_error=False)
+        ids, rolled_back, error = finish_batch(calls, replies, len(jobs), named, self.ledgers)
+        report_rolled_back(self.client, self.partitions, self.settings, rolled_back)
+        if error is not None:
+            raise error
+        return ids
 
     def stats(self) -> protocol.Stats:
         """Waiting, in flight, delayed, dead letters and the counters, summed
