@@ -593,8 +593,8 @@ async fn obliterate_is_refused_while_workers_are_active_unless_forced_and_spares
     }
     let done = forced.obliterate(true).await.unwrap();
     assert_eq!(
-        done.keys, 5,
-        "the four streams (made with the groups at the first enqueue) and the stats hash"
+        done.keys, 6,
+        "the four streams (made with the groups at the first enqueue), the stats hash and the enqueue sequence"
     );
     assert_eq!(key_count(&redis, "streamq:{forced}:*").await, 0);
 }
