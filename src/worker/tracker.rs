@@ -212,14 +212,14 @@ fn record_metadata(
                     ..
                 } => {
                     let meta = keys.job(&id);
-                    pipe.cmd("HSET").arg(&meta).arg(&[
-                        ("state", "active"),
-                        ("entry", entry.as_str()),
-                        ("p", priority.as_str()),
-                        ("owner", &consumer),
-                    ]);
                     pipe.cmd("HSET")
                         .arg(&meta)
+                        .arg(&[
+                            ("state", "active"),
+                            ("entry", entry.as_str()),
+                            ("p", priority.as_str()),
+                            ("owner", &consumer),
+                        ])
                         .arg("att")
                         .arg(attempt)
                         .arg("start")
@@ -256,9 +256,7 @@ fn record_metadata(
                         .arg("state")
                         .arg("delayed")
                         .arg("due")
-                        .arg(due_ms);
-                    pipe.cmd("HSET")
-                        .arg(&meta)
+                        .arg(due_ms)
                         .arg("att")
                         .arg(attempt)
                         .arg("err")
@@ -272,13 +270,13 @@ fn record_metadata(
                     dead_id,
                 } => {
                     let (meta, log) = (keys.job(&id), keys.job_log(&id));
-                    pipe.cmd("HSET").arg(&meta).arg(&[
-                        ("state", "dead"),
-                        ("err", error.as_str()),
-                        ("dead", dead_id.as_str()),
-                    ]);
                     pipe.cmd("HSET")
                         .arg(&meta)
+                        .arg(&[
+                            ("state", "dead"),
+                            ("err", error.as_str()),
+                            ("dead", dead_id.as_str()),
+                        ])
                         .arg("att")
                         .arg(attempts)
                         .arg("fin")
