@@ -383,3 +383,37 @@ async fn all_keys(redis: &TestRedis) -> Vec<String> {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn paging_dead_letters_reads_a_partition_that_holds_them_all() {
+    let redis = TestRedis::start();
+    let queue = redis.open(Queue::builder("one-sided").partitions(4)).await;
+    // Every job in one partition: each page of the others is empty, and the
+    // full one has more than a page.
+    let options = EnqueueOptions::new().partition_key("tenant-a");
+    for n in 0..10u32 {
+        queue.enqueue(&n, &options).await.unwrap();
+    }
+    let (stop, worker) = spawn_worker(&queue, fast(), |_job: Job<u32>| async {
+        Err::<(), JobError>(JobError::permanent("no"))
+    });
+    eventually("10 dead letters", WAIT, || async {
+        queue.stats().await.unwrap().dead_letters == 10
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = queue.dead_letters(after.as_deref(), 3).await.unwrap();
+        for letter in &page.letters {
+            assert!(seen.insert(letter.id.clone()), "{} twice", letter.id);
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 10);
+}

@@ -170,6 +170,20 @@ impl Queue {
                 Box::pin(async move { p.dead_letters_one(start.as_deref(), count).await })
             })
             .await?;
+            // A partition with more to read bounds the page: its next
+            // letters come after its last one here, but may come before
+            // other partitions' letters.
+            let cut = each
+                .iter()
+                .enumerate()
+                .filter(|(_, page)| page.next.is_some())
+                .filter_map(|(q, page)| {
+                    let last = page.letters.last()?;
+                    Some(partitions::qualified_order(&partitions::qualify(
+                        &last.id, q,
+                    )))
+                })
+                .min();
             let mut letters: Vec<DeadLetter> = each
                 .into_iter()
                 .enumerate()
@@ -181,12 +195,13 @@ impl Queue {
                 })
                 .collect();
             letters.sort_by_key(|l| partitions::qualified_order(&l.id));
-            let next = if letters.len() > count {
-                letters.truncate(count);
-                letters.last().map(|l| l.id.clone())
-            } else {
-                None
-            };
+            let read = letters.len();
+            if let Some(cut) = cut {
+                letters.retain(|l| partitions::qualified_order(&l.id) <= cut);
+            }
+            letters.truncate(count);
+            let more = cut.is_some() || letters.len() < read;
+            let next = more.then(|| letters.last().map(|l| l.id.clone())).flatten();
             return Ok(DeadLetterPage { letters, next });
         }
         if let Some(after) = after {
