@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::job_id::JobId;
 use crate::priority::Priority;
+use crate::protocol::event_log;
 use crate::queue::Queue;
 use crate::time::now_ms;
 
@@ -170,16 +171,7 @@ pub(crate) async fn report(partition: &Queue, rolled_back: Vec<RolledBack>) {
     if cap > 0 {
         let now = now_ms();
         for (priority, id) in &named {
-            pipe.cmd("XADD")
-                .arg(keys.events())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(cap)
-                .arg("*")
-                .arg("ev")
-                .arg("rolled_back")
-                .arg("job")
-                .arg(id.as_str())
+            event_log::add(&mut pipe, keys, cap, "rolled_back", id.as_str())
                 .arg("p")
                 .arg(priority.as_str())
                 .arg("at")

@@ -11,6 +11,7 @@
 //! - `reply`: the one place where script replies and Redis error codes
 //!   become typed errors ([`crate::Error`]).
 //! - `fields`: reading field/value replies (`HELLO`, `XINFO`).
+//! - `event_log`: the start of an event a client writes to the event stream.
 //! - `latency`: the latency histogram's bucket scheme.
 //! - `cluster`: one connection type for a single Redis and a Redis Cluster,
 //!   and the cluster hash slot of a key.
@@ -20,6 +21,7 @@
 pub(crate) mod cluster;
 pub(crate) mod connection;
 pub(crate) mod envelope;
+pub(crate) mod event_log;
 pub(crate) mod fields;
 pub(crate) mod keys;
 pub(crate) mod latency;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 use crate::priority::Priority;
+use crate::protocol::event_log;
 use crate::protocol::keys::QueueKeys;
 use crate::queue::JobTracking;
 use crate::queue::Queue;
@@ -169,16 +170,7 @@ fn record_event(pipe: &mut redis::Pipeline, keys: &QueueKeys, cap: u64, event: &
         ),
         _ => return,
     };
-    pipe.cmd("XADD")
-        .arg(keys.events())
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(cap)
-        .arg("*")
-        .arg("ev")
-        .arg(kind)
-        .arg("job")
-        .arg(id)
+    event_log::add(pipe, keys, cap, kind, id)
         .arg("name")
         .arg(name)
         .arg("p")
