@@ -380,11 +380,11 @@ impl Batch {
         let durability = self.queue.settings().durability;
         let mut rolled_back = Vec::new();
         let mut check = |chunk: &[Pending], reply| {
-            let (ids, numbered) = job_ids(chunk, reply)?;
+            let (ids, added, numbered) = job_ids(chunk, reply)?;
             let added = chunk
                 .iter()
                 .zip(&ids)
-                .zip(&numbered.added)
+                .zip(&added)
                 .filter(|(_, added)| **added)
                 .map(|((job, id), _)| (job.priority, id));
             rolled_back.extend(ledger.and_then(|l| l.record(&epoch, &numbered, added)));
@@ -483,8 +483,12 @@ impl Batch {
 
 /// The final ids of a chunk from its `enqueue` reply: each job's own,
 /// except duplicates, which the script reports as (1-based position, id of
-/// the job holding the key); and how the jobs added were numbered.
-fn job_ids(chunk: &[Pending], reply: redis::Value) -> Result<(Vec<JobId>, Numbered), Error> {
+/// the job holding the key); which jobs were added (not duplicates); and
+/// how those were numbered.
+fn job_ids(
+    chunk: &[Pending],
+    reply: redis::Value,
+) -> Result<(Vec<JobId>, Vec<bool>, Numbered), Error> {
     let mut ids: Vec<JobId> = chunk.iter().map(|job| job.id.clone()).collect();
     let mut added = vec![true; chunk.len()];
     let mut body = reply::done(&scripts().enqueue, reply)?;
@@ -506,9 +510,8 @@ fn job_ids(chunk: &[Pending], reply: redis::Value) -> Result<(Vec<JobId>, Number
         epoch: body.text()?,
         first: u64::try_from(body.int()?).unwrap_or(0),
         kept: body.int()?,
-        added,
     };
-    Ok((ids, numbered))
+    Ok((ids, added, numbered))
 }
 
 /// The producer layer's state kept with each queue handle.

@@ -34,9 +34,6 @@ pub(crate) struct Numbered {
     /// named the current one (or none), `0` when that epoch is no longer in
     /// the history, `-2` when the sequence was deleted (obliterate).
     pub(crate) kept: i64,
-    /// For each job of the call, whether it was added (not a duplicate of
-    /// an idempotency key): only those were numbered.
-    pub(crate) added: Vec<bool>,
 }
 
 /// What a new epoch took away from this producer.
@@ -144,7 +141,7 @@ pub(crate) async fn report(partition: &Queue, rolled_back: Vec<RolledBack>) {
         named.extend(lost.jobs);
     }
     for (priority, _) in &named {
-        per_priority[usize::from(priority.lua_index()) - 1] += 1;
+        per_priority[priority.index()] += 1;
     }
     tracing::error!(
         queue = partition.name(),
@@ -266,7 +263,6 @@ mod tests {
             epoch: epoch.to_owned(),
             first,
             kept,
-            added: Vec::new(),
         }
     }
 

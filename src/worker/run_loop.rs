@@ -157,10 +157,12 @@ impl Worker {
                 continue;
             }
             // Never cancelled: a fetch dropped mid-flight may have claimed jobs.
-            last_fetch = now;
             let fetched = match drained.take() {
                 Some(last_ids) => Ok(Fetched::Idle(last_ids)),
-                None => lane.fetcher.fetch(room, self.config.rate_limit).await,
+                None => {
+                    last_fetch = now;
+                    lane.fetcher.fetch(room, self.config.rate_limit).await
+                }
             };
             if let Some(s) = &mut lane.share {
                 // A full fetch that did not read every stream to its end
