@@ -92,11 +92,11 @@ pub(crate) struct BenchArgs {
     /// Print one JSON line with the results instead of a summary.
     #[arg(long)]
     json: bool,
-    /// Measure the raw baseline instead: plain pipelined XADD, XREADGROUP,
-    /// XACK + XDEL, with no scripts, what Redis itself sustains for the
-    /// same jobs (takes --jobs, --payload-bytes, --producers, --workers,
-    /// --batch).
-    #[arg(long, conflicts_with_all = ["rate", "duration", "backlog", "compress_above"])]
+    /// Measure the raw baseline instead: plain XADD, XREADGROUP, XACK +
+    /// XDEL, with no scripts, what Redis itself sustains for the same jobs
+    /// and what its client costs (takes --jobs or --duration, --rate,
+    /// --payload-bytes, --producers, --workers, --batch).
+    #[arg(long, conflicts_with_all = ["backlog", "compress_above"])]
     raw: bool,
 }
 
@@ -563,32 +563,56 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
 }
 
 async fn raw(args: &BenchArgs, target: &Target) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let jobs = args.jobs.unwrap_or(200_000);
-    let report = crate::raw_baseline::run(
-        &target.url,
+    let jobs = match (args.jobs, args.duration) {
+        (None, None) => Some(200_000),
+        (jobs, _) => jobs,
+    };
+    let report = crate::raw_baseline::run(crate::raw_baseline::RawPlan {
+        url: target.url.clone(),
         jobs,
-        args.payload_bytes,
-        args.producers,
-        args.workers,
-        args.batch,
-    )
+        duration: args.duration,
+        rate: args.rate,
+        payload_bytes: args.payload_bytes,
+        producers: args.producers,
+        consumers: args.workers,
+        batch: args.batch,
+    })
     .await?;
+    let ms = |q: f64| report.latency_us.value_at_quantile(q) as f64 / 1000.0;
     let json = serde_json::json!({
         "mode": "raw",
         "jobs": report.jobs,
         "payload_bytes": args.payload_bytes,
+        "rate": args.rate,
         "e2e_jobs_per_s": round(report.e2e_jobs_per_s),
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+        "p999_ms": ms(0.999),
+        "max_ms": report.latency_us.max() as f64 / 1000.0,
         "client_cpu_s_per_1k_jobs": report.client_cpu_s_per_1k_jobs,
+        "producer_cpu_us_per_job": round(report.producer_cpu_us_per_job),
+        "pacing_cpu_us_per_job": round(report.pacing_cpu_us_per_job),
+        "worker_cpu_us_per_job": round(report.consumer_cpu_us_per_job),
+        "queue_cpu_us_per_job": round(report.producer_cpu_us_per_job + report.consumer_cpu_us_per_job),
     });
     if args.json {
         outln!("{json}");
     } else {
         outln!(
-            "raw baseline: {} jobs of {} B, {:.0} jobs/s end to end, {:.1} us client cpu per job",
+            "raw baseline: {} jobs of {} B, {:.0} jobs/s end to end; send to read p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
             report.jobs,
             args.payload_bytes,
             report.e2e_jobs_per_s,
-            report.client_cpu_s_per_1k_jobs * 1000.0
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+        );
+        outln!(
+            "  client cpu {:.1} us per job: producing {:.1}, consuming {:.1}, pacing {:.1}",
+            report.client_cpu_s_per_1k_jobs * 1000.0,
+            report.producer_cpu_us_per_job,
+            report.consumer_cpu_us_per_job,
+            report.pacing_cpu_us_per_job,
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -745,7 +769,7 @@ async fn used_memory(queue: &Queue) -> Result<u64, streamq::Error> {
         .unwrap_or(0))
 }
 
-fn nanos(d: Duration) -> u64 {
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -753,7 +777,7 @@ fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
