@@ -28,10 +28,12 @@
   KEYS[7]    stop requests zset  member = priority index .. ":" .. entry id,
                                  score = Unix ms of the request
   KEYS[8]    job metadata hash   the job's tracked metadata (may not exist)
-  KEYS[9]    flow hash           only for a flow child: its parent's record
-  KEYS[10]   parent stream       the parent's queue, the parent's priority
-  KEYS[11]   parent stats hash   "waiting_children", "enqueued:<p>", "dead:<p>"
-  KEYS[12]   parent dead letters the parent's queue's dead-letter stream
+  KEYS[9]    queued hash         tracked jobs not started yet: a removed job's
+                                 record there moves into its metadata hash
+  KEYS[10]   flow hash           only for a flow child: its parent's record
+  KEYS[11]   parent stream       the parent's queue, the parent's priority
+  KEYS[12]   parent stats hash   "waiting_children", "enqueued:<p>", "dead:<p>"
+  KEYS[13]   parent dead letters the parent's queue's dead-letter stream
   ARGV[1]    group
   ARGV[2]    now                 Unix ms
   ARGV[3]    stop ttl            ms a stop request (and the zset) is kept
@@ -41,7 +43,7 @@
   ARGV[6]    priority index      1..4: the job's priority
   ARGV[7]    entry id or member  a stream entry id, or the exact delayed
                                  member (opaque bytes, never decoded here)
-  ARGV[8]    job id              only for a flow child: the child's id
+  ARGV[8]    job id              the job's id
   ARGV[9]    fail parent         only for a flow child: 1 = its removal fails
                                  the parent, 0 = it counts as done
   ARGV[10]   why                 optional: "drained" when a drain or an
@@ -58,8 +60,9 @@ local stats, delayed, stops, meta = KEYS[1], KEYS[6], KEYS[7], KEYS[8]
 local group, now, stop_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local finished_ttl, where = tonumber(ARGV[4]), ARGV[5]
 local p, target = tonumber(ARGV[6]), ARGV[7]
-local flow, parent_stream, parent_stats, parent_dead = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local child_id, fail_parent = ARGV[8], ARGV[9] == '1'
+local queued = KEYS[9]
+local flow, parent_stream, parent_stats, parent_dead = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local job_id, fail_parent = ARGV[8], ARGV[9] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
 local OK = 0
 local GONE, REMOVED, ACTIVE = 0, 1, 2
@@ -69,13 +72,13 @@ local REASON = ARGV[10] == 'drained' and 'drained' or 'cancelled'
 -- release the parent (the same rule as flow_child for a dead child).
 local function settle_parent()
   local state = redis.call('HGET', flow, 'state')
-  if not (state == 'waiting' and redis.call('HSETNX', flow, 'c:' .. child_id, 'e' .. REASON) == 1) then
+  if not (state == 'waiting' and redis.call('HSETNX', flow, 'c:' .. job_id, 'e' .. REASON) == 1) then
     return
   end
   local parent = redis.call('HMGET', flow, 'e', 'id', 'p', 'ttl')
   local parent_p = names[tonumber(parent[3])]
   if fail_parent then
-    local err = 'child ' .. child_id .. ' failed: ' .. REASON
+    local err = 'child ' .. job_id .. ' failed: ' .. REASON
     redis.call('XADD', parent_dead, '*', 'e', parent[1], 'job', parent[2], 'priority', parent_p,
                'error', err, 'failed_ms', now, 'attempts', 0, 'entry', '0-0')
     redis.call('HSET', flow, 'state', 'failed', 'finished', now)
@@ -95,9 +98,16 @@ end
 
 local function removed()
   if flow then settle_parent() end
-  if finished_ttl > 0 and redis.call('EXISTS', meta) == 1 then
-    redis.call('HSET', meta, 'state', 'cancelled', 'fin', now)
-    redis.call('PEXPIRE', meta, finished_ttl)
+  if finished_ttl > 0 then
+    local record = redis.call('HGET', queued, job_id)
+    if record then
+      redis.call('HDEL', queued, job_id)
+      redis.call('HSET', meta, 'p', names[p], 'name', string.match(record, '^%d %S+ (.*)$') or '')
+    end
+    if record or redis.call('EXISTS', meta) == 1 then
+      redis.call('HSET', meta, 'state', 'cancelled', 'fin', now)
+      redis.call('PEXPIRE', meta, finished_ttl)
+    end
   end
   redis.pcall('HINCRBY', stats, REASON .. ':' .. names[p], 1)
   return { OK, REMOVED }

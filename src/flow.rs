@@ -291,13 +291,21 @@ impl Flow {
             queues[number].2 += 1;
             numbers.push(number + 1);
         }
-        let metas: Vec<usize> = self
+        // Tracked children are recorded in their queue's `queued` hash,
+        // passed once per queue.
+        let queued: Vec<usize> = self
             .children
             .iter()
             .map(|child| match child.queue.settings().tracking {
                 Some(_) => {
-                    extra.push(child.queue.keys().job(child.id.as_str()));
-                    COMMON_KEYS + extra.len()
+                    let key = child.queue.keys().queued();
+                    match extra.iter().position(|k| *k == key) {
+                        Some(at) => COMMON_KEYS + at + 1,
+                        None => {
+                            extra.push(key);
+                            COMMON_KEYS + extra.len()
+                        }
+                    }
                 }
                 None => 0,
             })
@@ -315,16 +323,16 @@ impl Flow {
             call.arg(*first_key)
                 .arg(settings.max_backlog.unwrap_or(0))
                 .arg(settings.events_cap())
-                .arg(settings.tracking.map_or(0, |t| millis(t.keep_live)))
+                .arg(u8::from(settings.tracking.is_some()))
                 .arg(u8::from(settings.metrics))
                 .arg(*adding);
         }
-        for ((child, number), meta) in self.children.iter().zip(numbers).zip(metas) {
+        for ((child, number), queued) in self.children.iter().zip(numbers).zip(queued) {
             call.arg(number)
                 .arg(child.priority.lua_index())
                 .arg(child.id.as_str())
                 .arg(&child.name)
-                .arg(meta)
+                .arg(queued)
                 .arg(child.envelope.as_slice());
         }
         let reply =

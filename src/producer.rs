@@ -453,28 +453,28 @@ impl Batch {
                 Some((key, _)) => key_of(keys.dedup(key), &mut extra),
                 None => 0,
             };
-            let meta = match tracking {
-                Some(_) => key_of(keys.job(job.id.as_str()), &mut extra),
+            let queued = match tracking {
+                Some(_) => key_of(keys.queued(), &mut extra),
                 None => 0,
             };
-            indexes.push((dedup, meta));
+            indexes.push((dedup, queued));
         }
         let mut call = scripts().enqueue.call(keys, &extra);
         let settings = self.queue.settings();
         call.arg(settings.max_backlog.unwrap_or(0))
             .arg(now_ms())
             .arg(u8::from(settings.metrics))
-            .arg(tracking.map_or(0, |t| millis(t.keep_live)))
+            .arg(u8::from(tracking.is_some()))
             .arg(settings.events_cap())
             .arg(epoch);
-        for (job, (dedup, meta)) in chunk.iter().zip(indexes) {
+        for (job, (dedup, queued)) in chunk.iter().zip(indexes) {
             call.arg(job.priority.lua_index())
                 .arg(job.due_ms)
                 .arg(dedup)
                 .arg(job.idempotency.as_ref().map_or(0, |(_, ttl)| *ttl))
                 .arg(job.id.as_str())
                 .arg(&job.name)
-                .arg(meta)
+                .arg(queued)
                 .arg(job.envelope.as_slice());
         }
         call

@@ -251,3 +251,99 @@ async fn an_untracked_queue_knows_no_job_and_handlers_may_still_report() {
     assert!(queue.job(id.as_str()).await.unwrap().is_none());
     assert_eq!(redis.len(&queue.keys().job_log(id.as_str())).await, 0);
 }
+
+/// The fields of the queue's `queued` hash (tracked jobs not started yet).
+async fn queued_ids(redis: &TestRedis, queue: &Queue) -> Vec<String> {
+    let mut ids: Vec<String> = redis::cmd("HKEYS")
+        .arg(queue.keys().queued())
+        .query_async(&mut redis.raw().await)
+        .await
+        .unwrap();
+    ids.sort();
+    ids
+}
+
+async fn exists(redis: &TestRedis, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<u8>(&mut redis.raw().await)
+        .await
+        .unwrap()
+        == 1
+}
+
+#[tokio::test]
+async fn waiting_jobs_are_one_field_each_until_they_start_are_cancelled_or_drained() {
+    let redis = TestRedis::start();
+    let queue = tracked(&redis, "queued", JobTracking::default()).await;
+    let named = |name: &str| EnqueueOptions::new().name(name);
+    let a = queue.enqueue(&1u8, &named("alpha one")).await.unwrap();
+    let b = queue.enqueue(&2u8, &named("beta")).await.unwrap();
+    let c = queue.enqueue(&3u8, &named("gamma")).await.unwrap();
+    let later = named("delta").delay(Duration::from_secs(3600));
+    let d = queue.enqueue(&4u8, &later).await.unwrap();
+
+    // Waiting and delayed jobs are fields of one hash, with no key each.
+    let mut all = vec![a.to_string(), b.to_string(), c.to_string(), d.to_string()];
+    all.sort();
+    assert_eq!(queued_ids(&redis, &queue).await, all);
+    for id in [&a, &b, &c, &d] {
+        assert!(!exists(&redis, &queue.keys().job(id.as_str())).await);
+    }
+    let info = queue.job(a.as_str()).await.unwrap().unwrap();
+    assert_eq!(info.name, "alpha one");
+    assert!(matches!(info.state, JobState::Waiting { .. }));
+    assert!(info.enqueued_ms.is_some() && info.started_ms.is_none());
+    let info = queue.job(d.as_str()).await.unwrap().unwrap();
+    assert_eq!(info.name, "delta");
+    assert!(matches!(info.state, JobState::Delayed { .. }), "{info:?}");
+
+    // Cancelling moves the record into a finished job's metadata.
+    queue.cancel(b.as_str()).await.unwrap();
+    let info = queue.job(b.as_str()).await.unwrap().unwrap();
+    assert_eq!((info.state, info.name.as_str()), (JobState::Cancelled, "beta"));
+    assert!(!queued_ids(&redis, &queue).await.contains(&b.to_string()));
+
+    // Draining clears the records of what it removed, delayed jobs included.
+    let drained = queue.drain().await.unwrap();
+    assert_eq!((drained.waiting, drained.delayed), (2, 1));
+    assert!(queued_ids(&redis, &queue).await.is_empty());
+    assert!(queue.job(c.as_str()).await.unwrap().is_none());
+
+    // A started job has its own key and no record; a finished one neither.
+    let e = queue.enqueue(&5u8, &named("epsilon")).await.unwrap();
+    let finish = Gate::default();
+    let go = finish.clone();
+    let (stop, worker) = spawn_worker(&queue, fast(), move |_job: streamq::Job<u8>| {
+        let go = go.clone();
+        async move {
+            go.pass().await;
+            Ok(())
+        }
+    });
+    eventually("the start recorded", WAIT, || {
+        let (q, e) = (queue.clone(), e.clone());
+        async move {
+            q.job(e.as_str())
+                .await
+                .unwrap()
+                .is_some_and(|info| info.started_ms.is_some())
+        }
+    })
+    .await;
+    let info = queue.job(e.as_str()).await.unwrap().unwrap();
+    assert!(matches!(info.state, JobState::Active { .. }), "{info:?}");
+    assert_eq!(info.name, "epsilon");
+    assert!(info.enqueued_ms.is_some());
+    assert!(queued_ids(&redis, &queue).await.is_empty());
+    finish.open();
+    until_stats("done", &queue, |s| s.completed() == 1).await;
+    eventually("the finish recorded", WAIT, || {
+        let (q, e) = (queue.clone(), e.clone());
+        async move { q.job(e.as_str()).await.unwrap().is_none() }
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    assert!(queued_ids(&redis, &queue).await.is_empty());
+}

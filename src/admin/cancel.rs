@@ -15,6 +15,7 @@ use redis::Value;
 use crate::error::Error;
 use crate::priority::Priority;
 use crate::protocol::envelope::{Envelope, ParentRef};
+use crate::protocol::queued::{Place, Queued};
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
@@ -214,6 +215,7 @@ impl Queue {
             keys.delayed().to_owned(),
             keys.stop_requests(),
             keys.job(id),
+            keys.queued(),
         ];
         // A flow child's removal settles its parent in the same call.
         let parent = self.flow_parent(location).await?;
@@ -248,10 +250,8 @@ impl Queue {
                 .arg(priority.lua_index())
                 .arg(member.as_slice()),
         };
-        match &parent {
-            Some(parent) => call.arg(id).arg(u8::from(parent.fail_parent)),
-            None => call.arg("").arg(0),
-        };
+        call.arg(id)
+            .arg(u8::from(parent.as_ref().is_some_and(|p| p.fail_parent)));
         call.arg(why.as_str());
         let reply = call.invoke(&mut self.conn()).await;
         let reply = match reply {
@@ -311,26 +311,51 @@ impl Queue {
             .and_then(|envelope| envelope.parent))
     }
 
-    /// Where the job's tracked metadata says it is.
+    /// Where the job's tracked metadata (or its queued record, when no
+    /// worker has started it) says it is.
     async fn tracked_location(&self, id: &str) -> Result<Tracked, Error> {
         if self.settings().tracking.is_none() {
             return Ok(Tracked::Unknown);
         }
         let keys = self.keys();
-        let meta: Vec<Option<String>> = redis::cmd("HMGET")
+        let (meta, queued): (Vec<Option<String>>, Option<String>) = redis::pipe()
+            .cmd("HMGET")
             .arg(keys.job(id))
             .arg(&["state", "p", "entry", "due"])
+            .cmd("HGET")
+            .arg(keys.queued())
+            .arg(id)
             .query_async(&mut self.conn())
             .await?;
         let field = |i: usize| meta.get(i).cloned().flatten();
         let priority = field(1).and_then(|p| p.parse::<Priority>().ok());
-        let (Some(state), Some(priority)) = (field(0), priority) else {
-            return Ok(Tracked::Unknown);
+        let (state, priority, due) = match (field(0), priority) {
+            (Some(state), Some(priority)) => {
+                (state, priority, field(3).and_then(|d| d.parse::<u64>().ok()))
+            }
+            _ => match queued.as_deref().and_then(Queued::parse) {
+                Some(Queued {
+                    priority,
+                    place: Place::Entry(entry),
+                    ..
+                }) => {
+                    return Ok(Tracked::At(Location::Entry {
+                        priority,
+                        entry_id: entry,
+                    }));
+                }
+                Some(Queued {
+                    priority,
+                    place: Place::Delayed { due_ms, .. },
+                    ..
+                }) => ("delayed".to_owned(), priority, Some(due_ms)),
+                None => return Ok(Tracked::Unknown),
+            },
         };
         match state.as_str() {
             "completed" | "cancelled" => Ok(Tracked::Finished),
             "delayed" => {
-                let Some(due_ms) = field(3).and_then(|d| d.parse::<u64>().ok()) else {
+                let Some(due_ms) = due else {
                     return Ok(Tracked::Unknown);
                 };
                 let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")

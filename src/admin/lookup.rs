@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::job_id::JobId;
 use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
+use crate::protocol::queued::{Place, Queued};
 use crate::protocol::reply;
 use crate::queue::Queue;
 use crate::time::now_ms;
@@ -116,17 +117,24 @@ impl Queue {
     /// [`Queue::job`] on one partition (or a queue of one).
     async fn job_one(&self, id: &str) -> Result<Option<JobInfo>, Error> {
         let keys = self.keys();
-        let (meta, logs): (HashMap<String, String>, Vec<String>) = redis::pipe()
-            .cmd("HGETALL")
-            .arg(keys.job(id))
-            .cmd("LRANGE")
-            .arg(keys.job_log(id))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut self.conn())
-            .await?;
+        let (meta, logs, queued): (HashMap<String, String>, Vec<String>, Option<String>) =
+            redis::pipe()
+                .cmd("HGETALL")
+                .arg(keys.job(id))
+                .cmd("LRANGE")
+                .arg(keys.job_log(id))
+                .arg(0)
+                .arg(-1)
+                .cmd("HGET")
+                .arg(keys.queued())
+                .arg(id)
+                .query_async(&mut self.conn())
+                .await?;
         if meta.is_empty() {
-            return Ok(None);
+            return match queued.as_deref().and_then(Queued::parse) {
+                Some(queued) => Ok(Some(self.not_started(id, queued).await?)),
+                None => Ok(None),
+            };
         }
         let number = |field: &str| meta.get(field).and_then(|v| v.parse::<u64>().ok());
         let priority = meta
@@ -140,10 +148,7 @@ impl Queue {
                 error: meta.get("err").cloned().unwrap_or_default(),
                 dead_letter_id: meta.get("dead").filter(|d| !d.is_empty()).cloned(),
             },
-            Some("delayed") => match number("due") {
-                Some(due) if due > now_ms() => JobState::Delayed { due_ms: due },
-                _ => JobState::Waiting { priority },
-            },
+            Some("delayed") => delayed_or_due(number("due"), priority),
             _ => match meta.get("entry") {
                 Some(entry) => self.live_state(priority, entry).await?,
                 None => JobState::Unknown,
@@ -163,6 +168,26 @@ impl Queue {
             error: meta.get("err").cloned(),
             logs,
         }))
+    }
+
+    /// A job known only by its queued record: no worker has started it.
+    async fn not_started(&self, id: &str, queued: Queued) -> Result<JobInfo, Error> {
+        let state = match &queued.place {
+            Place::Entry(entry) => self.live_state(queued.priority, entry).await?,
+            Place::Delayed { due_ms, .. } => delayed_or_due(Some(*due_ms), queued.priority),
+        };
+        Ok(JobInfo {
+            id: JobId::from(id.to_owned()),
+            enqueued_ms: queued.enqueued_ms(),
+            name: queued.name,
+            state,
+            started_ms: None,
+            finished_ms: None,
+            attempts: 0,
+            progress: None,
+            error: None,
+            logs: Vec::new(),
+        })
     }
 
     /// Whether a stream entry is claimed, waiting, or gone.
@@ -218,5 +243,14 @@ impl Queue {
         } else {
             JobState::Waiting { priority }
         })
+    }
+}
+
+/// A delayed job's state: delayed until its due time, then waiting (a
+/// worker moves it into its stream at its next pass).
+fn delayed_or_due(due_ms: Option<u64>, priority: Priority) -> JobState {
+    match due_ms {
+        Some(due) if due > now_ms() => JobState::Delayed { due_ms: due },
+        _ => JobState::Waiting { priority },
     }
 }

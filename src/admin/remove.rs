@@ -11,6 +11,7 @@ use redis::Value;
 use crate::admin::partitions;
 use crate::error::Error;
 use crate::priority::Priority;
+use crate::protocol::envelope::Envelope;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
@@ -168,8 +169,9 @@ impl Queue {
     /// concurrent fetch gets a job or the drain removes it, never both.
     /// Jobs enqueued while it runs may stay: each stream is drained up to
     /// its last entry when the drain began, and the delayed set by as many
-    /// jobs as it held then. Tracked metadata of removed jobs is left to
-    /// expire. Flow children go first, one call each, settling their parents
+    /// jobs as it held then. Tracking records of removed jobs are cleared
+    /// (drained jobs are then unknown to [`Queue::job`]). Flow children go
+    /// first, one call each, settling their parents
     /// (as children that failed with the error `drained`).
     ///
     /// # Errors
@@ -200,6 +202,7 @@ impl Queue {
         let mut drained = self.drain_flow_children(&upto, delayed_then).await?;
         let mut delayed_left = delayed_then.saturating_sub(drained.delayed);
         let mut streams_done = false;
+        let tracked = self.settings().tracking.is_some();
         loop {
             let delayed_count = delayed_left.min(CHUNK as u64);
             let count = if streams_done { 0 } else { CHUNK };
@@ -208,7 +211,11 @@ impl Queue {
             }
             let script = &scripts().drain;
             let mut call = script.call(keys, &[keys.delayed()]);
-            call.arg(GROUP).arg(count).arg(&upto).arg(delayed_count);
+            call.arg(GROUP)
+                .arg(count)
+                .arg(&upto)
+                .arg(delayed_count)
+                .arg(u8::from(tracked));
             let reply = match call.invoke(&mut conn).await {
                 Ok(reply) => reply,
                 Err(err) => return Err(self.name_wrong_key(Error::from(err)).await),
@@ -220,6 +227,9 @@ impl Queue {
                 removed += waiting.count()?;
             }
             let delayed = body.count()? as u64;
+            if tracked {
+                self.forget_queued(body.array()?).await?;
+            }
             drained.waiting += removed as u64;
             drained.delayed += delayed;
             streams_done = streams_done || removed < count;
@@ -230,6 +240,26 @@ impl Queue {
             };
         }
         Ok(drained)
+    }
+
+    /// Clears the queued records of drained jobs (their envelopes, as the
+    /// `drain` script returned them).
+    async fn forget_queued(&self, mut envelopes: reply::Body) -> Result<(), Error> {
+        let mut ids = Vec::new();
+        while !envelopes.is_empty() {
+            let bytes = envelopes.optional_bytes()?.unwrap_or_default();
+            if let Ok(envelope) = Envelope::decode(&bytes) {
+                ids.push(envelope.id.into_owned());
+            }
+        }
+        if !ids.is_empty() {
+            let _: u64 = redis::cmd("HDEL")
+                .arg(self.keys().queued())
+                .arg(&ids)
+                .query_async(&mut self.conn())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Deletes every key of the queue: jobs in every state, dead letters,

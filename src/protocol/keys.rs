@@ -12,7 +12,8 @@
 //! | `<prefix>:{<queue>}:dedup:<key>` | string | the id of the job that took an idempotency key (with a TTL) |
 //! | `<prefix>:{<queue>}:latency`  | hash   | latency histograms per job name, kept by `ack` |
 //! | `<prefix>:{<queue>}:paused`   | string | present while the queue is paused |
-//! | `<prefix>:{<queue>}:job:<id>` | hash   | a tracked job's metadata (with `track_jobs`) |
+//! | `<prefix>:{<queue>}:queued`   | hash   | tracked jobs not started yet: job id -> `<priority index> <where> <name>`, where is the entry id (waiting) or `d<due ms>/<enqueued ms>` (delayed) |
+//! | `<prefix>:{<queue>}:job:<id>` | hash   | a tracked job's metadata from its first start on (with `track_jobs`) |
 //! | `<prefix>:{<queue>}:job:<id>:log` | list | a tracked job's log lines |
 //! | `<prefix>:{<queue>}:completed` | zset  | ids of retained completed jobs, scored by finish ms |
 //! | `<prefix>:{<queue>}:result:<id>` | string | a completed job's result, MessagePack (with `keep_results`) |
@@ -173,7 +174,13 @@ impl QueueKeys {
         format!("{}:tick:{id}:{due_ms}", self.base)
     }
 
-    /// A tracked job's metadata hash.
+    /// Tracked jobs that have not started yet, one field each: a record
+    /// far smaller than a key of its own per job.
+    pub fn queued(&self) -> String {
+        format!("{}:queued", self.base)
+    }
+
+    /// A tracked job's metadata hash, from its first start on.
     pub fn job(&self, id: &str) -> String {
         format!("{}:job:{id}", self.base)
     }
@@ -314,7 +321,7 @@ mod tests {
     #[test]
     fn the_key_tables_in_docs_and_here_match_the_names_built() {
         let keys = QueueKeys::new("streamq", "q").expect("valid names");
-        let built: [(&str, String); 16] = [
+        let built: [(&str, String); 17] = [
             ("stream", keys.stream(Priority::Critical).to_owned()),
             ("stream", keys.stream(Priority::High).to_owned()),
             ("stream", keys.stream(Priority::Medium).to_owned()),
@@ -325,6 +332,7 @@ mod tests {
             ("string", keys.dedup("<key>")),
             ("hash", keys.latency().to_owned()),
             ("string", keys.paused().to_owned()),
+            ("hash", keys.queued()),
             ("hash", keys.job("<id>")),
             ("list", keys.job_log("<id>")),
             ("zset", keys.completed()),

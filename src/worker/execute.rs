@@ -67,6 +67,7 @@ where
                     entry: claimed.entry_id.clone(),
                     priority: claimed.priority,
                     attempt: job.attempt,
+                    enqueued_ms: job.enqueued_ms,
                     consumer: context.consumer.clone(),
                 });
                 job.tracker = Some(tracker.clone());

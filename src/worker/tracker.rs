@@ -35,6 +35,7 @@ pub(crate) enum TrackEvent {
         entry: String,
         priority: Priority,
         attempt: u32,
+        enqueued_ms: u64,
         consumer: Arc<str>,
     },
     /// Taken over after its lease ran out (an event only).
@@ -192,107 +193,111 @@ fn record_metadata(
     let live = millis(tracking.keep_live);
     let finished = millis(tracking.keep_finished);
     let mut completed_any = false;
-    {
-        {
-            match event {
-                TrackEvent::Started {
-                    id,
-                    entry,
-                    priority,
-                    attempt,
-                    consumer,
-                    ..
-                } => {
-                    let meta = keys.job(&id);
-                    pipe.cmd("HSET")
-                        .arg(&meta)
-                        .arg(&[
-                            ("state", "active"),
-                            ("entry", entry.as_str()),
-                            ("p", priority.as_str()),
-                            ("owner", &consumer),
-                        ])
-                        .arg("att")
-                        .arg(attempt)
-                        .arg("start")
-                        .arg(now_ms());
-                    pipe.cmd("PEXPIRE").arg(&meta).arg(live);
-                }
-                TrackEvent::Completed { id } => {
-                    let (meta, log) = (keys.job(&id), keys.job_log(&id));
-                    if tracking.keep_completed == 0 {
-                        pipe.cmd("DEL").arg(&meta).arg(&log);
-                    } else {
-                        let now = now_ms();
-                        pipe.cmd("HSET")
-                            .arg(&meta)
-                            .arg("state")
-                            .arg("completed")
-                            .arg("fin")
-                            .arg(now);
-                        pipe.cmd("PEXPIRE").arg(&meta).arg(finished);
-                        pipe.cmd("PEXPIRE").arg(&log).arg(finished);
-                        pipe.cmd("ZADD").arg(keys.completed()).arg(now).arg(&id);
-                        completed_any = true;
-                    }
-                }
-                TrackEvent::Retrying {
-                    id,
-                    due_ms,
-                    attempt,
-                    error,
-                } => {
-                    let meta = keys.job(&id);
-                    pipe.cmd("HSET")
-                        .arg(&meta)
-                        .arg("state")
-                        .arg("delayed")
-                        .arg("due")
-                        .arg(due_ms)
-                        .arg("att")
-                        .arg(attempt)
-                        .arg("err")
-                        .arg(&error);
-                    pipe.cmd("PEXPIRE").arg(&meta).arg(live);
-                }
-                TrackEvent::Dead {
-                    id,
-                    error,
-                    attempts,
-                    dead_id,
-                } => {
-                    let (meta, log) = (keys.job(&id), keys.job_log(&id));
-                    pipe.cmd("HSET")
-                        .arg(&meta)
-                        .arg(&[
-                            ("state", "dead"),
-                            ("err", error.as_str()),
-                            ("dead", dead_id.as_str()),
-                        ])
-                        .arg("att")
-                        .arg(attempts)
-                        .arg("fin")
-                        .arg(now_ms());
-                    pipe.cmd("PEXPIRE").arg(&meta).arg(finished);
-                    pipe.cmd("PEXPIRE").arg(&log).arg(finished);
-                }
-                TrackEvent::Progress { id, percent } => {
-                    let meta = keys.job(&id);
-                    pipe.cmd("HSET").arg(&meta).arg("prog").arg(percent);
-                    pipe.cmd("PEXPIRE").arg(&meta).arg(live);
-                }
-                TrackEvent::Log { id, line } => {
-                    let log = keys.job_log(&id);
-                    pipe.cmd("RPUSH").arg(&log).arg(&line);
-                    pipe.cmd("LTRIM")
-                        .arg(&log)
-                        .arg(-(MAX_LOG_LINES as i64))
-                        .arg(-1);
-                    pipe.cmd("PEXPIRE").arg(&log).arg(live);
-                }
-                TrackEvent::Reclaimed { .. } => {}
+    match event {
+        // The job's record moves from the queued hash to a key of its own.
+        TrackEvent::Started {
+            id,
+            name,
+            entry,
+            priority,
+            attempt,
+            enqueued_ms,
+            consumer,
+        } => {
+            let meta = keys.job(&id);
+            pipe.cmd("HSET")
+                .arg(&meta)
+                .arg(&[
+                    ("state", "active"),
+                    ("name", name.as_str()),
+                    ("entry", entry.as_str()),
+                    ("p", priority.as_str()),
+                    ("owner", &consumer),
+                ])
+                .arg(&[("enq", enqueued_ms), ("start", now_ms())])
+                .arg("att")
+                .arg(attempt);
+            pipe.cmd("PEXPIRE").arg(&meta).arg(live);
+            // After the key is written: a lookup meanwhile finds one or both.
+            pipe.cmd("HDEL").arg(keys.queued()).arg(&id);
+        }
+        // Each end also clears the queued record, in case the start's
+        // update was dropped.
+        TrackEvent::Completed { id } => {
+            let (meta, log) = (keys.job(&id), keys.job_log(&id));
+            pipe.cmd("HDEL").arg(keys.queued()).arg(&id);
+            if tracking.keep_completed == 0 {
+                pipe.cmd("DEL").arg(&meta).arg(&log);
+            } else {
+                let now = now_ms();
+                pipe.cmd("HSET")
+                    .arg(&meta)
+                    .arg("state")
+                    .arg("completed")
+                    .arg("fin")
+                    .arg(now);
+                pipe.cmd("PEXPIRE").arg(&meta).arg(finished);
+                pipe.cmd("PEXPIRE").arg(&log).arg(finished);
+                pipe.cmd("ZADD").arg(keys.completed()).arg(now).arg(&id);
+                completed_any = true;
             }
         }
+        TrackEvent::Retrying {
+            id,
+            due_ms,
+            attempt,
+            error,
+        } => {
+            let meta = keys.job(&id);
+            pipe.cmd("HSET")
+                .arg(&meta)
+                .arg("state")
+                .arg("delayed")
+                .arg("due")
+                .arg(due_ms)
+                .arg("att")
+                .arg(attempt)
+                .arg("err")
+                .arg(&error);
+            pipe.cmd("PEXPIRE").arg(&meta).arg(live);
+        }
+        TrackEvent::Dead {
+            id,
+            error,
+            attempts,
+            dead_id,
+        } => {
+            let (meta, log) = (keys.job(&id), keys.job_log(&id));
+            pipe.cmd("HDEL").arg(keys.queued()).arg(&id);
+            pipe.cmd("HSET")
+                .arg(&meta)
+                .arg(&[
+                    ("state", "dead"),
+                    ("err", error.as_str()),
+                    ("dead", dead_id.as_str()),
+                ])
+                .arg("att")
+                .arg(attempts)
+                .arg("fin")
+                .arg(now_ms());
+            pipe.cmd("PEXPIRE").arg(&meta).arg(finished);
+            pipe.cmd("PEXPIRE").arg(&log).arg(finished);
+        }
+        TrackEvent::Progress { id, percent } => {
+            let meta = keys.job(&id);
+            pipe.cmd("HSET").arg(&meta).arg("prog").arg(percent);
+            pipe.cmd("PEXPIRE").arg(&meta).arg(live);
+        }
+        TrackEvent::Log { id, line } => {
+            let log = keys.job_log(&id);
+            pipe.cmd("RPUSH").arg(&log).arg(&line);
+            pipe.cmd("LTRIM")
+                .arg(&log)
+                .arg(-(MAX_LOG_LINES as i64))
+                .arg(-1);
+            pipe.cmd("PEXPIRE").arg(&log).arg(live);
+        }
+        TrackEvent::Reclaimed { .. } => {}
     }
     completed_any
 }

@@ -19,14 +19,22 @@
   ARGV[3..6] up to               per priority, the newest entry id to remove
                                  ("0-0": none)
   ARGV[7]    delayed count       the most delayed jobs to remove
+  ARGV[8]    return envelopes    optional: "1" = the reply also carries the
+                                 removed jobs' envelopes, so that the caller
+                                 (which decodes them; this script never
+                                 does) can clear their tracking records
 
-  Returns    {OK, waiting, delayed}
+  Returns    {OK, waiting, delayed, envelopes}
                                  waiting: entries removed per priority (an
                                  array of four); delayed: members removed.
-                                 Fewer than asked: nothing more within bounds
+                                 Fewer than asked: nothing more within
+                                 bounds. envelopes: with ARGV[8] = "1", the
+                                 removed jobs' envelopes, else empty
 ]]
 local stats, delayed = KEYS[1], KEYS[6]
 local group, count, delayed_count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[7])
+local with_envelopes = ARGV[8] == '1'
+local envelopes = {}
 local names = { 'critical', 'high', 'medium', 'low' }
 local OK = 0
 
@@ -77,7 +85,15 @@ for p = 1, 4 do
     local entries = redis.call('XRANGE', KEYS[1 + p], '(' .. starts[p], upto, 'COUNT', left)
     if #entries > 0 then
       local ids = {}
-      for i, entry in ipairs(entries) do ids[i] = entry[1] end
+      for i, entry in ipairs(entries) do
+        ids[i] = entry[1]
+        if with_envelopes then
+          local fields = entry[2]
+          for f = 1, #fields, 2 do
+            if fields[f] == 'e' then envelopes[#envelopes + 1] = fields[f + 1] end
+          end
+        end
+      end
       waiting[p] = redis.call('XDEL', KEYS[1 + p], unpack(ids))
       left = left - #entries
     end
@@ -93,6 +109,7 @@ if delayed_count > 0 then
     for _, member in ipairs(members) do
       local p = tonumber(string.sub(member, 1, 1))
       if p and names[p] then counts[p] = counts[p] + 1 end
+      if with_envelopes then envelopes[#envelopes + 1] = string.sub(member, 2) end
     end
   end
 end
@@ -101,4 +118,4 @@ for p = 1, 4 do
   local n = waiting[p] + counts[p]
   if n > 0 then redis.pcall('HINCRBY', stats, 'drained:' .. names[p], n) end
 end
-return { OK, waiting, removed_delayed }
+return { OK, waiting, removed_delayed, envelopes }

@@ -24,7 +24,9 @@
                                  for flow children, "name:enqueued:<name>"),
                                  its four streams, its delayed zset (read for
                                  the backlog), its events stream
-             then job metadata   hashes of tracked children (see ARGV)
+             then queued hashes  of the child queues that track jobs: HSET
+                                 child id -> "<priority index> <entry id>
+                                 <name>" (see ARGV)
   ARGV[1]    now                 Unix ms
   ARGV[2]    parent priority     index 1..4: the stream it is released into
   ARGV[3]    parent job id
@@ -36,13 +38,13 @@
                                  index into KEYS of its seven keys,
                                  max backlog (0 = no bound),
                                  events cap (approximate MAXLEN; 0 = none),
-                                 tracking ttl (ms; 0 = not tracked),
+                                 tracking (1 = tracked; 0 = not),
                                  per-name counters (1 = kept),
                                  children the flow adds to it
   ARGV[..]   six per child:      child queue (1-based, in the order above),
                                  priority index (1..4), job id, job name,
-                                 metadata key index into KEYS (0 = none),
-                                 envelope bytes
+                                 its queue's queued hash index into KEYS
+                                 (0 = untracked), envelope bytes
 
   Returns    {OK}                created
              {QUEUE_FULL, backlog, limit}
@@ -62,7 +64,7 @@ for q = 1, tonumber(ARGV[7]) do
   local at = QFIRST + (q - 1) * QSTRIDE
   queues[q] = {
     keys = tonumber(ARGV[at]), max_backlog = tonumber(ARGV[at + 1]),
-    events_cap = tonumber(ARGV[at + 2]), tracking_ttl = tonumber(ARGV[at + 3]),
+    events_cap = tonumber(ARGV[at + 2]), tracking = ARGV[at + 3] ~= '0',
     by_name = ARGV[at + 4] == '1', adding = tonumber(ARGV[at + 5]),
   }
 end
@@ -89,7 +91,7 @@ redis.call('HSET', flow, 'id', parent_id, 'name', parent_name, 'p', parent_p,
 for i = FIRST, #ARGV, STRIDE do
   local queue, p = queues[tonumber(ARGV[i])], tonumber(ARGV[i + 1])
   local job_id, name = ARGV[i + 2], ARGV[i + 3]
-  local meta_index, envelope = tonumber(ARGV[i + 4]), ARGV[i + 5]
+  local queued_index, envelope = tonumber(ARGV[i + 4]), ARGV[i + 5]
   local k = queue.keys
   local entry = redis.call('XADD', KEYS[k + p], '*', 'e', envelope)
   redis.call('HINCRBY', KEYS[k], 'enqueued:' .. names[p], 1)
@@ -97,11 +99,8 @@ for i = FIRST, #ARGV, STRIDE do
   if queue.by_name then
     redis.call('HINCRBY', KEYS[k], 'name:enqueued:' .. name, 1)
   end
-  if meta_index > 0 and queue.tracking_ttl > 0 then
-    local meta = KEYS[meta_index]
-    redis.call('HSET', meta, 'name', name, 'p', names[p], 'state', 'waiting',
-               'enq', now, 'att', 0, 'entry', entry)
-    redis.call('PEXPIRE', meta, queue.tracking_ttl)
+  if queued_index > 0 and queue.tracking then
+    redis.call('HSET', KEYS[queued_index], job_id, p .. ' ' .. entry .. ' ' .. name)
   end
   if queue.events_cap > 0 then
     redis.call('XADD', KEYS[k + 6], 'MAXLEN', '~', queue.events_cap, '*', 'ev', 'enqueued',

@@ -27,13 +27,15 @@
                                  epoch; "epochs": the last 8, "<epoch>
                                  <first number>;" each
   KEYS[9..]  idempotency keys    strings holding the id of the job that took them,
-             and job metadata    hashes of tracked jobs (see ARGV)
+             and the queued hash tracked jobs not started yet: HSET job id ->
+                                 "<priority index> <where> <name>", where =
+                                 the entry id, or "d<due ms>/<now ms>" for a
+                                 delayed job (see ARGV)
   ARGV[1]    max backlog         jobs in the streams plus delayed beyond which the
                                  batch is refused; 0 = no bound
   ARGV[2]    now                 Unix ms
   ARGV[3]    per-name counters   1 = keep them, 0 = per priority only
-  ARGV[4]    tracking ttl        ms a tracked job's metadata lives without
-                                 an update; 0 = jobs are not tracked
+  ARGV[4]    tracking            1 = jobs are tracked; 0 = they are not
   ARGV[5]    events cap          approximate MAXLEN of the events stream;
                                  0 = no events
   ARGV[6]    known epoch         the epoch the caller last saw; "" = none
@@ -43,7 +45,7 @@
                                  idempotency ttl (ms),
                                  job id,
                                  job name,
-                                 metadata key index into KEYS (0 = none),
+                                 queued hash index into KEYS (0 = untracked),
                                  envelope bytes (opaque, never decoded here)
 
   Returns    {OK, duplicates, epoch, first, kept}
@@ -67,7 +69,7 @@ local stats, delayed, events, sequence = KEYS[1], KEYS[6], KEYS[7], KEYS[8]
 local max_backlog = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local by_name = ARGV[3] == '1'
-local tracking_ttl = tonumber(ARGV[4])
+local tracking = ARGV[4] ~= '0'
 local events_cap = tonumber(ARGV[5])
 local known = ARGV[6]
 local names = { 'critical', 'high', 'medium', 'low' }
@@ -131,7 +133,7 @@ for i = FIRST, #ARGV, STRIDE do
   local p, due = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local key_index, ttl = tonumber(ARGV[i + 2]), ARGV[i + 3]
   local job_id, name = ARGV[i + 4], ARGV[i + 5]
-  local meta_index, envelope = tonumber(ARGV[i + 6]), ARGV[i + 7]
+  local queued_index, envelope = tonumber(ARGV[i + 6]), ARGV[i + 7]
   local holder = false
   if key_index > 0 then
     holder = redis.call('GET', KEYS[key_index])
@@ -144,20 +146,16 @@ for i = FIRST, #ARGV, STRIDE do
     if key_index > 0 then
       redis.call('SET', KEYS[key_index], job_id, 'PX', ttl)
     end
-    local state, where, at
+    local where
     if due > now then
       redis.call('ZADD', delayed, due, p .. envelope)
       count('scheduled', 1)
-      state, where, at = 'delayed', 'due', due
+      where = 'd' .. due .. '/' .. ARGV[2]
     else
-      local entry = redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
-      state, where, at = 'waiting', 'entry', entry
+      where = redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
     end
-    if meta_index > 0 and tracking_ttl > 0 then
-      local meta = KEYS[meta_index]
-      redis.call('HSET', meta, 'name', name, 'p', names[p], 'state', state,
-                 'enq', now, 'att', 0, where, at)
-      redis.call('PEXPIRE', meta, tracking_ttl)
+    if queued_index > 0 and tracking then
+      redis.call('HSET', KEYS[queued_index], job_id, p .. ' ' .. where .. ' ' .. name)
     end
     if events_cap > 0 then
       redis.call('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'enqueued',
