@@ -8,6 +8,7 @@
 #
 # Usage: bash benches/round-two.sh [RUNS]
 #   ONLY="raw saturation ..."   run only these scenarios
+#   BIN=path/to/streamq         another build (an A/B against an older commit)
 #   PROFILE=1                   also log every command in SLOWLOG for one
 #                               paced and one saturation run, and print Redis
 #                               time per script (perturbs those runs)
@@ -20,10 +21,10 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet --bin streamq
-bin=$target/release/streamq
+bin=${BIN:-$target/release/streamq}
 port=${PORT:-6399}
 out=${OUT:-$(mktemp -d)}
-only=${ONLY:-"raw saturation bullmq track-off track-on track-memory paced-7000 paced-500 paced-70000 drain-1m"}
+only=${ONLY:-"raw saturation bullmq track-off track-on track-memory raw-paced-7000 paced-7000 raw-paced-500 paced-500 paced-70000 drain-1m"}
 
 redis-server --port "$port" --save '' --appendonly no --daemonize yes \
     --logfile "$out/redis.log" --pidfile "$out/redis.pid"
@@ -79,7 +80,9 @@ for round in $(seq "$runs"); do
     has track-off && run track-off "$bin" bench --redis "$url" --json --jobs 100000
     has track-on && run track-on "$bin" bench --redis "$url" --json --jobs 100000 --track-jobs
     has track-memory && run track-memory "$bin" bench --redis "$url" --json --backlog 200000 --track-jobs
+    has raw-paced-7000 && run raw-paced-7000 "$bin" bench --redis "$url" --json --raw --rate 7000 --duration 60
     has paced-7000 && run paced-7000 "$bin" bench --redis "$url" --json --rate 7000 --duration 60
+    has raw-paced-500 && run raw-paced-500 "$bin" bench --redis "$url" --json --raw --rate 500 --duration 60
     has paced-500 && run paced-500 "$bin" bench --redis "$url" --json --rate 500 --duration 60
     has paced-70000 && run paced-70000 "$bin" bench --redis "$url" --json --rate 70000 --duration 20
     if has drain-1m && [ "$round" = 1 ]; then

@@ -28,8 +28,8 @@
   KEYS[7]    stop requests zset  member = priority index .. ":" .. entry id,
                                  score = Unix ms of the request
   KEYS[8]    job metadata hash   the job's tracked metadata (may not exist)
-  KEYS[9]    queued hash         tracked jobs not started yet: a removed job's
-                                 record there moves into its metadata hash
+  KEYS[9]    live hash           tracked jobs that have not ended: a removed
+                                 job's record there moves into its metadata
   KEYS[10]   flow hash           only for a flow child: its parent's record
   KEYS[11]   parent stream       the parent's queue, the parent's priority
   KEYS[12]   parent stats hash   "waiting_children", "enqueued:<p>", "dead:<p>"
@@ -60,7 +60,7 @@ local stats, delayed, stops, meta = KEYS[1], KEYS[6], KEYS[7], KEYS[8]
 local group, now, stop_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local finished_ttl, where = tonumber(ARGV[4]), ARGV[5]
 local p, target = tonumber(ARGV[6]), ARGV[7]
-local queued = KEYS[9]
+local live = KEYS[9]
 local flow, parent_stream, parent_stats, parent_dead = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 local job_id, fail_parent = ARGV[8], ARGV[9] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
@@ -99,9 +99,9 @@ end
 local function removed()
   if flow then settle_parent() end
   if finished_ttl > 0 then
-    local record = redis.call('HGET', queued, job_id)
+    local record = redis.call('HGET', live, job_id)
     if record then
-      redis.call('HDEL', queued, job_id)
+      redis.call('HDEL', live, job_id)
       redis.call('HSET', meta, 'p', names[p], 'name', string.match(record, '^%d %S+ (.*)$') or '')
     end
     if record or redis.call('EXISTS', meta) == 1 then

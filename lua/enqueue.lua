@@ -27,8 +27,8 @@
                                  epoch; "epochs": the last 8, "<epoch>
                                  <first number>;" each
   KEYS[9..]  idempotency keys    strings holding the id of the job that took them,
-             and the queued hash tracked jobs not started yet: HSET job id ->
-                                 "<priority index> <where> <name>", where =
+             and the live hash   tracked jobs that have not ended: HSET job id
+                                 -> "<priority index> <where> <name>", where =
                                  the entry id, or "d<due ms>/<now ms>" for a
                                  delayed job (see ARGV)
   ARGV[1]    max backlog         jobs in the streams plus delayed beyond which the
@@ -45,7 +45,7 @@
                                  idempotency ttl (ms),
                                  job id,
                                  job name,
-                                 queued hash index into KEYS (0 = untracked),
+                                 live hash index into KEYS (0 = untracked),
                                  envelope bytes (opaque, never decoded here)
 
   Returns    {OK, duplicates, epoch, first, kept}
@@ -133,7 +133,7 @@ for i = FIRST, #ARGV, STRIDE do
   local p, due = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local key_index, ttl = tonumber(ARGV[i + 2]), ARGV[i + 3]
   local job_id, name = ARGV[i + 4], ARGV[i + 5]
-  local queued_index, envelope = tonumber(ARGV[i + 6]), ARGV[i + 7]
+  local live_index, envelope = tonumber(ARGV[i + 6]), ARGV[i + 7]
   local holder = false
   if key_index > 0 then
     holder = redis.call('GET', KEYS[key_index])
@@ -154,8 +154,8 @@ for i = FIRST, #ARGV, STRIDE do
     else
       where = redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
     end
-    if queued_index > 0 and tracking then
-      redis.call('HSET', KEYS[queued_index], job_id, p .. ' ' .. where .. ' ' .. name)
+    if live_index > 0 and tracking then
+      redis.call('HSET', KEYS[live_index], job_id, p .. ' ' .. where .. ' ' .. name)
     end
     if events_cap > 0 then
       redis.call('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'enqueued',

@@ -291,14 +291,14 @@ impl Flow {
             queues[number].2 += 1;
             numbers.push(number + 1);
         }
-        // Tracked children are recorded in their queue's `queued` hash,
+        // Tracked children are recorded in their queue's `live` hash,
         // passed once per queue.
-        let queued: Vec<usize> = self
+        let live: Vec<usize> = self
             .children
             .iter()
             .map(|child| match child.queue.settings().tracking {
                 Some(_) => {
-                    let key = child.queue.keys().queued();
+                    let key = child.queue.keys().live();
                     match extra.iter().position(|k| *k == key) {
                         Some(at) => COMMON_KEYS + at + 1,
                         None => {
@@ -327,12 +327,12 @@ impl Flow {
                 .arg(u8::from(settings.metrics))
                 .arg(*adding);
         }
-        for ((child, number), queued) in self.children.iter().zip(numbers).zip(queued) {
+        for ((child, number), live) in self.children.iter().zip(numbers).zip(live) {
             call.arg(number)
                 .arg(child.priority.lua_index())
                 .arg(child.id.as_str())
                 .arg(&child.name)
-                .arg(queued)
+                .arg(live)
                 .arg(child.envelope.as_slice());
         }
         let reply =

@@ -453,11 +453,11 @@ impl Batch {
                 Some((key, _)) => key_of(keys.dedup(key), &mut extra),
                 None => 0,
             };
-            let queued = match tracking {
-                Some(_) => key_of(keys.queued(), &mut extra),
+            let live = match tracking {
+                Some(_) => key_of(keys.live(), &mut extra),
                 None => 0,
             };
-            indexes.push((dedup, queued));
+            indexes.push((dedup, live));
         }
         let mut call = scripts().enqueue.call(keys, &extra);
         let settings = self.queue.settings();
@@ -467,14 +467,14 @@ impl Batch {
             .arg(u8::from(tracking.is_some()))
             .arg(settings.events_cap())
             .arg(epoch);
-        for (job, (dedup, queued)) in chunk.iter().zip(indexes) {
+        for (job, (dedup, live)) in chunk.iter().zip(indexes) {
             call.arg(job.priority.lua_index())
                 .arg(job.due_ms)
                 .arg(dedup)
                 .arg(job.idempotency.as_ref().map_or(0, |(_, ttl)| *ttl))
                 .arg(job.id.as_str())
                 .arg(&job.name)
-                .arg(queued)
+                .arg(live)
                 .arg(job.envelope.as_slice());
         }
         call

@@ -91,7 +91,8 @@ async fn a_job_is_found_waiting_then_active_with_progress_and_logs_then_complete
     worker.await.unwrap();
     let info = queue.job(id.as_str()).await.unwrap().unwrap();
     assert!(info.finished_ms >= info.started_ms);
-    assert_eq!(info.progress, Some(100));
+    assert!(info.enqueued_ms.is_some() && info.started_ms.is_some());
+    assert_eq!((info.name.as_str(), info.progress), ("report", Some(100)));
     assert!(queue.job("no-such-job").await.unwrap().is_none());
 }
 
@@ -179,7 +180,8 @@ async fn delayed_retried_and_dead_lettered_jobs_are_found() {
         panic!("{:?}", info.state)
     };
     assert!(error.contains("card declined"), "{error}");
-    assert_eq!(info.attempts, 2);
+    assert_eq!((info.attempts, info.name.as_str()), (2, "bill"));
+    assert!(info.enqueued_ms.is_some() && info.started_ms.is_some());
     let letter = queue
         .dead_letter(&dead_letter_id.unwrap())
         .await
@@ -252,10 +254,10 @@ async fn an_untracked_queue_knows_no_job_and_handlers_may_still_report() {
     assert_eq!(redis.len(&queue.keys().job_log(id.as_str())).await, 0);
 }
 
-/// The fields of the queue's `queued` hash (tracked jobs not started yet).
-async fn queued_ids(redis: &TestRedis, queue: &Queue) -> Vec<String> {
+/// The fields of the queue's `live` hash (tracked jobs that have not ended).
+async fn live_ids(redis: &TestRedis, queue: &Queue) -> Vec<String> {
     let mut ids: Vec<String> = redis::cmd("HKEYS")
-        .arg(queue.keys().queued())
+        .arg(queue.keys().live())
         .query_async(&mut redis.raw().await)
         .await
         .unwrap();
@@ -273,9 +275,9 @@ async fn exists(redis: &TestRedis, key: &str) -> bool {
 }
 
 #[tokio::test]
-async fn waiting_jobs_are_one_field_each_until_they_start_are_cancelled_or_drained() {
+async fn live_jobs_are_one_field_each_until_they_end_are_cancelled_or_drained() {
     let redis = TestRedis::start();
-    let queue = tracked(&redis, "queued", JobTracking::default()).await;
+    let queue = tracked(&redis, "live", JobTracking::default()).await;
     let named = |name: &str| EnqueueOptions::new().name(name);
     let a = queue.enqueue(&1u8, &named("alpha one")).await.unwrap();
     let b = queue.enqueue(&2u8, &named("beta")).await.unwrap();
@@ -286,7 +288,7 @@ async fn waiting_jobs_are_one_field_each_until_they_start_are_cancelled_or_drain
     // Waiting and delayed jobs are fields of one hash, with no key each.
     let mut all = vec![a.to_string(), b.to_string(), c.to_string(), d.to_string()];
     all.sort();
-    assert_eq!(queued_ids(&redis, &queue).await, all);
+    assert_eq!(live_ids(&redis, &queue).await, all);
     for id in [&a, &b, &c, &d] {
         assert!(!exists(&redis, &queue.keys().job(id.as_str())).await);
     }
@@ -301,16 +303,20 @@ async fn waiting_jobs_are_one_field_each_until_they_start_are_cancelled_or_drain
     // Cancelling moves the record into a finished job's metadata.
     queue.cancel(b.as_str()).await.unwrap();
     let info = queue.job(b.as_str()).await.unwrap().unwrap();
-    assert_eq!((info.state, info.name.as_str()), (JobState::Cancelled, "beta"));
-    assert!(!queued_ids(&redis, &queue).await.contains(&b.to_string()));
+    assert_eq!(
+        (info.state, info.name.as_str()),
+        (JobState::Cancelled, "beta")
+    );
+    assert!(!live_ids(&redis, &queue).await.contains(&b.to_string()));
 
     // Draining clears the records of what it removed, delayed jobs included.
     let drained = queue.drain().await.unwrap();
     assert_eq!((drained.waiting, drained.delayed), (2, 1));
-    assert!(queued_ids(&redis, &queue).await.is_empty());
+    assert!(live_ids(&redis, &queue).await.is_empty());
     assert!(queue.job(c.as_str()).await.unwrap().is_none());
 
-    // A started job has its own key and no record; a finished one neither.
+    // A started job keeps its record, marked started, and no key of its
+    // own; a finished one has neither.
     let e = queue.enqueue(&5u8, &named("epsilon")).await.unwrap();
     let finish = Gate::default();
     let go = finish.clone();
@@ -333,9 +339,10 @@ async fn waiting_jobs_are_one_field_each_until_they_start_are_cancelled_or_drain
     .await;
     let info = queue.job(e.as_str()).await.unwrap().unwrap();
     assert!(matches!(info.state, JobState::Active { .. }), "{info:?}");
-    assert_eq!(info.name, "epsilon");
+    assert_eq!((info.name.as_str(), info.attempts), ("epsilon", 1));
     assert!(info.enqueued_ms.is_some());
-    assert!(queued_ids(&redis, &queue).await.is_empty());
+    assert_eq!(live_ids(&redis, &queue).await, vec![e.to_string()]);
+    assert!(!exists(&redis, &queue.keys().job(e.as_str())).await);
     finish.open();
     until_stats("done", &queue, |s| s.completed() == 1).await;
     eventually("the finish recorded", WAIT, || {
@@ -345,5 +352,5 @@ async fn waiting_jobs_are_one_field_each_until_they_start_are_cancelled_or_drain
     .await;
     stop.cancel();
     worker.await.unwrap();
-    assert!(queued_ids(&redis, &queue).await.is_empty());
+    assert!(live_ids(&redis, &queue).await.is_empty());
 }

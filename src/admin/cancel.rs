@@ -15,8 +15,8 @@ use redis::Value;
 use crate::error::Error;
 use crate::priority::Priority;
 use crate::protocol::envelope::{Envelope, ParentRef};
-use crate::protocol::queued::{Place, Queued};
 use crate::protocol::keys::GROUP;
+use crate::protocol::live::{LiveRecord, Place};
 use crate::protocol::reply;
 use crate::protocol::scripts::scripts;
 use crate::queue::Queue;
@@ -215,7 +215,7 @@ impl Queue {
             keys.delayed().to_owned(),
             keys.stop_requests(),
             keys.job(id),
-            keys.queued(),
+            keys.live(),
         ];
         // A flow child's removal settles its parent in the same call.
         let parent = self.flow_parent(location).await?;
@@ -311,45 +311,47 @@ impl Queue {
             .and_then(|envelope| envelope.parent))
     }
 
-    /// Where the job's tracked metadata (or its queued record, when no
-    /// worker has started it) says it is.
+    /// Where the job's live record (or, once it ended, its metadata) says
+    /// it is.
     async fn tracked_location(&self, id: &str) -> Result<Tracked, Error> {
         if self.settings().tracking.is_none() {
             return Ok(Tracked::Unknown);
         }
         let keys = self.keys();
-        let (meta, queued): (Vec<Option<String>>, Option<String>) = redis::pipe()
+        let (meta, live): (Vec<Option<String>>, Option<String>) = redis::pipe()
             .cmd("HMGET")
             .arg(keys.job(id))
             .arg(&["state", "p", "entry", "due"])
             .cmd("HGET")
-            .arg(keys.queued())
+            .arg(keys.live())
             .arg(id)
             .query_async(&mut self.conn())
             .await?;
         let field = |i: usize| meta.get(i).cloned().flatten();
         let priority = field(1).and_then(|p| p.parse::<Priority>().ok());
-        let (state, priority, due) = match (field(0), priority) {
-            (Some(state), Some(priority)) => {
-                (state, priority, field(3).and_then(|d| d.parse::<u64>().ok()))
+        let (state, priority, due) = match live.as_deref().and_then(LiveRecord::parse) {
+            Some(LiveRecord {
+                priority,
+                place: Place::Entry(entry),
+                ..
+            }) => {
+                return Ok(Tracked::At(Location::Entry {
+                    priority,
+                    entry_id: entry,
+                }));
             }
-            _ => match queued.as_deref().and_then(Queued::parse) {
-                Some(Queued {
+            Some(LiveRecord {
+                priority,
+                place: Place::Delayed { due_ms },
+                ..
+            }) => ("delayed".to_owned(), priority, Some(due_ms)),
+            None => match (field(0), priority) {
+                (Some(state), Some(priority)) => (
+                    state,
                     priority,
-                    place: Place::Entry(entry),
-                    ..
-                }) => {
-                    return Ok(Tracked::At(Location::Entry {
-                        priority,
-                        entry_id: entry,
-                    }));
-                }
-                Some(Queued {
-                    priority,
-                    place: Place::Delayed { due_ms, .. },
-                    ..
-                }) => ("delayed".to_owned(), priority, Some(due_ms)),
-                None => return Ok(Tracked::Unknown),
+                    field(3).and_then(|d| d.parse::<u64>().ok()),
+                ),
+                _ => return Ok(Tracked::Unknown),
             },
         };
         match state.as_str() {

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::job_id::JobId;
 use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
-use crate::protocol::queued::{Place, Queued};
+use crate::protocol::live::{LiveRecord, Place};
 use crate::protocol::reply;
 use crate::queue::Queue;
 use crate::time::now_ms;
@@ -117,7 +117,7 @@ impl Queue {
     /// [`Queue::job`] on one partition (or a queue of one).
     async fn job_one(&self, id: &str) -> Result<Option<JobInfo>, Error> {
         let keys = self.keys();
-        let (meta, logs, queued): (HashMap<String, String>, Vec<String>, Option<String>) =
+        let (meta, logs, live): (HashMap<String, String>, Vec<String>, Option<String>) =
             redis::pipe()
                 .cmd("HGETALL")
                 .arg(keys.job(id))
@@ -126,16 +126,24 @@ impl Queue {
                 .arg(0)
                 .arg(-1)
                 .cmd("HGET")
-                .arg(keys.queued())
+                .arg(keys.live())
                 .arg(id)
                 .query_async(&mut self.conn())
                 .await?;
-        if meta.is_empty() {
-            return match queued.as_deref().and_then(Queued::parse) {
-                Some(queued) => Ok(Some(self.not_started(id, queued).await?)),
-                None => Ok(None),
-            };
+        let ended = matches!(
+            meta.get("state").map(String::as_str),
+            Some("completed" | "cancelled" | "dead")
+        );
+        if !ended {
+            if let Some(record) = live.as_deref().and_then(LiveRecord::parse) {
+                return Ok(Some(self.from_record(id, record, &meta, logs).await?));
+            }
         }
+        if meta.is_empty() {
+            return Ok(None);
+        }
+        // An ended job, or one tracked by a version that kept every job's
+        // metadata in its own hash.
         let number = |field: &str| meta.get(field).and_then(|v| v.parse::<u64>().ok());
         let priority = meta
             .get("p")
@@ -170,23 +178,37 @@ impl Queue {
         }))
     }
 
-    /// A job known only by its queued record: no worker has started it.
-    async fn not_started(&self, id: &str, queued: Queued) -> Result<JobInfo, Error> {
-        let state = match &queued.place {
-            Place::Entry(entry) => self.live_state(queued.priority, entry).await?,
-            Place::Delayed { due_ms, .. } => delayed_or_due(Some(*due_ms), queued.priority),
+    /// A job that has not ended, from its live record, with what its
+    /// metadata hash adds (progress, the last error and attempt).
+    async fn from_record(
+        &self,
+        id: &str,
+        record: LiveRecord,
+        meta: &HashMap<String, String>,
+        logs: Vec<String>,
+    ) -> Result<JobInfo, Error> {
+        let number = |field: &str| meta.get(field).and_then(|v| v.parse::<u64>().ok());
+        let state = match &record.place {
+            Place::Entry(entry) => self.live_state(record.priority, entry).await?,
+            Place::Delayed { due_ms } => delayed_or_due(Some(*due_ms), record.priority),
+        };
+        let attempts = match record.started {
+            Some(started) => started.attempt,
+            None => number("att")
+                .and_then(|a| u32::try_from(a).ok())
+                .unwrap_or(0),
         };
         Ok(JobInfo {
             id: JobId::from(id.to_owned()),
-            enqueued_ms: queued.enqueued_ms(),
-            name: queued.name,
+            name: record.name,
             state,
-            started_ms: None,
+            enqueued_ms: record.enqueued_ms,
+            started_ms: record.started.map(|s| s.at_ms),
             finished_ms: None,
-            attempts: 0,
-            progress: None,
-            error: None,
-            logs: Vec::new(),
+            attempts,
+            progress: number("prog").and_then(|p| u8::try_from(p).ok()),
+            error: meta.get("err").cloned(),
+            logs,
         })
     }
 

@@ -228,7 +228,7 @@ impl Queue {
             }
             let delayed = body.count()? as u64;
             if tracked {
-                self.forget_queued(body.array()?).await?;
+                self.forget_live(body.array()?).await?;
             }
             drained.waiting += removed as u64;
             drained.delayed += delayed;
@@ -242,9 +242,9 @@ impl Queue {
         Ok(drained)
     }
 
-    /// Clears the queued records of drained jobs (their envelopes, as the
+    /// Clears the live records of drained jobs (their envelopes, as the
     /// `drain` script returned them).
-    async fn forget_queued(&self, mut envelopes: reply::Body) -> Result<(), Error> {
+    async fn forget_live(&self, mut envelopes: reply::Body) -> Result<(), Error> {
         let mut ids = Vec::new();
         while !envelopes.is_empty() {
             let bytes = envelopes.optional_bytes()?.unwrap_or_default();
@@ -254,7 +254,7 @@ impl Queue {
         }
         if !ids.is_empty() {
             let _: u64 = redis::cmd("HDEL")
-                .arg(self.keys().queued())
+                .arg(self.keys().live())
                 .arg(&ids)
                 .query_async(&mut self.conn())
                 .await?;

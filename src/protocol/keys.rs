@@ -12,8 +12,8 @@
 //! | `<prefix>:{<queue>}:dedup:<key>` | string | the id of the job that took an idempotency key (with a TTL) |
 //! | `<prefix>:{<queue>}:latency`  | hash   | latency histograms per job name, kept by `ack` |
 //! | `<prefix>:{<queue>}:paused`   | string | present while the queue is paused |
-//! | `<prefix>:{<queue>}:queued`   | hash   | tracked jobs not started yet: job id -> `<priority index> <where> <name>`, where is the entry id (waiting) or `d<due ms>/<enqueued ms>` (delayed) |
-//! | `<prefix>:{<queue>}:job:<id>` | hash   | a tracked job's metadata from its first start on (with `track_jobs`) |
+//! | `<prefix>:{<queue>}:live`     | hash   | tracked jobs that have not ended: job id -> `<priority index> <where> <name>` (`protocol::live`) |
+//! | `<prefix>:{<queue>}:job:<id>` | hash   | a tracked job's progress, last error, and its metadata once it ended (with `track_jobs`) |
 //! | `<prefix>:{<queue>}:job:<id>:log` | list | a tracked job's log lines |
 //! | `<prefix>:{<queue>}:completed` | zset  | ids of retained completed jobs, scored by finish ms |
 //! | `<prefix>:{<queue>}:result:<id>` | string | a completed job's result, MessagePack (with `keep_results`) |
@@ -174,10 +174,10 @@ impl QueueKeys {
         format!("{}:tick:{id}:{due_ms}", self.base)
     }
 
-    /// Tracked jobs that have not started yet, one field each: a record
-    /// far smaller than a key of its own per job.
-    pub fn queued(&self) -> String {
-        format!("{}:queued", self.base)
+    /// Tracked jobs that have not ended, one field each: a record far
+    /// smaller than a key of its own per job.
+    pub fn live(&self) -> String {
+        format!("{}:live", self.base)
     }
 
     /// A tracked job's metadata hash, from its first start on.
@@ -332,7 +332,7 @@ mod tests {
             ("string", keys.dedup("<key>")),
             ("hash", keys.latency().to_owned()),
             ("string", keys.paused().to_owned()),
-            ("hash", keys.queued()),
+            ("hash", keys.live()),
             ("hash", keys.job("<id>")),
             ("list", keys.job_log("<id>")),
             ("zset", keys.completed()),

@@ -11,7 +11,7 @@
 //! - `reply`: the one place where script replies and Redis error codes
 //!   become typed errors ([`crate::Error`]).
 //! - `fields`: reading field/value replies (`HELLO`, `XINFO`).
-//! - `queued`: the record of a tracked job no worker has started yet.
+//! - `live`: the record of a tracked job that has not ended.
 //! - `event_log`: the start of an event a client writes to the event stream.
 //! - `latency`: the latency histogram's bucket scheme.
 //! - `cluster`: one connection type for a single Redis and a Redis Cluster,
@@ -26,7 +26,7 @@ pub(crate) mod event_log;
 pub(crate) mod fields;
 pub(crate) mod keys;
 pub(crate) mod latency;
+pub(crate) mod live;
 pub(crate) mod partition;
-pub(crate) mod queued;
 pub(crate) mod reply;
 pub(crate) mod scripts;

@@ -38,6 +38,8 @@ where
         wait_us: 0,
         run_us: 0,
         parent: None,
+        enqueued_ms: 0,
+        started_ms: 0,
     };
     let outcome = match decode::<T>(&claimed, context.max_payload_bytes, &mut report.parent) {
         Err(poison) => poison,
@@ -48,6 +50,7 @@ where
             job.stop = stop;
             report.name.clone_from(&job.name);
             report.job_id = job.id.to_string();
+            report.enqueued_ms = job.enqueued_ms;
             if cancelled {
                 // Cancelled while it waited for a slot: it never runs.
                 Counters::add(&context.counters.cancelled, 1);
@@ -68,12 +71,13 @@ where
                     priority: claimed.priority,
                     attempt: job.attempt,
                     enqueued_ms: job.enqueued_ms,
-                    consumer: context.consumer.clone(),
                 });
                 job.tracker = Some(tracker.clone());
             }
             let started = Instant::now();
-            report.wait_us = now_us().saturating_sub(ready_us);
+            let started_us = now_us();
+            report.started_ms = started_us / 1000;
+            report.wait_us = started_us.saturating_sub(ready_us);
             let span = tracing::info_span!(
                 "streamq.process",
                 job_id = %job.id,
@@ -110,6 +114,8 @@ async fn send<H>(context: Arc<JobContext<H>>, claimed: Claimed, report: Report, 
         run_us: report.run_us,
         deliveries: claimed.deliveries,
         parent: report.parent,
+        enqueued_ms: report.enqueued_ms,
+        started_ms: report.started_ms,
     };
     if context.finished.send(finished).await.is_err() {
         tracing::error!(
@@ -126,6 +132,9 @@ struct Report {
     run_us: u64,
     /// The flow parent, when the job is a flow child.
     parent: Option<ParentRef>,
+    /// Unix ms; 0 until known.
+    enqueued_ms: u64,
+    started_ms: u64,
 }
 
 /// Runs the handler (with its timeout, catching panics) and decides the

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::config::{DeadLettered, WorkerConfig};
 use super::lease::{Holdings, hand_back};
-use super::tracker::{TrackEvent, Tracker};
+use super::tracker::{Run, TrackEvent, Tracker};
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::job_id::JobId;
@@ -73,6 +73,10 @@ pub(crate) struct Finished {
     pub(crate) run_us: u64,
     /// Deliveries of this entry, this one included.
     pub(crate) deliveries: u32,
+    /// When the job was first enqueued, and when this run started (0 when
+    /// it did not), Unix ms: for its tracked metadata.
+    pub(crate) enqueued_ms: u64,
+    pub(crate) started_ms: u64,
     /// The flow parent, when the job is a flow child: it is then completed
     /// or dead-lettered by `flow_child`, which settles the parent.
     pub(crate) parent: Option<ParentRef>,
@@ -316,6 +320,7 @@ impl Finisher {
                         due_ms: *due_ms,
                         attempt: *attempt,
                         error: error.clone(),
+                        run: Run::of(&item.finished),
                     };
                     self.track(event, &item.finished);
                 }
@@ -346,6 +351,7 @@ impl Finisher {
                         error: error.clone(),
                         attempts: *attempts,
                         dead_id: dead_id.clone(),
+                        run: Run::of(&item.finished),
                     };
                     self.track(event, &item.finished);
                 }
@@ -434,6 +440,7 @@ impl Finisher {
             for f in acked {
                 tracker.send(TrackEvent::Completed {
                     id: f.job_id.clone(),
+                    run: Run::of(f),
                 });
             }
         }

@@ -212,7 +212,6 @@ impl Worker {
         let context = Arc::new(JobContext {
             handler,
             queue: self.queue.name().to_owned(),
-            consumer: Arc::from(self.consumer.as_str()),
             tracker,
             finished: finished_tx,
             counters: counters.clone(),

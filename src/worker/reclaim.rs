@@ -60,11 +60,19 @@ impl Worker {
                 lane.holdings.hold(job.priority, &job.entry_id);
                 if job.deliveries > self.config.max_deliveries {
                     let outcome = poison_outcome(&job, self.config.max_deliveries);
-                    let (name, job_id, parent) = job
+                    let (name, job_id, parent, enqueued_us) = job
                         .envelope
                         .as_deref()
                         .and_then(|bytes| Envelope::decode(bytes).ok())
-                        .map(|e| (e.name.into_owned(), e.id.into_owned(), e.parent))
+                        .map(|e| {
+                            let enqueued_us = e.enqueued_us;
+                            (
+                                e.name.into_owned(),
+                                e.id.into_owned(),
+                                e.parent,
+                                enqueued_us,
+                            )
+                        })
                         .unwrap_or_default();
                     let finished = Finished {
                         priority: job.priority,
@@ -76,6 +84,8 @@ impl Worker {
                         run_us: 0,
                         deliveries: job.deliveries,
                         parent,
+                        enqueued_ms: enqueued_us / 1000,
+                        started_ms: 0,
                     };
                     if context.finished.send(finished).await.is_err() {
                         tracing::error!("finisher stopped; the job stays pending");

@@ -41,7 +41,6 @@ const FETCH_LINGER: Duration = Duration::from_millis(2);
 pub(super) struct JobContext<H> {
     pub(super) handler: H,
     pub(super) queue: String,
-    pub(super) consumer: Arc<str>,
     pub(super) tracker: Option<Tracker>,
     pub(super) finished: mpsc::Sender<Finished>,
     pub(super) counters: Arc<Counters>,

@@ -1,7 +1,8 @@
-//! The worker's side records, written off the job's path: tracked jobs'
-//! metadata as they move (started, retrying, completed, dead-lettered, plus
-//! progress and log lines from handlers), and the events only the worker
-//! knows of (started, progress, reclaimed; the scripts write the others).
+//! The worker's side records, written off the job's path: tracked jobs as
+//! they move (started, retrying, completed, dead-lettered: their live
+//! record, then their final metadata; progress and log lines from
+//! handlers), and the events only the worker knows of (started, progress,
+//! reclaimed; the scripts write the others).
 //!
 //! Writes are single-key commands, batched into one pipeline per round trip
 //! by a task of their own, and best-effort: a full channel drops an update
@@ -14,9 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
+use super::finish::Finished;
+
 use crate::priority::Priority;
 use crate::protocol::event_log;
 use crate::protocol::keys::QueueKeys;
+use crate::protocol::live::{LiveRecord, Started};
 use crate::queue::JobTracking;
 use crate::queue::Queue;
 use crate::time::millis;
@@ -36,7 +40,6 @@ pub(crate) enum TrackEvent {
         priority: Priority,
         attempt: u32,
         enqueued_ms: u64,
-        consumer: Arc<str>,
     },
     /// Taken over after its lease ran out (an event only).
     Reclaimed {
@@ -47,18 +50,21 @@ pub(crate) enum TrackEvent {
     },
     Completed {
         id: String,
+        run: Run,
     },
     Retrying {
         id: String,
         due_ms: u64,
         attempt: u32,
         error: String,
+        run: Run,
     },
     Dead {
         id: String,
         error: String,
         attempts: u32,
         dead_id: String,
+        run: Run,
     },
     Progress {
         id: String,
@@ -68,6 +74,44 @@ pub(crate) enum TrackEvent {
         id: String,
         line: String,
     },
+}
+
+/// What an ended job's metadata keeps of its last run (until it ends, its
+/// live record holds this).
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) name: String,
+    pub(crate) priority: Priority,
+    pub(crate) entry: String,
+    pub(crate) enqueued_ms: u64,
+    /// 0 when it never started (poison, cancelled before it started).
+    pub(crate) started_ms: u64,
+}
+
+impl Run {
+    pub(crate) fn of(finished: &Finished) -> Run {
+        Run {
+            name: finished.name.clone(),
+            priority: finished.priority,
+            entry: finished.entry_id.clone(),
+            enqueued_ms: finished.enqueued_ms,
+            started_ms: finished.started_ms,
+        }
+    }
+
+    /// The run's fields in an ended job's metadata hash.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("name", self.name.clone()),
+            ("p", self.priority.as_str().to_owned()),
+            ("entry", self.entry.clone()),
+            ("enq", self.enqueued_ms.to_string()),
+        ];
+        if self.started_ms > 0 {
+            fields.push(("start", self.started_ms.to_string()));
+        }
+        fields
+    }
 }
 
 /// Sends updates to the writer; cheap to clone.
@@ -194,7 +238,6 @@ fn record_metadata(
     let finished = millis(tracking.keep_finished);
     let mut completed_any = false;
     match event {
-        // The job's record moves from the queued hash to a key of its own.
         TrackEvent::Started {
             id,
             name,
@@ -202,36 +245,25 @@ fn record_metadata(
             priority,
             attempt,
             enqueued_ms,
-            consumer,
         } => {
-            let meta = keys.job(&id);
-            pipe.cmd("HSET")
-                .arg(&meta)
-                .arg(&[
-                    ("state", "active"),
-                    ("name", name.as_str()),
-                    ("entry", entry.as_str()),
-                    ("p", priority.as_str()),
-                    ("owner", &consumer),
-                ])
-                .arg(&[("enq", enqueued_ms), ("start", now_ms())])
-                .arg("att")
-                .arg(attempt);
-            pipe.cmd("PEXPIRE").arg(&meta).arg(live);
-            // After the key is written: a lookup meanwhile finds one or both.
-            pipe.cmd("HDEL").arg(keys.queued()).arg(&id);
+            let started = Started {
+                at_ms: now_ms(),
+                attempt,
+            };
+            let record = LiveRecord::started(priority, &entry, started, enqueued_ms, &name);
+            pipe.cmd("HSET").arg(keys.live()).arg(&id).arg(record);
         }
-        // Each end also clears the queued record, in case the start's
-        // update was dropped.
-        TrackEvent::Completed { id } => {
+        // An ended job's metadata is written before its live record goes,
+        // so that a lookup meanwhile finds one or both.
+        TrackEvent::Completed { id, run } => {
             let (meta, log) = (keys.job(&id), keys.job_log(&id));
-            pipe.cmd("HDEL").arg(keys.queued()).arg(&id);
             if tracking.keep_completed == 0 {
                 pipe.cmd("DEL").arg(&meta).arg(&log);
             } else {
                 let now = now_ms();
                 pipe.cmd("HSET")
                     .arg(&meta)
+                    .arg(&run.fields())
                     .arg("state")
                     .arg("completed")
                     .arg("fin")
@@ -241,20 +273,20 @@ fn record_metadata(
                 pipe.cmd("ZADD").arg(keys.completed()).arg(now).arg(&id);
                 completed_any = true;
             }
+            pipe.cmd("HDEL").arg(keys.live()).arg(&id);
         }
         TrackEvent::Retrying {
             id,
             due_ms,
             attempt,
             error,
+            run,
         } => {
             let meta = keys.job(&id);
+            let record = LiveRecord::delayed(run.priority, due_ms, run.enqueued_ms, &run.name);
+            pipe.cmd("HSET").arg(keys.live()).arg(&id).arg(record);
             pipe.cmd("HSET")
                 .arg(&meta)
-                .arg("state")
-                .arg("delayed")
-                .arg("due")
-                .arg(due_ms)
                 .arg("att")
                 .arg(attempt)
                 .arg("err")
@@ -266,11 +298,12 @@ fn record_metadata(
             error,
             attempts,
             dead_id,
+            run,
         } => {
             let (meta, log) = (keys.job(&id), keys.job_log(&id));
-            pipe.cmd("HDEL").arg(keys.queued()).arg(&id);
             pipe.cmd("HSET")
                 .arg(&meta)
+                .arg(&run.fields())
                 .arg(&[
                     ("state", "dead"),
                     ("err", error.as_str()),
@@ -282,6 +315,7 @@ fn record_metadata(
                 .arg(now_ms());
             pipe.cmd("PEXPIRE").arg(&meta).arg(finished);
             pipe.cmd("PEXPIRE").arg(&log).arg(finished);
+            pipe.cmd("HDEL").arg(keys.live()).arg(&id);
         }
         TrackEvent::Progress { id, percent } => {
             let meta = keys.job(&id);

@@ -12,7 +12,7 @@ use crate::protocol::latency;
 use crate::protocol::scripts::scripts;
 use crate::time::{millis, now_ms};
 use crate::worker::config::DeadLettered;
-use crate::worker::tracker::TrackEvent;
+use crate::worker::tracker::{Run, TrackEvent};
 
 /// What `flow_child` did for the parent (its reply's third element).
 const RELEASED: i64 = 2;
@@ -110,6 +110,7 @@ impl Finisher {
                     error: error.clone(),
                     attempts,
                     dead_id: dead_id.clone(),
+                    run: Run::of(job),
                 };
                 self.track(event, job);
                 if let Some(hook) = &self.config.on_dead_letter {
@@ -123,7 +124,13 @@ impl Finisher {
             }
             _ => {
                 Counters::add(&self.counters.completed, 1);
-                self.track(|id| TrackEvent::Completed { id }, job);
+                self.track(
+                    |id| TrackEvent::Completed {
+                        id,
+                        run: Run::of(job),
+                    },
+                    job,
+                );
             }
         }
         Ok(())

@@ -24,7 +24,7 @@
                                  for flow children, "name:enqueued:<name>"),
                                  its four streams, its delayed zset (read for
                                  the backlog), its events stream
-             then queued hashes  of the child queues that track jobs: HSET
+             then live hashes    of the child queues that track jobs: HSET
                                  child id -> "<priority index> <entry id>
                                  <name>" (see ARGV)
   ARGV[1]    now                 Unix ms
@@ -43,7 +43,7 @@
                                  children the flow adds to it
   ARGV[..]   six per child:      child queue (1-based, in the order above),
                                  priority index (1..4), job id, job name,
-                                 its queue's queued hash index into KEYS
+                                 its queue's live hash index into KEYS
                                  (0 = untracked), envelope bytes
 
   Returns    {OK}                created
@@ -91,7 +91,7 @@ redis.call('HSET', flow, 'id', parent_id, 'name', parent_name, 'p', parent_p,
 for i = FIRST, #ARGV, STRIDE do
   local queue, p = queues[tonumber(ARGV[i])], tonumber(ARGV[i + 1])
   local job_id, name = ARGV[i + 2], ARGV[i + 3]
-  local queued_index, envelope = tonumber(ARGV[i + 4]), ARGV[i + 5]
+  local live_index, envelope = tonumber(ARGV[i + 4]), ARGV[i + 5]
   local k = queue.keys
   local entry = redis.call('XADD', KEYS[k + p], '*', 'e', envelope)
   redis.call('HINCRBY', KEYS[k], 'enqueued:' .. names[p], 1)
@@ -99,8 +99,8 @@ for i = FIRST, #ARGV, STRIDE do
   if queue.by_name then
     redis.call('HINCRBY', KEYS[k], 'name:enqueued:' .. name, 1)
   end
-  if queued_index > 0 and queue.tracking then
-    redis.call('HSET', KEYS[queued_index], job_id, p .. ' ' .. entry .. ' ' .. name)
+  if live_index > 0 and queue.tracking then
+    redis.call('HSET', KEYS[live_index], job_id, p .. ' ' .. entry .. ' ' .. name)
   end
   if queue.events_cap > 0 then
     redis.call('XADD', KEYS[k + 6], 'MAXLEN', '~', queue.events_cap, '*', 'ev', 'enqueued',
