@@ -136,7 +136,7 @@ impl Queue {
         );
         if !ended {
             if let Some(record) = live.as_deref().and_then(LiveRecord::parse) {
-                return Ok(Some(self.from_record(id, record, &meta, logs).await?));
+                return Ok(Some(self.job_from_record(id, record, &meta, logs).await?));
             }
         }
         if meta.is_empty() {
@@ -180,7 +180,7 @@ impl Queue {
 
     /// A job that has not ended, from its live record, with what its
     /// metadata hash adds (progress, the last error and attempt).
-    async fn from_record(
+    async fn job_from_record(
         &self,
         id: &str,
         record: LiveRecord,

@@ -263,7 +263,7 @@ fn record_metadata(
                 let now = now_ms();
                 pipe.cmd("HSET")
                     .arg(&meta)
-                    .arg(&run.fields())
+                    .arg(run.fields())
                     .arg("state")
                     .arg("completed")
                     .arg("fin")
@@ -303,7 +303,7 @@ fn record_metadata(
             let (meta, log) = (keys.job(&id), keys.job_log(&id));
             pipe.cmd("HSET")
                 .arg(&meta)
-                .arg(&run.fields())
+                .arg(run.fields())
                 .arg(&[
                     ("state", "dead"),
                     ("err", error.as_str()),
