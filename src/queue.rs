@@ -150,8 +150,11 @@ pub struct JobTracking {
     /// Keep this many completed jobs' metadata (the most recent); `0` drops
     /// a job's metadata as soon as it completes. Default: 0.
     pub keep_completed: u64,
-    /// The longest a live job's metadata lives without an update, a bound
-    /// for jobs that vanish (trimmed by someone else). Default: 7 days.
+    /// The longest a live job's progress and last error (its `job:<id>`
+    /// hash) live without an update. A live job's record itself is one
+    /// field of the queue's `live` hash, without a TTL: it goes when the
+    /// job ends, is cancelled or drained, or the queue is obliterated.
+    /// Default: 7 days.
     pub keep_live: std::time::Duration,
 }
 
