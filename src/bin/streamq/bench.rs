@@ -358,48 +358,52 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         let bodies = bodies.clone();
         let (goal, rate, batch, mix) = (jobs_goal, args.rate, args.batch.max(1), args.priorities);
         let step = args.producers;
-        std::thread::spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| streamq::Error::LocalServer(e.to_string()))
-                .and_then(|runtime| {
-                    runtime.block_on(async move {
-                        let queue = match builder.connect(&config).await {
-                            Ok(queue) => queue,
-                            Err(e) => {
-                                let _ = ready_tx.send(());
-                                return Err(e);
-                            }
-                        };
-                        let _ = ready_tx.send(());
-                        let Ok((started, started_us)) = go_rx.recv() else {
-                            return Ok(());
-                        };
-                        let cpu = cpu_time::ThreadTime::now();
-                        let producer = Producer {
-                            queue,
-                            tally: tally.clone(),
-                            index: p,
-                            step,
-                            goal,
-                            deadline: deadline_secs.map(|s| started + Duration::from_secs_f64(s)),
-                            rate,
-                            batch,
-                            mix,
-                            bodies,
-                            started,
-                            started_us,
-                        };
-                        let result = producer.run().await;
-                        tally
-                            .producer_cpu_ns
-                            .fetch_add(nanos(cpu.elapsed()), Ordering::Relaxed);
-                        result
-                    })
-                });
-            let _ = done.send(result);
-        });
+        // Named, so that profiles tell producing from working.
+        std::thread::Builder::new()
+            .name(format!("producer-{p}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| streamq::Error::LocalServer(e.to_string()))
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let queue = match builder.connect(&config).await {
+                                Ok(queue) => queue,
+                                Err(e) => {
+                                    let _ = ready_tx.send(());
+                                    return Err(e);
+                                }
+                            };
+                            let _ = ready_tx.send(());
+                            let Ok((started, started_us)) = go_rx.recv() else {
+                                return Ok(());
+                            };
+                            let cpu = cpu_time::ThreadTime::now();
+                            let producer = Producer {
+                                queue,
+                                tally: tally.clone(),
+                                index: p,
+                                step,
+                                goal,
+                                deadline: deadline_secs
+                                    .map(|s| started + Duration::from_secs_f64(s)),
+                                rate,
+                                batch,
+                                mix,
+                                bodies,
+                                started,
+                                started_us,
+                            };
+                            let result = producer.run().await;
+                            tally
+                                .producer_cpu_ns
+                                .fetch_add(nanos(cpu.elapsed()), Ordering::Relaxed);
+                            result
+                        })
+                    });
+                let _ = done.send(result);
+            })?;
         let _ = ready.await;
         go.push(go_tx);
         producers.push(tokio::spawn(async move { handle.await.unwrap_or(Ok(())) }));

@@ -96,7 +96,8 @@ pub(crate) async fn run(plan: RawPlan) -> Result<RawReport, Box<dyn std::error::
             .await?;
         let (go_tx, go_rx) = std::sync::mpsc::channel::<(Instant, u64)>();
         let (plan, tally) = (plan.clone(), tally.clone());
-        producers.push(std::thread::spawn(move || {
+        let thread = std::thread::Builder::new().name(format!("producer-{index}"));
+        producers.push(thread.spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -110,7 +111,7 @@ pub(crate) async fn run(plan: RawPlan) -> Result<RawReport, Box<dyn std::error::
                 .fetch_add(nanos(cpu.elapsed()), Ordering::Relaxed);
             tally.producers_done.fetch_add(1, Ordering::Release);
             result.map_err(std::io::Error::other)
-        }));
+        })?);
         go.push(go_tx);
     }
 
