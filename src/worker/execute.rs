@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -40,6 +41,7 @@ where
         parent: None,
         enqueued_ms: 0,
         started_ms: 0,
+        leftovers: true,
     };
     let outcome = match decode::<T>(&claimed, context.max_payload_bytes, &mut report.parent) {
         Err(poison) => poison,
@@ -63,6 +65,7 @@ where
                 };
                 return send(context, claimed, report, outcome).await;
             }
+            let mut reported = None;
             if let Some(tracker) = &context.tracker {
                 tracker.send(TrackEvent::Started {
                     id: report.job_id.clone(),
@@ -73,7 +76,11 @@ where
                     enqueued_ms: job.enqueued_ms,
                 });
                 job.tracker = Some(tracker.clone());
+                let flag = Arc::new(AtomicBool::new(false));
+                job.reported = Some(flag.clone());
+                reported = Some(flag);
             }
+            let earlier_runs = job.attempt > 1 || claimed.deliveries > 1;
             let started = Instant::now();
             let started_us = now_us();
             report.started_ms = started_us / 1000;
@@ -91,6 +98,8 @@ where
                 .instrument(span)
                 .await;
             report.run_us = micros(started.elapsed());
+            report.leftovers =
+                earlier_runs || reported.is_none_or(|r: Arc<AtomicBool>| r.load(Ordering::Relaxed));
             outcome
         }
     };
@@ -116,6 +125,7 @@ async fn send<H>(context: Arc<JobContext<H>>, claimed: Claimed, report: Report, 
         parent: report.parent,
         enqueued_ms: report.enqueued_ms,
         started_ms: report.started_ms,
+        leftovers: report.leftovers,
     };
     if context.finished.send(finished).await.is_err() {
         tracing::error!(
@@ -135,6 +145,8 @@ struct Report {
     /// Unix ms; 0 until known.
     enqueued_ms: u64,
     started_ms: u64,
+    /// Whether the job's `job:<id>` hash or log may exist (see `Finished`).
+    leftovers: bool,
 }
 
 /// Runs the handler (with its timeout, catching panics) and decides the
@@ -352,6 +364,7 @@ fn decode<T: DeserializeOwned>(
         timeout: envelope.timeout_ms.map(Duration::from_millis),
         traceparent: envelope.trace.map(Cow::into_owned),
         tracker: None,
+        reported: None,
         stop: CancellationToken::new(),
         claimed_ms: claimed.claimed_ms,
         payload,

@@ -77,6 +77,10 @@ pub(crate) struct Finished {
     /// it did not), Unix ms: for its tracked metadata.
     pub(crate) enqueued_ms: u64,
     pub(crate) started_ms: u64,
+    /// Whether its tracked `job:<id>` hash or log may exist: its handler
+    /// reported progress or logged, or an earlier attempt or delivery ran
+    /// (which may have). When not, a completion has nothing to delete.
+    pub(crate) leftovers: bool,
     /// The flow parent, when the job is a flow child: it is then completed
     /// or dead-lettered by `flow_child`, which settles the parent.
     pub(crate) parent: Option<ParentRef>,

@@ -4,6 +4,8 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,8 @@ pub struct Job<T> {
     pub(crate) timeout: Option<Duration>,
     pub(crate) traceparent: Option<String>,
     pub(crate) tracker: Option<Tracker>,
+    /// With a tracker: set once its handler reported progress or logged.
+    pub(crate) reported: Option<Arc<AtomicBool>>,
     pub(crate) stop: CancellationToken,
     pub(crate) claimed_ms: u64,
     pub(crate) payload: T,
@@ -45,6 +49,7 @@ impl<T> Job<T> {
             timeout: None,
             traceparent: None,
             tracker: None,
+            reported: None,
             stop: CancellationToken::new(),
             claimed_ms: crate::time::now_ms(),
             payload,
@@ -140,6 +145,7 @@ impl<T> Job<T> {
     /// does nothing. Never blocks.
     pub fn progress(&self, percent: u8) {
         if let Some(tracker) = &self.tracker {
+            self.mark_reported();
             tracker.send(TrackEvent::Progress {
                 id: self.id.to_string(),
                 percent: percent.min(100),
@@ -160,10 +166,17 @@ impl<T> Job<T> {
                 }
                 line.truncate(cut);
             }
+            self.mark_reported();
             tracker.send(TrackEvent::Log {
                 id: self.id.to_string(),
                 line,
             });
+        }
+    }
+
+    fn mark_reported(&self) {
+        if let Some(reported) = &self.reported {
+            reported.store(true, Ordering::Relaxed);
         }
     }
 

@@ -86,6 +86,7 @@ impl Worker {
                         parent,
                         enqueued_ms: enqueued_us / 1000,
                         started_ms: 0,
+                        leftovers: true,
                     };
                     if context.finished.send(finished).await.is_err() {
                         tracing::error!("finisher stopped; the job stays pending");

@@ -86,6 +86,8 @@ pub(crate) struct Run {
     pub(crate) enqueued_ms: u64,
     /// 0 when it never started (poison, cancelled before it started).
     pub(crate) started_ms: u64,
+    /// See `Finished::leftovers`.
+    pub(crate) leftovers: bool,
 }
 
 impl Run {
@@ -96,6 +98,7 @@ impl Run {
             entry: finished.entry_id.clone(),
             enqueued_ms: finished.enqueued_ms,
             started_ms: finished.started_ms,
+            leftovers: finished.leftovers,
         }
     }
 
@@ -258,7 +261,9 @@ fn record_metadata(
         TrackEvent::Completed { id, run } => {
             let (meta, log) = (keys.job(&id), keys.job_log(&id));
             if tracking.keep_completed == 0 {
-                pipe.cmd("DEL").arg(&meta).arg(&log);
+                if run.leftovers {
+                    pipe.cmd("DEL").arg(&meta).arg(&log);
+                }
             } else {
                 let now = now_ms();
                 pipe.cmd("HSET")
