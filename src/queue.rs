@@ -153,8 +153,9 @@ pub struct JobTracking {
     /// The longest a live job's progress and last error (its `job:<id>`
     /// hash) live without an update. A live job's record itself is one
     /// field of the queue's `live` hash, without a TTL: it goes when the
-    /// job ends, is cancelled or drained, or the queue is obliterated.
-    /// Default: 7 days.
+    /// job ends, is cancelled or drained, or the queue is obliterated (a
+    /// worker that does not track still removes the records of the jobs
+    /// it ends). Default: 7 days.
     pub keep_live: std::time::Duration,
 }
 

@@ -398,3 +398,32 @@ async fn a_completed_job_leaves_nothing_and_one_that_reported_nothing_costs_no_d
         "one DEL: job 0's log"
     );
 }
+
+#[tokio::test]
+async fn a_worker_that_does_not_track_still_removes_the_records_of_jobs_it_ends() {
+    let redis = TestRedis::start();
+    let producer = tracked(&redis, "mixed", JobTracking::default()).await;
+    let untracked = redis.queue("mixed").await;
+    let mut batch = producer.batch();
+    for i in 0..5u32 {
+        batch
+            .push(&i, &EnqueueOptions::new().max_attempts(1))
+            .unwrap();
+    }
+    batch.send().await.unwrap();
+    assert_eq!(live_ids(&redis, &producer).await.len(), 5);
+    // Job 4 fails for good: a dead letter ends a job too.
+    let (stop, worker) = spawn_worker(&untracked, fast(), |job: streamq::Job<u32>| async move {
+        match *job.payload() {
+            4 => Err(JobError::permanent("no")),
+            _ => Ok(()),
+        }
+    });
+    until_stats("ended", &untracked, |s| {
+        s.completed() == 4 && s.dead_letters == 1
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap();
+    assert!(live_ids(&redis, &producer).await.is_empty());
+}

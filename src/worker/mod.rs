@@ -183,7 +183,8 @@ impl Worker {
         let stopping = CancellationToken::new();
         let holdings = Holdings::new(stopping.clone());
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
-        let (tracker, tracker_task) = Tracker::spawn(&self.queue).unzip();
+        let clear_live = tracker::untracked_records(&self.queue).await;
+        let (tracker, tracker_task) = Tracker::spawn(&self.queue, clear_live).unzip();
         let mut finisher = Finisher::new(
             &self.queue,
             &self.consumer,

@@ -125,16 +125,21 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// Starts the writer task for `queue`, when it tracks jobs or records
-    /// events; `None` when there is nothing to write.
-    pub(crate) fn spawn(queue: &Queue) -> Option<(Tracker, tokio::task::JoinHandle<()>)> {
+    /// Starts the writer task for `queue`, when it tracks jobs, records
+    /// events, or (`clear_live`) must remove the live records that tracking
+    /// producers wrote for the jobs this worker ends; `None` when there is
+    /// nothing to write.
+    pub(crate) fn spawn(
+        queue: &Queue,
+        clear_live: bool,
+    ) -> Option<(Tracker, tokio::task::JoinHandle<()>)> {
         let settings = queue.settings();
-        if settings.tracking.is_none() && settings.events.is_none() {
+        if settings.tracking.is_none() && settings.events.is_none() && !clear_live {
             return None;
         }
         let (tx, rx) = mpsc::channel(10_000);
         let dropped = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write(queue.clone(), rx, dropped.clone()));
+        let writer = tokio::spawn(write(queue.clone(), rx, dropped.clone(), clear_live));
         Some((Tracker { tx, dropped }, writer))
     }
 
@@ -149,7 +154,35 @@ impl Tracker {
     }
 }
 
-async fn write(queue: Queue, mut rx: mpsc::Receiver<TrackEvent>, dropped: Arc<AtomicU64>) {
+/// Whether a worker of `queue`, which does not track jobs, finds live
+/// records that producers which do wrote: it must then remove those of the
+/// jobs it ends, or they would stay. Logged, as a hint to turn tracking on.
+pub(crate) async fn untracked_records(queue: &Queue) -> bool {
+    if queue.settings().tracking.is_some() {
+        return false;
+    }
+    let found: Result<bool, _> = redis::cmd("EXISTS")
+        .arg(queue.keys().live())
+        .query_async(&mut queue.conn())
+        .await;
+    let found = found.unwrap_or(false);
+    if found {
+        tracing::warn!(
+            queue = queue.name(),
+            "this queue's producers track jobs but this worker does not: it removes the \
+             records of the jobs it ends; open the queue with track_jobs here as well to \
+             keep their state readable"
+        );
+    }
+    found
+}
+
+async fn write(
+    queue: Queue,
+    mut rx: mpsc::Receiver<TrackEvent>,
+    dropped: Arc<AtomicU64>,
+    clear_live: bool,
+) {
     let keys = queue.keys().clone();
     let (tracking, events_cap) = (queue.settings().tracking, queue.settings().events_cap());
     let mut conn = queue.conn();
@@ -163,6 +196,10 @@ async fn write(queue: Queue, mut rx: mpsc::Receiver<TrackEvent>, dropped: Arc<At
             }
             if let Some(tracking) = &tracking {
                 completed_any |= record_metadata(&mut pipe, &keys, tracking, event);
+            } else if clear_live {
+                if let TrackEvent::Completed { id, .. } | TrackEvent::Dead { id, .. } = &event {
+                    pipe.cmd("HDEL").arg(keys.live()).arg(id);
+                }
             }
         }
         if let Err(err) = pipe.ignore_errors().exec_async(&mut conn).await {
