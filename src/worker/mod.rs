@@ -213,7 +213,12 @@ impl Worker {
         let context = Arc::new(JobContext {
             handler,
             queue: self.queue.name().to_owned(),
-            tracker,
+            // Handlers report to it only when something records what they
+            // say: a tracker that only clears live records needs no starts.
+            tracker: tracker.filter(|_| {
+                let settings = self.queue.settings();
+                settings.tracking.is_some() || settings.events.is_some()
+            }),
             finished: finished_tx,
             counters: counters.clone(),
             backoff: self.config.backoff,
