@@ -552,3 +552,126 @@ async fn same_entry_ids_in_two_priorities_keep_both_leases() {
     assert_eq!((report.completed, report.reclaimed), (200, 0));
     assert!(seen.duplicates().is_empty());
 }
+
+/// `INFO commandstats` calls of one command (`xread`, `client|unblock`).
+async fn calls(redis: &TestRedis, command: &str) -> u64 {
+    let stats = redis.info("commandstats").await;
+    stats
+        .get(&format!("cmdstat_{command}"))
+        .and_then(|v| v.strip_prefix("calls="))
+        .and_then(|v| v.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Clients blocked in a read: idle workers waiting for jobs.
+async fn blocked_clients(redis: &TestRedis) -> u64 {
+    redis.info("clients").await["blocked_clients"]
+        .parse()
+        .unwrap()
+}
+
+/// Idle workers wait by claiming in a blocking `XREADGROUP`, which Redis
+/// serves to one of them: a job arriving at an idle pool wakes one worker
+/// and costs three script calls (enqueue, the fetch riding on the claim,
+/// ack), not a peek and a fetch by every idle worker.
+#[tokio::test]
+async fn a_job_arriving_at_idle_workers_wakes_only_one() {
+    const WORKERS: u64 = 4;
+    const JOBS: usize = 20;
+    let redis = TestRedis::start();
+    let queue = redis.queue("idle-pool").await;
+    // No upkeep during the test: every call counted is the jobs' own.
+    let quiet = WorkerConfig::new()
+        .promote_interval(Duration::from_secs(600))
+        .reclaim_interval(Duration::from_secs(600))
+        .block(Duration::from_secs(600));
+    let seen = Seen::default();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| spawn_worker(&queue, quiet.clone(), seen.handler::<usize>()))
+        .collect();
+    eventually("every worker blocked", WAIT, || async {
+        blocked_clients(&redis).await == WORKERS
+    })
+    .await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis.raw().await)
+        .await
+        .unwrap();
+    for i in 0..JOBS {
+        queue.enqueue(&i, &EnqueueOptions::new()).await.unwrap();
+        wait_for("the job ran", || seen.len() == i + 1).await;
+        eventually("every worker blocked again", WAIT, || async {
+            blocked_clients(&redis).await == WORKERS
+        })
+        .await;
+    }
+    let scripts = redis.script_calls().await;
+    assert_eq!(calls(&redis, "xread").await, 0, "an idle worker peeked");
+    // Slack for a lease renewal per worker on a slow machine.
+    assert!(
+        scripts <= 3 * JOBS as u64 + WORKERS,
+        "{scripts} script calls for {JOBS} jobs: idle workers fetched"
+    );
+    for (stop, _) in &workers {
+        stop.cancel();
+    }
+    let mut completed = 0;
+    for (_, worker) in workers {
+        completed += worker.await.unwrap().completed;
+    }
+    assert_eq!(completed, JOBS as u64);
+    assert!(seen.duplicates().is_empty());
+    // Shutdown ended the blocked reads (instead of dropping them).
+    assert_eq!(calls(&redis, "client|unblock").await, WORKERS);
+}
+
+/// A job an idle worker's blocking read claims as the queue is paused does
+/// not start until the queue is resumed; stopped meanwhile, the worker hands
+/// it back.
+#[tokio::test]
+async fn a_job_claimed_by_an_idle_worker_as_the_queue_pauses_waits_for_resume() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("pausing").await;
+    let seen = Seen::default();
+    let quiet = fast().block(Duration::from_secs(600));
+    for round in 0..2u8 {
+        let (stop, worker) = spawn_worker(&queue, quiet.clone(), seen.handler::<u8>());
+        eventually("the worker blocked", WAIT, || async {
+            blocked_clients(&redis).await == 1
+        })
+        .await;
+        queue.pause().await.unwrap();
+        queue.enqueue(&round, &EnqueueOptions::new()).await.unwrap();
+        until_stats("the blocked read claimed it", &queue, |s| {
+            s.in_flight() == 1
+        })
+        .await;
+        let polled = redis.script_calls().await;
+        eventually("the worker polled the paused queue", WAIT, || {
+            let r = &redis;
+            async move { r.script_calls().await >= polled + 20 }
+        })
+        .await;
+        assert_eq!(seen.len(), usize::from(round), "a job started while paused");
+        if round == 0 {
+            queue.resume().await.unwrap();
+            wait_for("resumed, the held job ran", || seen.len() == 1).await;
+            stop.cancel();
+            let report = worker.await.unwrap();
+            assert_eq!((report.completed, report.released), (1, 0));
+        } else {
+            stop.cancel();
+            let report = worker.await.unwrap();
+            assert_eq!((report.completed, report.released), (0, 1));
+            let stats = queue.stats().await.unwrap();
+            assert_eq!((stats.waiting(), stats.in_flight()), (1, 0), "handed back");
+        }
+    }
+    queue.resume().await.unwrap();
+    let (stop, worker) = spawn_worker(&queue, fast(), seen.handler::<u8>());
+    wait_for("the handed-back job ran", || seen.len() == 2).await;
+    stop.cancel();
+    assert_eq!(worker.await.unwrap().completed, 1);
+    assert!(seen.duplicates().is_empty());
+}

@@ -2,19 +2,33 @@
 //! wait that blocks on a connection of its own until something new arrives.
 //!
 //! Strict priority and blocking reads: `XREADGROUP BLOCK` over four streams
-//! would claim from every stream with data at once, so a low job could be
-//! claimed while critical ones wait. Claims therefore only ever happen in the
+//! claims from every stream with data at once, so a low job could be claimed
+//! while critical ones wait. Busy workers therefore claim only with the
 //! `fetch` script, which reads critical first and lower streams only while it
-//! has room. When it finds nothing it returns the group's last delivered id
-//! per stream; the worker then blocks with a plain `XREAD` (which claims
-//! nothing) from those ids, and calls `fetch` again as soon as it returns.
-//! Entries added between the two calls are newer than those ids, so the
-//! `XREAD` returns at once: no wake-up is missed.
+//! has room. When it finds nothing, the worker waits in one of two ways:
+//!
+//! - **Claiming in the wait** (the default): a blocking `XREADGROUP COUNT 1`
+//!   over the four streams, pipelined with a `fetch` for the rest of the
+//!   worker's room. Redis hands each new entry to exactly one blocked
+//!   consumer, so a job wakes one idle worker, not all of them, and costs no
+//!   extra round trip. The read claims at most one job per stream, and only
+//!   jobs that arrived while the worker was idle; `fetch`, run right after it
+//!   in the same round trip, claims the rest most urgent first and says
+//!   whether the queue is paused (then the jobs the read claimed wait in the
+//!   worker, leased, until it is resumed).
+//! - **Waking, then fetching** (under a rate limit, which only `fetch`
+//!   counts; with `prefetch(0)`, which must never hold more than it runs;
+//!   and on partitioned workers): `fetch` returns the group's last delivered
+//!   id per stream, and the worker blocks with a plain `XREAD` (which claims
+//!   nothing) from those ids, then calls `fetch` again. Entries added between
+//!   the two calls are newer than those ids, so the `XREAD` returns at once:
+//!   no wake-up is missed.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use redis::Value;
+use redis::streams::StreamReadReply;
+use redis::{RedisResult, Value};
 use tracing::Instrument;
 
 use crate::error::Error;
@@ -22,7 +36,7 @@ use crate::priority::Priority;
 use crate::protocol::cluster::Conn;
 use crate::protocol::keys::GROUP;
 use crate::protocol::reply::{self, Reply};
-use crate::protocol::scripts::scripts;
+use crate::protocol::scripts::{ScriptCall, scripts};
 use crate::queue::Queue;
 use crate::time::{millis, now_ms};
 
@@ -52,22 +66,61 @@ pub(crate) struct Reclaimed {
 /// What one fetch found.
 #[derive(Debug)]
 pub(crate) enum Fetched {
-    /// Jobs, and when fewer than asked were found, the group's last
-    /// delivered id per stream (nothing else waits: block from there).
-    Jobs(Vec<Claimed>, Option<[String; 4]>),
-    /// Nothing waiting; the group's last delivered id per stream.
-    Idle([String; 4]),
-    /// The queue is paused: claim nothing until it is resumed.
-    Paused,
+    /// Jobs, and when fewer than asked were found (nothing else waits), how
+    /// to wait for more.
+    Jobs(Vec<Claimed>, Option<Wait>),
+    /// Nothing waiting; how to wait for more.
+    Idle(Wait),
+    /// The queue is paused: claim nothing until it is resumed. The jobs a
+    /// blocking read claimed as the pause began (none from `fetch`): hold
+    /// them, unstarted, until then.
+    Paused(Vec<Claimed>),
     /// The rate limit's window is spent: claim nothing for this long.
     RateLimited(Duration),
+}
+
+/// How to wait once every stream was read to its end (module docs).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Wait {
+    /// Block with `XREAD` for entries newer than these (the group's last
+    /// delivered ids), then fetch.
+    After([String; 4]),
+    /// Claim in the blocking read itself: [`Fetcher::claim_blocking`].
+    Claim,
+}
+
+/// Ends a [`Fetcher::claim_blocking`] in flight early, for shutdown.
+pub(crate) struct Unblocker {
+    conn: Conn,
+    /// The blocking connection's `CLIENT ID`; `None` on a cluster, or when
+    /// the user may not run `CLIENT ID`.
+    client: Option<i64>,
+}
+
+impl Unblocker {
+    /// Asks Redis to end the blocking read now (`CLIENT UNBLOCK`), as if it
+    /// had timed out. Best effort: a user without the `CLIENT UNBLOCK`
+    /// permission waits for the read's block time instead.
+    pub(crate) async fn unblock(mut self) {
+        let Some(client) = self.client else { return };
+        let unblocked: Result<i64, _> = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(client)
+            .query_async(&mut self.conn)
+            .await;
+        if let Err(err) = unblocked {
+            tracing::debug!(%err, "CLIENT UNBLOCK refused; the blocking read ends on its own");
+        }
+    }
 }
 
 pub(crate) struct Fetcher {
     queue: Queue,
     consumer: String,
     conn: Conn,
-    blocking: Option<Conn>,
+    /// The connection blocking reads use, and its `CLIENT ID` (see
+    /// [`Unblocker`]).
+    blocking: Option<(Conn, Option<i64>)>,
     max_block: Duration,
     reclaim_cursors: [String; 4],
 }
@@ -84,21 +137,17 @@ impl Fetcher {
         }
     }
 
-    /// Claims up to `count` jobs, most urgent first, within `limit`.
+    /// Claims up to `count` jobs, most urgent first, within `limit`. With
+    /// `claim_in_wait`, a fetch that reads every stream to its end answers
+    /// [`Wait::Claim`], else [`Wait::After`] the last delivered ids.
     pub(crate) async fn fetch(
         &mut self,
         count: usize,
         limit: Option<RateLimit>,
+        claim_in_wait: bool,
     ) -> Result<Fetched, Error> {
-        let keys = self.queue.keys();
         let now = now_ms();
-        let mut call = scripts().fetch.call(keys, &[keys.paused(), keys.rate()]);
-        call.arg(GROUP)
-            .arg(&self.consumer)
-            .arg(count)
-            .arg(limit.map_or(0, |l| l.max()))
-            .arg(limit.map_or(1, |l| l.period_ms()))
-            .arg(now);
+        let call = self.fetch_call(count, limit, claim_in_wait, now);
         let span = tracing::debug_span!(
             "streamq.fetch",
             queue = self.queue.name(),
@@ -114,6 +163,149 @@ impl Fetcher {
             }
         }
         Ok(fetched)
+    }
+
+    fn fetch_call(
+        &self,
+        count: usize,
+        limit: Option<RateLimit>,
+        claim_in_wait: bool,
+        now: u64,
+    ) -> ScriptCall {
+        let keys = self.queue.keys();
+        let mut call = scripts().fetch.call(keys, &[keys.paused(), keys.rate()]);
+        call.arg(GROUP)
+            .arg(&self.consumer)
+            .arg(count)
+            .arg(limit.map_or(0, |l| l.max()))
+            .arg(limit.map_or(1, |l| l.period_ms()))
+            .arg(now)
+            .arg(if claim_in_wait { "0" } else { "1" });
+        call
+    }
+
+    /// Opens the blocking connection if it is not open yet, and returns what
+    /// can end a [`Fetcher::claim_blocking`] on it early.
+    pub(crate) async fn unblocker(&mut self) -> Result<Unblocker, Error> {
+        let client = match &self.blocking {
+            Some((_, client)) => *client,
+            None => {
+                let mut conn = self
+                    .queue
+                    .redis()
+                    .blocking_connection(self.max_block)
+                    .await?;
+                // On a cluster the id would name a client of some node.
+                let client = match &conn {
+                    Conn::Plain(_) => redis::cmd("CLIENT")
+                        .arg("ID")
+                        .query_async(&mut conn)
+                        .await
+                        .ok(),
+                    Conn::Single(_) | Conn::Cluster(_) => None,
+                };
+                self.blocking = Some((conn, client));
+                client
+            }
+        };
+        Ok(Unblocker {
+            conn: self.conn.clone(),
+            client,
+        })
+    }
+
+    /// Waits up to `block` (at most the configured block) for new jobs while
+    /// the worker is idle, claiming in the read itself; `room` is what the
+    /// worker can hold (at least 1). See the module docs.
+    ///
+    /// Cancel safety: not cancel-safe. Dropped mid-flight, the read may
+    /// already have claimed jobs, which then wait for their lease to run out
+    /// before another worker reclaims them: end it with [`Unblocker`] and
+    /// await it instead.
+    pub(crate) async fn claim_blocking(
+        &mut self,
+        room: usize,
+        block: Duration,
+    ) -> Result<Fetched, Error> {
+        let (mut conn, client) = match self.blocking.take() {
+            Some(open) => open,
+            None => {
+                self.unblocker().await?;
+                self.blocking.take().ok_or(Error::UnexpectedReply {
+                    script: "fetch",
+                    detail: "no blocking connection".to_owned(),
+                })?
+            }
+        };
+        let keys = self.queue.keys();
+        let block = block.clamp(Duration::from_millis(1), self.max_block);
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(keys.streams().as_slice())
+            .arg([">"; 4].as_slice());
+        // Runs when the read returns: the rest of the room, or, with no room
+        // left, whether the queue is paused.
+        let more = room.saturating_sub(1);
+        if more > 0 {
+            pipe.add_command(self.fetch_call(more, None, true, now_ms()).into_cmd());
+        } else {
+            pipe.cmd("EXISTS").arg(keys.paused());
+        }
+        let span = tracing::debug_span!("streamq.claim", queue = self.queue.name(), room);
+        let mut replies: Vec<RedisResult<Value>> = pipe
+            .ignore_errors()
+            .query_async(&mut conn)
+            .instrument(span)
+            .await?;
+        self.blocking = Some((conn, client));
+        let now = now_ms();
+        let then = replies.pop();
+        let read = replies.pop();
+        let (mut jobs, read_failed) = match read {
+            Some(Ok(reply)) => (parse_claim(reply, keys.streams(), now)?, None),
+            Some(Err(err)) => (Vec::new(), Some(err)),
+            None => (Vec::new(), None),
+        };
+        let then = match then {
+            Some(Ok(reply)) if more > 0 => parse_fetch(reply, now),
+            Some(Ok(Value::Int(1))) => Ok(Fetched::Paused(Vec::new())),
+            Some(Ok(_)) => Ok(Fetched::Idle(Wait::Claim)),
+            Some(Err(err)) => Err(Error::from(err)),
+            None => Ok(Fetched::Jobs(Vec::new(), None)),
+        };
+        let then = match (then, read_failed) {
+            (Ok(then), None) => then,
+            // The claimed jobs are ours whatever else failed: keep them, and
+            // let the next fetch meet the error (NOSCRIPT is replayed there).
+            (Err(err), None) => {
+                tracing::debug!(queue = self.queue.name(), %err, "fetch after a blocking claim failed");
+                Fetched::Jobs(Vec::new(), None)
+            }
+            (Ok(Fetched::Jobs(more, wait)), Some(err)) if !more.is_empty() => {
+                tracing::debug!(queue = self.queue.name(), %err, "blocking claim failed");
+                Fetched::Jobs(more, wait)
+            }
+            (_, Some(err)) => return Err(Error::from(err)),
+        };
+        Ok(match then {
+            Fetched::Paused(_) => Fetched::Paused(jobs),
+            Fetched::Jobs(more, wait) => {
+                jobs.extend(more);
+                Fetched::Jobs(jobs, wait)
+            }
+            Fetched::Idle(wait) if jobs.is_empty() => Fetched::Idle(wait),
+            Fetched::Idle(wait) => Fetched::Jobs(jobs, Some(wait)),
+            Fetched::RateLimited(_) => Fetched::Jobs(jobs, None),
+        })
     }
 
     /// Takes over up to `count` jobs of `priority` idle for at least `lease`,
@@ -151,14 +343,15 @@ impl Fetcher {
         last_ids: &[String; 4],
         block: Duration,
     ) -> Result<(), Error> {
-        let mut conn = match self.blocking.take() {
-            Some(conn) => conn,
-            None => {
+        let (mut conn, client) = match self.blocking.take() {
+            Some(open) => open,
+            None => (
                 self.queue
                     .redis()
                     .blocking_connection(self.max_block)
-                    .await?
-            }
+                    .await?,
+                None,
+            ),
         };
         let block = block.clamp(Duration::from_millis(1), self.max_block);
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
@@ -172,7 +365,7 @@ impl Fetcher {
             .arg(last_ids.as_slice())
             .query_async(&mut conn)
             .await?;
-        self.blocking = Some(conn);
+        self.blocking = Some((conn, client));
         Ok(())
     }
 }
@@ -181,7 +374,7 @@ impl Fetcher {
 /// from, or paused.
 fn parse_fetch(reply: Value, now: u64) -> Result<Fetched, Error> {
     let mut body = match reply::check(&scripts().fetch, reply)? {
-        Reply::Paused => return Ok(Fetched::Paused),
+        Reply::Paused => return Ok(Fetched::Paused(Vec::new())),
         Reply::RateLimited(wait) => return Ok(Fetched::RateLimited(Duration::from_millis(wait))),
         Reply::Done(body) => body,
         Reply::Stale => {
@@ -209,23 +402,59 @@ fn parse_fetch(reply: Value, now: u64) -> Result<Fetched, Error> {
         });
     }
     let mut last = body.array()?;
-    let ids = if last.is_empty() {
-        None
-    } else {
-        let mut ids: [String; 4] = Default::default();
-        for id in &mut ids {
-            *id = last.text()?;
+    let wait = match last.len() {
+        0 => None,
+        1 => Some(Wait::Claim),
+        _ => {
+            let mut ids: [String; 4] = Default::default();
+            for id in &mut ids {
+                *id = last.text()?;
+            }
+            Some(Wait::After(ids))
         }
-        Some(ids)
     };
-    match (jobs.is_empty(), ids) {
-        (false, ids) => Ok(Fetched::Jobs(jobs, ids)),
-        (true, Some(ids)) => Ok(Fetched::Idle(ids)),
+    match (jobs.is_empty(), wait) {
+        (false, wait) => Ok(Fetched::Jobs(jobs, wait)),
+        (true, Some(wait)) => Ok(Fetched::Idle(wait)),
         (true, None) => Err(Error::UnexpectedReply {
             script: "fetch",
             detail: "no jobs and no last ids".to_owned(),
         }),
     }
+}
+
+/// Reads a blocking `XREADGROUP`'s reply (nil when it timed out): new
+/// entries of the streams named in `streams`, most urgent first.
+fn parse_claim(reply: Value, streams: &[String; 4], now: u64) -> Result<Vec<Claimed>, Error> {
+    let bad = |detail: String| Error::UnexpectedReply {
+        script: "XREADGROUP",
+        detail,
+    };
+    let read: Option<StreamReadReply> =
+        redis::from_redis_value(reply).map_err(|err| bad(err.to_string()))?;
+    let mut jobs = Vec::new();
+    for key in read.map(|r| r.keys).unwrap_or_default() {
+        let index = streams
+            .iter()
+            .position(|s| *s == key.key)
+            .ok_or_else(|| bad(format!("entries of an unknown stream {}", key.key)))?;
+        let priority = Priority::ALL[index];
+        for mut entry in key.ids {
+            let envelope = match entry.map.remove("e") {
+                Some(Value::BulkString(bytes)) => Some(bytes),
+                _ => None,
+            };
+            jobs.push(Claimed {
+                priority,
+                entry_id: entry.id,
+                envelope,
+                deliveries: 1,
+                claimed_ms: now,
+            });
+        }
+    }
+    jobs.sort_by_key(|job| job.priority.index());
+    Ok(jobs)
 }
 
 /// Reads `reclaim`'s reply: the next cursor, and what was taken over.
@@ -366,10 +595,21 @@ mod tests {
             Value::Array(last),
         ]);
         assert_eq!(jobs[0].claimed_ms, 7);
-        assert!(matches!(parse_fetch(idle, 0), Ok(Fetched::Idle(ids)) if ids[3] == "4-0"));
+        assert!(
+            matches!(parse_fetch(idle, 0), Ok(Fetched::Idle(Wait::After(ids))) if ids[3] == "4-0")
+        );
+        let claim = Value::Array(vec![
+            Value::Int(0),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(0)]),
+        ]);
+        assert!(matches!(
+            parse_fetch(claim, 0),
+            Ok(Fetched::Idle(Wait::Claim))
+        ));
         assert!(matches!(
             parse_fetch(Value::Array(vec![Value::Int(2)]), 0),
-            Ok(Fetched::Paused)
+            Ok(Fetched::Paused(jobs)) if jobs.is_empty()
         ));
         assert!(matches!(
             parse_fetch(Value::Array(vec![Value::Int(3), Value::Int(40)]), 0),
@@ -381,6 +621,42 @@ mod tests {
             Value::Array(vec![]),
         ]);
         assert!(parse_fetch(bad_priority, 0).is_err());
+    }
+
+    #[test]
+    fn blocking_claims_parse_most_urgent_first() {
+        let streams = ["s:c", "s:h", "s:m", "s:l"].map(String::from);
+        let entry =
+            |id: &str, fields: Vec<Value>| Value::Array(vec![bulk(id), Value::Array(fields)]);
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("s:l"),
+                Value::Array(vec![entry("3-0", vec![bulk("e"), bulk("low")])]),
+            ]),
+            Value::Array(vec![
+                bulk("s:c"),
+                Value::Array(vec![entry("5-0", vec![bulk("x"), bulk("not ours")])]),
+            ]),
+        ]);
+        let jobs = parse_claim(reply, &streams, 9).expect("parses");
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(
+            (jobs[0].priority, jobs[0].entry_id.as_str()),
+            (Priority::Critical, "5-0")
+        );
+        assert!(jobs[0].envelope.is_none(), "an entry without e is poison");
+        assert_eq!(jobs[1].envelope.as_deref(), Some(&b"low"[..]));
+        assert_eq!((jobs[1].deliveries, jobs[1].claimed_ms), (1, 9));
+        assert!(
+            parse_claim(Value::Nil, &streams, 0)
+                .expect("a timeout")
+                .is_empty()
+        );
+        let stranger = Value::Array(vec![Value::Array(vec![
+            bulk("other"),
+            Value::Array(vec![]),
+        ])]);
+        assert!(parse_claim(stranger, &streams, 0).is_err());
     }
 
     #[test]

@@ -231,6 +231,7 @@ impl Worker {
         let mut lane = Lane {
             fetcher: Fetcher::new(&self.queue, &self.consumer, self.config.block),
             buffer: PriorityBuffer::default(),
+            held: Vec::new(),
             running: JoinSet::new(),
             holdings,
             share: self
@@ -252,6 +253,7 @@ impl Worker {
             .buffer
             .drain()
             .into_iter()
+            .chain(lane.held.drain(..))
             .map(|job| (job.priority, job.entry_id))
             .collect();
         self.hand_back(&counters, &lane.holdings, &waiting).await;

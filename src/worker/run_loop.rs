@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Worker;
 use super::config::RetryBackoff;
 use super::execute::run_job;
-use super::fetch::{Fetched, Fetcher, PriorityBuffer};
+use super::fetch::{Claimed, Fetched, Fetcher, PriorityBuffer, Wait};
 use super::finish::{Counters, Finished};
 use super::job::Handler;
 use super::lease::Holdings;
@@ -57,6 +57,9 @@ pub(super) struct JobContext<H> {
 pub(super) struct Lane {
     pub(super) fetcher: Fetcher,
     pub(super) buffer: PriorityBuffer,
+    /// Jobs a blocking read claimed as the queue was paused: they start
+    /// once it is resumed.
+    pub(super) held: Vec<Claimed>,
     pub(super) running: JoinSet<()>,
     pub(super) holdings: Holdings,
     /// For one loop of a partitioned worker: the slots it shares.
@@ -71,6 +74,26 @@ pub(super) struct LaneShare {
     /// The most urgent priority that may still wait unclaimed in this
     /// partition, as the last fetch left it.
     pub(super) floor: Option<Priority>,
+}
+
+/// [`Fetcher::claim_blocking`], ended early by shutdown without dropping
+/// what it claimed: Redis is asked to end the read, and its reply awaited.
+async fn claim_while_idle(
+    fetcher: &mut Fetcher,
+    room: usize,
+    block: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Fetched, Error> {
+    let unblocker = fetcher.unblocker().await?;
+    let claim = fetcher.claim_blocking(room, block);
+    tokio::pin!(claim);
+    tokio::select! {
+        claimed = &mut claim => claimed,
+        () = shutdown.cancelled() => {
+            unblocker.unblock().await;
+            claim.await
+        }
+    }
 }
 
 /// Waits until the shared slots change; never, without a share.
@@ -102,14 +125,18 @@ impl Worker {
             None => self.config.prefetch,
         };
         let capacity = self.config.concurrency + prefetch;
+        // Claim in the idle wait (fetch.rs) where nothing else must see
+        // every claim: not under a rate limit, not with prefetch(0), not on
+        // a partition loop.
+        let claim_in_wait = prefetch > 0 && lane.share.is_none();
         let mut backoff = Backoff::redis();
         let mut next_promote = Instant::now();
         let mut next_reclaim = Instant::now();
         let mut paused = false;
         // Set when a fetch read every stream to its end: the next wait can
-        // block from these ids without fetching again first (ids gone stale
-        // meanwhile only make that wait return at once).
-        let mut drained: Option<[String; 4]> = None;
+        // start without fetching again first (ids gone stale meanwhile only
+        // make an XREAD return at once).
+        let mut drained: Option<Wait> = None;
         let mut last_fetch = Instant::now();
         while !shutdown.is_cancelled() {
             while lane.running.try_join_next().is_some() {}
@@ -157,10 +184,15 @@ impl Worker {
             }
             // Never cancelled: a fetch dropped mid-flight may have claimed jobs.
             let fetched = match drained.take() {
-                Some(last_ids) => Ok(Fetched::Idle(last_ids)),
+                Some(Wait::Claim) if lane.buffer.is_empty() => {
+                    let block = upkeep_at.saturating_duration_since(now);
+                    claim_while_idle(&mut lane.fetcher, room, block, shutdown).await
+                }
+                Some(wait) => Ok(Fetched::Idle(wait)),
                 None => {
                     last_fetch = now;
-                    lane.fetcher.fetch(room, self.config.rate_limit).await
+                    let limit = self.config.rate_limit;
+                    lane.fetcher.fetch(room, limit, claim_in_wait).await
                 }
             };
             if let Some(s) = &mut lane.share {
@@ -179,23 +211,35 @@ impl Worker {
                     s.share.announce(s.lane, lane.buffer.peek_priority());
                 }
             }
-            if paused != matches!(fetched, Ok(Fetched::Paused)) {
-                paused = !paused;
+            let now_paused = match &fetched {
+                Ok(Fetched::Paused(_)) => true,
+                Ok(_) => false,
+                Err(_) => paused,
+            };
+            if paused != now_paused {
+                paused = now_paused;
                 tracing::info!(
                     queue = self.queue.name(),
                     paused,
                     "queue pause state changed"
                 );
+                if !paused {
+                    lane.buffer.extend(std::mem::take(&mut lane.held));
+                }
             }
             let outcome = match fetched {
-                Ok(Fetched::Paused) => {
+                Ok(Fetched::Paused(jobs)) => {
+                    for job in &jobs {
+                        lane.holdings.hold(job.priority, &job.entry_id);
+                    }
+                    lane.held.extend(jobs);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep_until(upkeep_at.min(Instant::now() + self.config.promote_interval)) => Ok(()),
                     }
                 }
-                Ok(Fetched::Jobs(jobs, last_ids)) => {
-                    drained = last_ids;
+                Ok(Fetched::Jobs(jobs, wait)) => {
+                    drained = wait;
                     for job in &jobs {
                         lane.holdings.hold(job.priority, &job.entry_id);
                     }
@@ -227,12 +271,16 @@ impl Worker {
                         _ = tokio::time::sleep_until(upkeep_at) => Ok(()),
                     }
                 }
-                Ok(Fetched::Idle(last_ids)) => {
+                Ok(Fetched::Idle(Wait::After(last_ids))) => {
                     let block = upkeep_at.saturating_duration_since(Instant::now());
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         woken = lane.fetcher.wait_for_new(&last_ids, block) => woken,
                     }
+                }
+                Ok(Fetched::Idle(Wait::Claim)) => {
+                    drained = Some(Wait::Claim);
+                    Ok(())
                 }
                 Err(err) => Err(err),
             };

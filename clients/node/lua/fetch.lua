@@ -23,6 +23,9 @@
   ARGV[4]    max                 claims allowed per window; 0 = no limit
   ARGV[5]    period              window length, ms, >= 1 (ignored when max is 0)
   ARGV[6]    now                 Unix ms
+  ARGV[7]    ids (optional)      "0": the caller waits by claiming in a
+                                 blocking XREADGROUP and needs no last
+                                 delivered ids; absent or "1": return them
 
   Returns    {OK, jobs, last}    jobs: triples of priority index (1..4),
                                  entry id, envelope bytes (false when the
@@ -31,8 +34,9 @@
                                  (every stream read to its end), the group's
                                  last delivered id per stream (four), so the
                                  caller can block for anything newer without
-                                 a race and without fetching again; empty
-                                 when COUNT jobs were found
+                                 a race and without fetching again, or {0}
+                                 when ARGV[7] is "0"; empty when COUNT jobs
+                                 were found
              {PAUSED}            the queue is paused; nothing was claimed
              {RATE_LIMITED, wait}
                                  the window's claims are spent; nothing was
@@ -42,6 +46,7 @@ local group = ARGV[1]
 local consumer = ARGV[2]
 local wanted = tonumber(ARGV[3])
 local max, period, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local want_ids = ARGV[7] ~= '0'
 
 local OK, PAUSED, RATE_LIMITED = 0, 2, 3
 local paused, rate = KEYS[6], KEYS[7]
@@ -91,6 +96,9 @@ if found > 0 and max > 0 then
 end
 if found >= wanted then
   return { OK, jobs, {} }
+end
+if not want_ids then
+  return { OK, jobs, { 0 } }
 end
 
 -- Where the caller's blocking XREAD starts, per stream: the last entry
