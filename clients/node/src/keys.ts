@@ -91,6 +91,9 @@ export class QueueKeys {
   readonly rate: string;
   readonly events: string;
   readonly stop: string;
+  /** Tracked jobs that have not ended: written by producers that track jobs;
+   * this client's workers only remove the records of jobs they end. */
+  readonly live: string;
   readonly layout: string;
   /** The enqueue sequence and its epochs (docs/protocol.md, "Loss accounting"). */
   readonly seq: string;
@@ -109,6 +112,7 @@ export class QueueKeys {
     this.rate = `${base}:rate`;
     this.events = `${base}:events`;
     this.stop = `${base}:stop`;
+    this.live = `${base}:live`;
     this.layout = `${base}:layout`;
     this.seq = `${base}:seq`;
   }

@@ -66,6 +66,9 @@ export class Worker {
   // entries itself, so entry ids repeat across priorities.
   private readonly held = new Map<string, [number, number, string]>(); // key -> [partition, priority, entry id]
   private readonly running = new Map<string, { promise: Promise<void>; abort: AbortController }>();
+  // Partitions with a `live` hash: producers there track jobs, and only the
+  // worker that ends a job removes its record (docs/protocol.md, section 6).
+  private readonly live = new Set<number>();
 
   constructor(readonly queue: Queue, readonly handler: (job: JobContext) => Promise<unknown>, options: WorkerOptions = {}) {
     this.consumer = options.consumer ?? defaultConsumerName();
@@ -93,6 +96,11 @@ export class Worker {
   /** Works jobs until `stop()`; resolves to what it did. */
   async run(): Promise<Outcomes> {
     await this.queue.ensureGroups();
+    for (const [p, keys] of this.queue.partitions.entries()) if (await this.queue.client.exists(keys.live)) this.live.add(p);
+    if (this.live.size) {
+      console.warn(`streamq: the producers of queue ${this.queue.name} track jobs but this worker does not: it removes the `
+        + "records of the jobs it ends; use a Rust worker with track_jobs to keep their state readable");
+    }
     const loops = this.queue.partitions.map((_, p) => this.fetchLoop(p));
     loops.push(this.maintenance());
     await Promise.all(loops);
@@ -195,11 +203,24 @@ export class Worker {
     const done: protocol.Done = { claimed: c, jobId: env.id, name: env.name, waitUs: Math.max(started - env.readyUs, 0), runUs: nowUs() - started };
     const reply = await this.queue.call(this.queue.client, "ack", protocol.ackCall(keys, this.consumer, [done]));
     this.count(reply[1], "completed");
+    await this.ended(c, env.id, reply[1]);
   }
 
   private async dead(keys: QueueKeys, c: protocol.Claimed, jobId: string, name: string, attempts: number, error: string, failedRun: boolean): Promise<void> {
     const reply = await this.queue.call(this.queue.client, "dead_letter", protocol.deadLetterCall(keys, this.consumer, c, jobId, name, attempts, error, failedRun));
     this.count(reply[1], "deadLettered");
+    await this.ended(c, jobId, reply[1]);
+  }
+
+  /** Removes the `live` record of a job this worker ended (unless another
+   * worker held it by then). Best effort: a failure is logged. */
+  private async ended(c: protocol.Claimed, jobId: string, lost: unknown[]): Promise<void> {
+    if (!this.live.has(c.partition) || !jobId || (lost && lost.length)) return;
+    try {
+      await this.queue.client.hdel(this.queue.partitions[c.partition].live, jobId);
+    } catch (err) {
+      console.error(`streamq: could not remove the live record of job ${jobId}:`, err);
+    }
   }
 
   private count(lost: unknown[], outcome: "completed" | "retried" | "deadLettered"): void {

@@ -175,6 +175,71 @@ test("held jobs with the same entry id in two priorities keep their leases", asy
   await queue.close();
 });
 
+// Producers that track jobs (the Rust crate's `track_jobs`) write a record per
+// job into the `live` hash; only the worker that ends a job removes it, so a
+// worker that finds the hash at start removes the records of the jobs it ends
+// (docs/protocol.md, section 6). A retried job has not ended: its record stays.
+const OTHER_JOB = ["0190b2a0-0000-7000-8000-000000000001", "3 1-0 elsewhere"];
+
+test("a worker removes the live records of the jobs it ends", async (t) => {
+  const warn = t.mock.method(console, "warn", () => {});
+  const queue = await streamq.Queue.open(server.url, fresh());
+  const keys = queue.partitions[0];
+  const jobs = [{ payload: 0, name: "done" }, { payload: 1, name: "dead", attempts: 1 }, { payload: 2, name: "later", attempts: 2 }];
+  const ids = await queue.enqueueBatch(jobs);
+  // The records a tracking producer would have written (medium jobs, waiting
+  // in their stream), and one of a job this worker never sees.
+  const entries = (await queue.client.xrange(keys.streams[2], "-", "+")).map(([entry]) => entry);
+  const records = Object.fromEntries(ids.map((id, i) => [id, `3 ${entries[i]} ${jobs[i].name}`]));
+  await queue.client.hset(keys.live, { ...records, [OTHER_JOB[0]]: OTHER_JOB[1] });
+  const worker = new streamq.Worker(queue, async (job) => {
+    if (job.name !== "done") throw new Error("no");
+  }, fast({ backoff: new streamq.Backoff(60, 60, false) }));
+  const run = worker.run();
+  try {
+    await eventually("one job completed, one dead-lettered, one retried",
+      () => [worker.outcomes.completed, worker.outcomes.deadLettered, worker.outcomes.retried].join() === "1,1,1");
+    worker.stop();
+    await run;
+    assert.deepEqual(await queue.client.hgetall(keys.live), { [ids[2]]: records[ids[2]], [OTHER_JOB[0]]: OTHER_JOB[1] },
+      "the ended jobs' records are gone, no other");
+    assert.ok(warn.mock.calls.some((call) => String(call.arguments[0]).includes("removes the records of the jobs it ends")));
+  } finally {
+    worker.stop();
+    await run;
+    await queue.close();
+  }
+});
+
+test("a failed live record removal is logged and the job stays completed", async (t) => {
+  const error = t.mock.method(console, "error", () => {});
+  t.mock.method(console, "warn", () => {});
+  const queue = await streamq.Queue.open(server.url, fresh());
+  const keys = queue.partitions[0];
+  const id = await queue.enqueue("ok");
+  await queue.client.hset(keys.live, id, "3 1-0 ");
+  const runs = [];
+  const worker = new streamq.Worker(queue, async (job) => {
+    runs.push(job.id);
+    await queue.client.set(keys.live, "not a hash"); // HDEL now fails
+  }, fast());
+  const run = worker.run();
+  try {
+    await eventually("the job completed", async () => (await queue.stats()).total("completed") === 1);
+    await eventually("the failure logged",
+      () => error.mock.calls.some((call) => String(call.arguments[0]).includes("could not remove the live record")));
+    worker.stop();
+    await run;
+    assert.deepEqual(runs, [id]);
+    assert.deepEqual([worker.outcomes.completed, worker.outcomes.lost], [1, 0]);
+    assert.equal((await queue.stats()).inFlight, 0);
+  } finally {
+    worker.stop();
+    await run;
+    await queue.close();
+  }
+});
+
 test("the packaged Lua is the repository's", () => {
   const mine = join(here, "..", "lua");
   const repo = join(here, "..", "..", "..", "lua");

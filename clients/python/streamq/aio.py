@@ -19,7 +19,7 @@ from .errors import PermanentError, WrongKeyType
 from .keys import GROUP, PRIORITIES, QueueKeys
 from .queue import (SCRIPTS, Job, QueueSettings, check_server, enqueue_commands, finish_batch,
                     partitions_from, plan_batch, server_version)
-from .worker import JobContext, Outcomes, WorkerConfig, default_consumer_name
+from .worker import JobContext, Outcomes, WorkerConfig, default_consumer_name, warn_live_records
 
 log = logging.getLogger("streamq")
 
@@ -137,6 +137,7 @@ class Worker:
         # stream numbers its entries itself, so ids repeat across priorities.
         self._held: set = set()
         self._tasks: dict = {}
+        self._live: set = set()  # partitions with a `live` hash, as the sync worker's
 
     def stop(self) -> None:
         self._stopping.set()
@@ -144,6 +145,10 @@ class Worker:
 
     async def run(self) -> Outcomes:
         await self.queue.ensure_groups()
+        self._live = {p for p, keys in enumerate(self.queue.partitions)
+                      if await self.queue.client.exists(keys.live)}
+        if self._live:
+            warn_live_records(self.queue.settings.name)
         loops = [asyncio.create_task(self._fetch_loop(p)) for p in range(len(self.queue.partitions))]
         loops.append(asyncio.create_task(self._maintenance()))
         await self._stopping.wait()
@@ -244,10 +249,22 @@ class Worker:
         done = protocol.Done(c, env.id, env.name, max(started - env.ready_us, 0), now_us() - started)
         lost = (await self.queue.call("ack", protocol.ack_call(keys, self.consumer, [done])))[1]
         self._count(lost, "completed")
+        await self._ended(c, env.id, lost)
 
     async def _dead(self, keys, c, job_id, name, attempts, error, failed_run) -> None:
         call = protocol.dead_letter_call(keys, self.consumer, c, job_id, name, attempts, error, failed_run)
-        self._count((await self.queue.call("dead_letter", call))[1], "dead_lettered")
+        lost = (await self.queue.call("dead_letter", call))[1]
+        self._count(lost, "dead_lettered")
+        await self._ended(c, job_id, lost)
+
+    async def _ended(self, c: protocol.Claimed, job_id: str, lost: list) -> None:
+        """As the sync worker's: removes an ended job's `live` record."""
+        if c.partition not in self._live or not job_id or lost:
+            return
+        try:
+            await self.queue.client.hdel(self.queue.partitions[c.partition].live, job_id)
+        except Exception as exc:
+            log.warning("streamq: could not remove the live record of job %s: %s", job_id, exc)
 
     def _count(self, lost: list, outcome: str) -> None:
         if lost:

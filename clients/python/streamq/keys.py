@@ -105,6 +105,9 @@ class QueueKeys:
         self.rate = f"{base}:rate"
         self.events = f"{base}:events"
         self.stop = f"{base}:stop"
+        # Tracked jobs that have not ended: written by producers that track
+        # jobs; this client's workers only remove the records of jobs they end.
+        self.live = f"{base}:live"
         self.layout = f"{base}:layout"
         # The enqueue sequence and its epochs (docs/protocol.md, "Loss accounting").
         self.seq = f"{base}:seq"

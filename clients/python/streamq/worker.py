@@ -30,6 +30,13 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname() or 'host'}-{os.getpid()}-{uuid.uuid4().hex[-8:]}"
 
 
+def warn_live_records(queue: str) -> None:
+    """Said once by a worker that finds the `live` hash at start."""
+    log.warning("streamq: the producers of queue %s track jobs but this worker does not: it "
+                "removes the records of the jobs it ends; use a Rust worker with track_jobs "
+                "to keep their state readable", queue)
+
+
 @dataclass
 class JobContext:
     """What a handler gets: the job and a way to see a stop request."""
@@ -86,6 +93,9 @@ class Worker:
         # stream numbers its entries itself, so ids repeat across priorities.
         self._held: set = set()
         self._running: dict = {}  # key as in _held -> JobContext
+        # Partitions with a `live` hash: producers there track jobs, and only
+        # the worker that ends a job removes its record (docs/protocol.md, 6).
+        self._live: set = set()
 
     def stop(self) -> None:
         """Asks `run()` to stop: it stops claiming, lets running jobs finish
@@ -97,6 +107,10 @@ class Worker:
     def run(self) -> Outcomes:
         """Works jobs until `stop()`; returns what it did."""
         self.queue.ensure_groups()
+        self._live = {p for p, keys in enumerate(self.queue.partitions)
+                      if self.queue.client.exists(keys.live)}
+        if self._live:
+            warn_live_records(self.queue.settings.name)
         executor = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="streamq-job")
         threads = [
             threading.Thread(target=self._fetch_loop, args=(p, executor), daemon=True)
@@ -216,11 +230,23 @@ class Worker:
         done = protocol.Done(c, env.id, env.name, max(started - env.ready_us, 0), finished - started)
         lost = self.queue.call("ack", protocol.ack_call(keys, self.consumer, [done]))[1]
         self._count(lost, "completed")
+        self._ended(c, env.id, lost)
 
     def _dead(self, keys, c, job_id, name, attempts, error, failed_run) -> None:
         call = protocol.dead_letter_call(keys, self.consumer, c, job_id, name, attempts, error, failed_run)
         lost = self.queue.call("dead_letter", call)[1]
         self._count(lost, "dead_lettered")
+        self._ended(c, job_id, lost)
+
+    def _ended(self, c: protocol.Claimed, job_id: str, lost: list) -> None:
+        """Removes the `live` record of a job this worker ended (unless
+        another worker held it by then). Best effort: a failure is logged."""
+        if c.partition not in self._live or not job_id or lost:
+            return
+        try:
+            self.queue.client.hdel(self.queue.partitions[c.partition].live, job_id)
+        except Exception as exc:
+            log.warning("streamq: could not remove the live record of job %s: %s", job_id, exc)
 
     def _count(self, lost: list, outcome: str) -> None:
         with self._lock:

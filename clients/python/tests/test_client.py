@@ -246,3 +246,98 @@ def test_held_jobs_with_the_same_entry_id_in_two_priorities_keep_their_leases(se
     worker.stop()
     thread.join()
     assert sorted(seen) == sorted(set(seen)), "no job ran twice"
+
+
+# Producers that track jobs (the Rust crate's `track_jobs`) write a record per
+# job into the `live` hash; only the worker that ends a job removes it, so a
+# worker that finds the hash at start removes the records of the jobs it ends
+# (docs/protocol.md, section 6). A retried job has not ended: its record stays.
+OTHER_JOB = ("0190b2a0-0000-7000-8000-000000000001", "3 1-0 elsewhere")
+
+
+def tracked_jobs():
+    return [streamq.Job("ok", name="done"), streamq.Job("bad", name="dead", attempts=1),
+            streamq.Job("bad", name="later", attempts=2)]
+
+
+def write_live_records(server, keys, ids):
+    """Writes the records a tracking producer would have written for `ids`
+    (medium jobs, waiting in their stream), and one of a job this worker
+    never sees; returns a function reading the `live` hash back."""
+    client = redis.Redis(port=server.port)
+    entries = [entry.decode() for entry, _ in client.xrange(keys.streams[2])]
+    names = [job.name for job in tracked_jobs()]
+    records = {job_id: f"3 {entry} {name}" for job_id, entry, name in zip(ids, entries, names)}
+    client.hset(keys.live, mapping={**records, OTHER_JOB[0]: OTHER_JOB[1]})
+    return lambda: {k.decode(): v.decode() for k, v in client.hgetall(keys.live).items()}
+
+
+def fail_unless_done(job):
+    if job.name != "done":
+        raise RuntimeError("no")
+
+
+def test_a_worker_removes_the_live_records_of_the_jobs_it_ends(server, caplog):
+    queue = streamq.Queue.open(server.url, "tracked")
+    done, dead, later = queue.enqueue_batch(tracked_jobs())
+    live = write_live_records(server, queue.partitions[0], [done, dead, later])
+    record_of_later = live()[later]
+    worker = streamq.Worker(queue, fail_unless_done, fast(backoff=streamq.Backoff(60.0, 60.0, False)))
+    thread = start(worker)
+    eventually("one job completed, one dead-lettered, one retried", lambda: (
+        worker.outcomes.completed, worker.outcomes.dead_lettered, worker.outcomes.retried) == (1, 1, 1))
+    worker.stop()
+    thread.join()
+    assert live() == {later: record_of_later, OTHER_JOB[0]: OTHER_JOB[1]}, \
+        "the ended jobs' records are gone, no other"
+    assert "removes the records of the jobs it ends" in caplog.text
+
+
+def test_the_asyncio_worker_removes_the_live_records_of_the_jobs_it_ends(server, caplog):
+    import asyncio
+
+    import streamq.aio
+
+    async def scenario():
+        queue = await streamq.aio.Queue.open(server.url, "tracked")
+        done, dead, later = await queue.enqueue_batch(tracked_jobs())
+        live = write_live_records(server, queue.partitions[0], [done, dead, later])
+
+        async def handler(job):
+            fail_unless_done(job)
+
+        worker = streamq.aio.Worker(queue, handler, fast(backoff=streamq.Backoff(60.0, 60.0, False)))
+        run = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 30
+        while (worker.outcomes.completed, worker.outcomes.dead_lettered, worker.outcomes.retried) != (1, 1, 1):
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await run
+        await queue.close()
+        assert set(live()) == {later, OTHER_JOB[0]}
+
+    asyncio.run(scenario())
+    assert "removes the records of the jobs it ends" in caplog.text
+
+
+def test_a_failed_live_record_removal_is_logged_and_the_job_stays_completed(server, caplog):
+    queue = streamq.Queue.open(server.url, "tracked")
+    job_id = queue.enqueue("ok")
+    client = redis.Redis(port=server.port)
+    client.hset(queue.partitions[0].live, job_id, "3 1-0 ")
+    runs = []
+
+    def handler(job):
+        runs.append(job.id)
+        client.set(queue.partitions[0].live, "not a hash")  # HDEL now fails
+
+    worker = streamq.Worker(queue, handler, fast())
+    thread = start(worker)
+    eventually("the job completed", lambda: queue.stats().total("completed") == 1)
+    eventually("the failure logged", lambda: "could not remove the live record" in caplog.text)
+    worker.stop()
+    thread.join()
+    assert runs == [job_id]
+    assert (worker.outcomes.completed, worker.outcomes.lost) == (1, 0)
+    assert queue.stats().in_flight == 0
