@@ -7,7 +7,10 @@ use crate::queue::Queue;
 
 impl Queue {
     /// Pauses the queue: within one fetch cycle every worker stops claiming
-    /// new jobs (and reclaiming stalled ones). Enqueueing goes on.
+    /// new jobs (and reclaiming stalled ones). Enqueueing goes on. A job
+    /// that an idle worker's blocking read claims as the pause begins is
+    /// held by that worker, unstarted, until the queue is resumed (or handed
+    /// back when the worker stops).
     ///
     /// # Errors
     ///
