@@ -675,3 +675,56 @@ async fn a_job_claimed_by_an_idle_worker_as_the_queue_pauses_waits_for_resume() 
     assert_eq!(worker.await.unwrap().completed, 1);
     assert!(seen.duplicates().is_empty());
 }
+
+/// A burst of mixed priorities reaching a worker that waits in a blocking
+/// read (one slot busy, one free) starts most urgent first: the read may
+/// claim a low job, but it starts only once no critical one waits.
+#[tokio::test]
+async fn a_burst_reaching_a_waiting_worker_starts_most_urgent_first() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("burst").await;
+    let first_done = Gate::default();
+    let gate = first_done.clone();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let log = ran.clone();
+    let (stop, worker) = spawn_worker(
+        &queue,
+        WorkerConfig::new().concurrency(1).prefetch(1),
+        move |job: Job<u32>| {
+            let (log, gate) = (log.clone(), gate.clone());
+            async move {
+                log.lock().unwrap().push((job.priority(), *job.payload()));
+                if *job.payload() == 999 {
+                    gate.pass().await;
+                }
+                Ok(())
+            }
+        },
+    );
+    queue
+        .enqueue(&999u32, &EnqueueOptions::new().priority(Priority::Medium))
+        .await
+        .unwrap();
+    wait_for("the first job runs", || first_done.arrived() == 1).await;
+    eventually("the worker waits in a blocking read", WAIT, || async {
+        blocked_clients(&redis).await == 1
+    })
+    .await;
+    // Low ones first in the call, so Redis signals the low stream first.
+    let mut batch = queue.batch();
+    for p in [Priority::Low, Priority::Critical] {
+        for i in 0..10u32 {
+            batch.push(&i, &EnqueueOptions::new().priority(p)).unwrap();
+        }
+    }
+    batch.send().await.unwrap();
+    first_done.release(1);
+    wait_for("all ran", || ran.lock().unwrap().len() == 21).await;
+    stop.cancel();
+    worker.await.unwrap();
+    let ran = ran.lock().unwrap().clone();
+    let mut expected = vec![(Priority::Medium, 999)];
+    expected.extend((0..10).map(|i| (Priority::Critical, i)));
+    expected.extend((0..10).map(|i| (Priority::Low, i)));
+    assert_eq!(ran, expected, "start order");
+}

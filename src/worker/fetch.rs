@@ -13,12 +13,14 @@
 //!   consumer, so a job wakes one idle worker, not all of them, and costs no
 //!   extra round trip. The read claims at most one job per stream, and only
 //!   jobs that arrived while the worker was idle; `fetch`, run right after it
-//!   in the same round trip, claims the rest most urgent first and says
-//!   whether the queue is paused (then the jobs the read claimed wait in the
-//!   worker, leased, until it is resumed).
+//!   in the same round trip, claims the rest most urgent first and says what
+//!   may still wait. A job the read claimed starts only once nothing more
+//!   urgent waits unclaimed and the queue is not paused; until then it waits
+//!   in the worker, leased ([`Fetched::floor`]).
 //! - **Waking, then fetching** (under a rate limit, which only `fetch`
-//!   counts; with `prefetch(0)`, which must never hold more than it runs;
-//!   and on partitioned workers): `fetch` returns the group's last delivered
+//!   counts, or a per-group one, which admits each claimed job; with
+//!   `prefetch(0)`, which must never hold more than it runs; and on
+//!   partitioned workers): `fetch` returns the group's last delivered
 //!   id per stream, and the worker blocks with a plain `XREAD` (which claims
 //!   nothing) from those ids, then calls `fetch` again. Entries added between
 //!   the two calls are newer than those ids, so the `XREAD` returns at once:
@@ -71,12 +73,35 @@ pub(crate) enum Fetched {
     Jobs(Vec<Claimed>, Option<Wait>),
     /// Nothing waiting; how to wait for more.
     Idle(Wait),
-    /// The queue is paused: claim nothing until it is resumed. The jobs a
-    /// blocking read claimed as the pause began (none from `fetch`): hold
-    /// them, unstarted, until then.
-    Paused(Vec<Claimed>),
+    /// The queue is paused: claim nothing until it is resumed.
+    Paused,
     /// The rate limit's window is spent: claim nothing for this long.
     RateLimited(Duration),
+}
+
+impl Fetched {
+    /// The most urgent priority that may still wait unclaimed after this
+    /// fetch (`fetch` claims most urgent first, so nothing more urgent than
+    /// its last job is left); `None` when every stream was read to its end.
+    pub(crate) fn floor(&self) -> Option<Priority> {
+        match self {
+            Fetched::Idle(_) | Fetched::Jobs(_, Some(_)) => None,
+            Fetched::Jobs(jobs, None) => {
+                Some(jobs.last().map_or(Priority::Critical, |j| j.priority))
+            }
+            Fetched::Paused | Fetched::RateLimited(_) => Some(Priority::Critical),
+        }
+    }
+}
+
+/// What [`Fetcher::claim_blocking`] brought.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// What the blocking read claimed: at most one job per stream, which may
+    /// start only once nothing more urgent waits (see [`Fetched::floor`]).
+    pub(crate) read: Vec<Claimed>,
+    /// What the `fetch` behind it found.
+    pub(crate) then: Fetched,
 }
 
 /// How to wait once every stream was read to its end (module docs).
@@ -215,8 +240,9 @@ impl Fetcher {
     }
 
     /// Waits up to `block` (at most the configured block) for new jobs while
-    /// the worker is idle, claiming in the read itself; `room` is what the
-    /// worker can hold (at least 1). See the module docs.
+    /// the worker is idle, claiming in the read itself, then fetches up to
+    /// `room - 1` more (at least one) in the same round trip. See the module
+    /// docs.
     ///
     /// Cancel safety: not cancel-safe. Dropped mid-flight, the read may
     /// already have claimed jobs, which then wait for their lease to run out
@@ -226,7 +252,7 @@ impl Fetcher {
         &mut self,
         room: usize,
         block: Duration,
-    ) -> Result<Fetched, Error> {
+    ) -> Result<Claim, Error> {
         let (mut conn, client) = match self.blocking.take() {
             Some(open) => open,
             None => {
@@ -252,14 +278,10 @@ impl Fetcher {
             .arg("STREAMS")
             .arg(keys.streams().as_slice())
             .arg([">"; 4].as_slice());
-        // Runs when the read returns: the rest of the room, or, with no room
-        // left, whether the queue is paused.
-        let more = room.saturating_sub(1);
-        if more > 0 {
-            pipe.add_command(self.fetch_call(more, None, true, now_ms()).into_cmd());
-        } else {
-            pipe.cmd("EXISTS").arg(keys.paused());
-        }
+        // Runs when the read returns: claims the rest of the room, and says
+        // whether the queue is paused and what may still wait.
+        let more = room.saturating_sub(1).max(1);
+        pipe.add_command(self.fetch_call(more, None, true, now_ms()).into_cmd());
         let span = tracing::debug_span!("streamq.claim", queue = self.queue.name(), room);
         let mut replies: Vec<RedisResult<Value>> = pipe
             .ignore_errors()
@@ -270,15 +292,13 @@ impl Fetcher {
         let now = now_ms();
         let then = replies.pop();
         let read = replies.pop();
-        let (mut jobs, read_failed) = match read {
+        let (read, read_failed) = match read {
             Some(Ok(reply)) => (parse_claim(reply, keys.streams(), now)?, None),
             Some(Err(err)) => (Vec::new(), Some(err)),
             None => (Vec::new(), None),
         };
         let then = match then {
-            Some(Ok(reply)) if more > 0 => parse_fetch(reply, now),
-            Some(Ok(Value::Int(1))) => Ok(Fetched::Paused(Vec::new())),
-            Some(Ok(_)) => Ok(Fetched::Idle(Wait::Claim)),
+            Some(Ok(reply)) => parse_fetch(reply, now),
             Some(Err(err)) => Err(Error::from(err)),
             None => Ok(Fetched::Jobs(Vec::new(), None)),
         };
@@ -296,16 +316,7 @@ impl Fetcher {
             }
             (_, Some(err)) => return Err(Error::from(err)),
         };
-        Ok(match then {
-            Fetched::Paused(_) => Fetched::Paused(jobs),
-            Fetched::Jobs(more, wait) => {
-                jobs.extend(more);
-                Fetched::Jobs(jobs, wait)
-            }
-            Fetched::Idle(wait) if jobs.is_empty() => Fetched::Idle(wait),
-            Fetched::Idle(wait) => Fetched::Jobs(jobs, Some(wait)),
-            Fetched::RateLimited(_) => Fetched::Jobs(jobs, None),
-        })
+        Ok(Claim { read, then })
     }
 
     /// Takes over up to `count` jobs of `priority` idle for at least `lease`,
@@ -374,7 +385,7 @@ impl Fetcher {
 /// from, or paused.
 fn parse_fetch(reply: Value, now: u64) -> Result<Fetched, Error> {
     let mut body = match reply::check(&scripts().fetch, reply)? {
-        Reply::Paused => return Ok(Fetched::Paused(Vec::new())),
+        Reply::Paused => return Ok(Fetched::Paused),
         Reply::RateLimited(wait) => return Ok(Fetched::RateLimited(Duration::from_millis(wait))),
         Reply::Done(body) => body,
         Reply::Stale => {
@@ -609,7 +620,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_fetch(Value::Array(vec![Value::Int(2)]), 0),
-            Ok(Fetched::Paused(jobs)) if jobs.is_empty()
+            Ok(Fetched::Paused)
         ));
         assert!(matches!(
             parse_fetch(Value::Array(vec![Value::Int(3), Value::Int(40)]), 0),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Worker;
 use super::config::RetryBackoff;
 use super::execute::run_job;
-use super::fetch::{Claimed, Fetched, Fetcher, PriorityBuffer, Wait};
+use super::fetch::{Claim, Claimed, Fetched, Fetcher, PriorityBuffer, Wait};
 use super::finish::{Counters, Finished};
 use super::job::Handler;
 use super::lease::Holdings;
@@ -57,8 +57,9 @@ pub(super) struct JobContext<H> {
 pub(super) struct Lane {
     pub(super) fetcher: Fetcher,
     pub(super) buffer: PriorityBuffer,
-    /// Jobs a blocking read claimed as the queue was paused: they start
-    /// once it is resumed.
+    /// Jobs a blocking read claimed that may not start yet: the queue is
+    /// paused, or more urgent jobs may still wait unclaimed. A later fetch
+    /// releases them (`Fetched::floor`).
     pub(super) held: Vec<Claimed>,
     pub(super) running: JoinSet<()>,
     pub(super) holdings: Holdings,
@@ -83,7 +84,7 @@ async fn claim_while_idle(
     room: usize,
     block: Duration,
     shutdown: &CancellationToken,
-) -> Result<Fetched, Error> {
+) -> Result<Claim, Error> {
     let unblocker = fetcher.unblocker().await?;
     let claim = fetcher.claim_blocking(room, block);
     tokio::pin!(claim);
@@ -126,9 +127,10 @@ impl Worker {
         };
         let capacity = self.config.concurrency + prefetch;
         // Claim in the idle wait (fetch.rs) where nothing else must see
-        // every claim: not under a rate limit, not with prefetch(0), not on
-        // a partition loop.
-        let claim_in_wait = prefetch > 0 && lane.share.is_none();
+        // every claim: not under a rate limit (global or per group), not
+        // with prefetch(0), not on a partition loop.
+        let claim_in_wait =
+            prefetch > 0 && lane.share.is_none() && self.config.group_rate_limit.is_none();
         let mut backoff = Backoff::redis();
         let mut next_promote = Instant::now();
         let mut next_reclaim = Instant::now();
@@ -167,6 +169,12 @@ impl Worker {
             }
             let upkeep_at = next_promote.min(next_reclaim);
             if hold_off {
+                // Jobs may pile up meanwhile: claiming in a blocking read
+                // then could take a low job before critical ones, so the
+                // next claim is a fetch.
+                if drained == Some(Wait::Claim) {
+                    drained = None;
+                }
                 // Reclaiming waits for room: only promotion can be due now,
                 // and the end of the linger when there is some room.
                 let upkeep_at = if room == 0 {
@@ -186,7 +194,16 @@ impl Worker {
             let fetched = match drained.take() {
                 Some(Wait::Claim) if lane.buffer.is_empty() => {
                     let block = upkeep_at.saturating_duration_since(now);
-                    claim_while_idle(&mut lane.fetcher, room, block, shutdown).await
+                    match claim_while_idle(&mut lane.fetcher, room, block, shutdown).await {
+                        Ok(Claim { read, then }) => {
+                            for job in &read {
+                                lane.holdings.hold(job.priority, &job.entry_id);
+                            }
+                            lane.held.extend(read);
+                            Ok(then)
+                        }
+                        Err(err) => Err(err),
+                    }
                 }
                 Some(wait) => Ok(Fetched::Idle(wait)),
                 None => {
@@ -195,6 +212,20 @@ impl Worker {
                     lane.fetcher.fetch(room, limit, claim_in_wait).await
                 }
             };
+            // Held jobs start once nothing more urgent waits (and the queue
+            // runs), ahead of what this fetch claimed of their priority.
+            if let Ok(fetched) = &fetched {
+                if !lane.held.is_empty() && !matches!(fetched, Fetched::Paused) {
+                    let floor = fetched.floor();
+                    let (ready, wait): (Vec<_>, Vec<_>) = lane
+                        .held
+                        .drain(..)
+                        .partition(|job| floor.is_none_or(|f| job.priority.index() <= f.index()));
+                    lane.held = wait;
+                    lane.buffer.extend(ready);
+                    self.dispatch::<T, R, H>(lane, context);
+                }
+            }
             if let Some(s) = &mut lane.share {
                 // A full fetch that did not read every stream to its end
                 // may have left more behind, from the last claimed job's
@@ -212,7 +243,7 @@ impl Worker {
                 }
             }
             let now_paused = match &fetched {
-                Ok(Fetched::Paused(_)) => true,
+                Ok(Fetched::Paused) => true,
                 Ok(_) => false,
                 Err(_) => paused,
             };
@@ -223,16 +254,9 @@ impl Worker {
                     paused,
                     "queue pause state changed"
                 );
-                if !paused {
-                    lane.buffer.extend(std::mem::take(&mut lane.held));
-                }
             }
             let outcome = match fetched {
-                Ok(Fetched::Paused(jobs)) => {
-                    for job in &jobs {
-                        lane.holdings.hold(job.priority, &job.entry_id);
-                    }
-                    lane.held.extend(jobs);
+                Ok(Fetched::Paused) => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep_until(upkeep_at.min(Instant::now() + self.config.promote_interval)) => Ok(()),
