@@ -709,7 +709,7 @@ async fn concurrent_alerts_share_script_calls() {
         .coalesce_jobs(1000)
         .coalesce_wait(Duration::from_millis(100));
     let server = started(&redis, config).await;
-    let calls_before = evalsha_calls(&redis).await;
+    let calls_before = redis.command_calls("evalsha").await;
     let url = server.at("/api/alerts/event");
     let requests: Vec<_> = (0..200)
         .map(|i| {
@@ -725,18 +725,9 @@ async fn concurrent_alerts_share_script_calls() {
     }
     assert_eq!(ids.len(), 200);
     assert_eq!(server.queue.stats().await.unwrap().enqueued(), 200);
-    let calls = evalsha_calls(&redis).await - calls_before;
+    let calls = redis.command_calls("evalsha").await - calls_before;
     assert!(calls < 200, "{calls} script calls for 200 requests");
     server.stop().await;
-}
-
-async fn evalsha_calls(redis: &TestRedis) -> u64 {
-    let info = redis.info("commandstats").await;
-    info.get("cmdstat_evalsha")
-        .and_then(|s| s.split(',').next())
-        .and_then(|calls| calls.strip_prefix("calls="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -355,17 +355,6 @@ async fn live_jobs_are_one_field_each_until_they_end_are_cancelled_or_drained() 
     assert!(live_ids(&redis, &queue).await.is_empty());
 }
 
-/// Calls of one command so far, from `INFO commandstats`.
-async fn calls_of(redis: &TestRedis, command: &str) -> u64 {
-    let stats = redis.info("commandstats").await;
-    stats
-        .get(&format!("cmdstat_{command}"))
-        .and_then(|v| v.split(',').next())
-        .and_then(|calls| calls.strip_prefix("calls="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_completed_job_leaves_nothing_and_one_that_reported_nothing_costs_no_delete() {
     let redis = TestRedis::start();
@@ -375,7 +364,7 @@ async fn a_completed_job_leaves_nothing_and_one_that_reported_nothing_costs_no_d
         batch.push(&i, &EnqueueOptions::new()).unwrap();
     }
     let ids = batch.send().await.unwrap();
-    let deletes_before = calls_of(&redis, "del").await;
+    let deletes_before = redis.command_calls("del").await;
     // Only job 0 writes a log line (and so a key of its own).
     let (stop, worker) = spawn_worker(&queue, fast(), |job: streamq::Job<u32>| async move {
         if *job.payload() == 0 {
@@ -393,7 +382,7 @@ async fn a_completed_job_leaves_nothing_and_one_that_reported_nothing_costs_no_d
         assert!(!exists(&redis, &queue.keys().job_log(id.as_str())).await);
     }
     assert_eq!(
-        calls_of(&redis, "del").await - deletes_before,
+        redis.command_calls("del").await - deletes_before,
         1,
         "one DEL: job 0's log"
     );

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streamq::{EnqueueOptions, Job, JobError, Priority, WorkerConfig};
+use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, WorkerConfig, WorkerReport};
 use support::{Gate, Seen, TestRedis, WAIT, eventually, fast, spawn_worker, until_stats, wait_for};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -81,24 +82,8 @@ async fn a_late_critical_job_overtakes_waiting_low_ones() {
     batch.send().await.unwrap();
     // The first low job holds the only slot until the critical job is in:
     // it arrives while low ones wait, whatever the machine's speed.
-    let first_done = Gate::default();
-    let gate = first_done.clone();
-    let ran = Arc::new(Mutex::new(Vec::new()));
-    let log = ran.clone();
-    let (stop, worker) = spawn_worker(
-        &queue,
-        WorkerConfig::new().concurrency(1).prefetch(0),
-        move |job: Job<u32>| {
-            let (log, gate) = (log.clone(), gate.clone());
-            async move {
-                log.lock().unwrap().push(job.priority());
-                if *job.payload() == 0 {
-                    gate.pass().await;
-                }
-                Ok(())
-            }
-        },
-    );
+    let (first_done, ran, stop, worker) =
+        logging_worker(&queue, WorkerConfig::new().concurrency(1).prefetch(0), 0);
     wait_for("the first low job runs", || first_done.arrived() == 1).await;
     let waiting = until_stats("the rest wait", &queue, |s| {
         (s.waiting(), s.in_flight()) == (19, 1)
@@ -113,11 +98,38 @@ async fn a_late_critical_job_overtakes_waiting_low_ones() {
     wait_for("all ran", || ran.lock().unwrap().len() == 21).await;
     stop.cancel();
     worker.await.unwrap();
-    let ran = ran.lock().unwrap().clone();
+    let ran: Vec<Priority> = ran.lock().unwrap().iter().map(|(p, _)| *p).collect();
     let critical_at = ran.iter().position(|p| *p == Priority::Critical).unwrap();
     // Concurrency 1, no prefetch: only the low job running when it arrived
     // may start before it.
     assert_eq!(critical_at, 1, "critical job ran at {critical_at}: {ran:?}");
+}
+
+/// Each job's (priority, payload) in the order handlers started.
+type StartLog = Arc<Mutex<Vec<(Priority, u32)>>>;
+
+/// A worker whose handler logs each start, and holds the job whose payload
+/// is `gated` at the returned gate.
+fn logging_worker(
+    queue: &Queue,
+    config: WorkerConfig,
+    gated: u32,
+) -> (Gate, StartLog, CancellationToken, JoinHandle<WorkerReport>) {
+    let first_done = Gate::default();
+    let gate = first_done.clone();
+    let ran = StartLog::default();
+    let log = ran.clone();
+    let (stop, worker) = spawn_worker(queue, config, move |job: Job<u32>| {
+        let (log, gate) = (log.clone(), gate.clone());
+        async move {
+            log.lock().unwrap().push((job.priority(), *job.payload()));
+            if *job.payload() == gated {
+                gate.pass().await;
+            }
+            Ok(())
+        }
+    });
+    (first_done, ran, stop, worker)
 }
 
 #[tokio::test]
@@ -553,16 +565,6 @@ async fn same_entry_ids_in_two_priorities_keep_both_leases() {
     assert!(seen.duplicates().is_empty());
 }
 
-/// `INFO commandstats` calls of one command (`xread`, `client|unblock`).
-async fn calls(redis: &TestRedis, command: &str) -> u64 {
-    let stats = redis.info("commandstats").await;
-    stats
-        .get(&format!("cmdstat_{command}"))
-        .and_then(|v| v.strip_prefix("calls="))
-        .and_then(|v| v.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 /// Clients blocked in a read: idle workers waiting for jobs.
 async fn blocked_clients(redis: &TestRedis) -> u64 {
     redis.info("clients").await["blocked_clients"]
@@ -607,7 +609,11 @@ async fn a_job_arriving_at_idle_workers_wakes_only_one() {
         .await;
     }
     let scripts = redis.script_calls().await;
-    assert_eq!(calls(&redis, "xread").await, 0, "an idle worker peeked");
+    assert_eq!(
+        redis.command_calls("xread").await,
+        0,
+        "an idle worker peeked"
+    );
     // Slack for a lease renewal per worker on a slow machine.
     assert!(
         scripts <= 3 * JOBS as u64 + WORKERS,
@@ -623,7 +629,7 @@ async fn a_job_arriving_at_idle_workers_wakes_only_one() {
     assert_eq!(completed, JOBS as u64);
     assert!(seen.duplicates().is_empty());
     // Shutdown ended the blocked reads (instead of dropping them).
-    assert_eq!(calls(&redis, "client|unblock").await, WORKERS);
+    assert_eq!(redis.command_calls("client|unblock").await, WORKERS);
 }
 
 /// A job an idle worker's blocking read claims as the queue is paused does
@@ -683,24 +689,8 @@ async fn a_job_claimed_by_an_idle_worker_as_the_queue_pauses_waits_for_resume() 
 async fn a_burst_reaching_a_waiting_worker_starts_most_urgent_first() {
     let redis = TestRedis::start();
     let queue = redis.queue("burst").await;
-    let first_done = Gate::default();
-    let gate = first_done.clone();
-    let ran = Arc::new(Mutex::new(Vec::new()));
-    let log = ran.clone();
-    let (stop, worker) = spawn_worker(
-        &queue,
-        WorkerConfig::new().concurrency(1).prefetch(1),
-        move |job: Job<u32>| {
-            let (log, gate) = (log.clone(), gate.clone());
-            async move {
-                log.lock().unwrap().push((job.priority(), *job.payload()));
-                if *job.payload() == 999 {
-                    gate.pass().await;
-                }
-                Ok(())
-            }
-        },
-    );
+    let (first_done, ran, stop, worker) =
+        logging_worker(&queue, WorkerConfig::new().concurrency(1).prefetch(1), 999);
     queue
         .enqueue(&999u32, &EnqueueOptions::new().priority(Priority::Medium))
         .await

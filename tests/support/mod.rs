@@ -92,14 +92,18 @@ impl TestRedis {
     /// Script calls the server has run (`EVALSHA` and `EVAL`): evidence that
     /// a worker polled, for tests asserting that polling took nothing.
     pub async fn script_calls(&self) -> u64 {
+        self.command_calls("evalsha").await + self.command_calls("eval").await
+    }
+
+    /// Calls of one command (`xread`, `client|unblock`) in `INFO
+    /// commandstats`, commands run by scripts included.
+    pub async fn command_calls(&self, command: &str) -> u64 {
         let stats = self.info("commandstats").await;
-        ["cmdstat_evalsha", "cmdstat_eval"]
-            .iter()
-            .filter_map(|cmd| stats.get(*cmd))
-            .filter_map(|v| v.strip_prefix("calls="))
-            .filter_map(|v| v.split(',').next())
-            .map(|n| n.parse::<u64>().unwrap())
-            .sum()
+        stats
+            .get(&format!("cmdstat_{command}"))
+            .and_then(|v| v.strip_prefix("calls="))
+            .and_then(|v| v.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
     }
 }
 
