@@ -635,6 +635,27 @@ mod tests {
     }
 
     #[test]
+    fn the_floor_is_what_may_still_wait() {
+        let full = Fetched::Jobs(
+            vec![
+                claimed(Priority::Critical, "1-0"),
+                claimed(Priority::High, "2-0"),
+            ],
+            None,
+        );
+        assert_eq!(full.floor(), Some(Priority::High));
+        let drained = Fetched::Jobs(vec![claimed(Priority::Low, "3-0")], Some(Wait::Claim));
+        assert_eq!(drained.floor(), None);
+        assert_eq!(Fetched::Idle(Wait::Claim).floor(), None);
+        // Nothing known: only critical jobs may start.
+        assert_eq!(
+            Fetched::Jobs(Vec::new(), None).floor(),
+            Some(Priority::Critical)
+        );
+        assert_eq!(Fetched::Paused.floor(), Some(Priority::Critical));
+    }
+
+    #[test]
     fn blocking_claims_parse_most_urgent_first() {
         let streams = ["s:c", "s:h", "s:m", "s:l"].map(String::from);
         let entry =
