@@ -385,3 +385,144 @@ fn now_ms() -> u64 {
     )
     .unwrap()
 }
+
+/// A fetch whose clock reading is older than the window already open (its
+/// caller read the clock, then waited to run) claims nothing until that
+/// window, instead of starting its own old window over with a fresh count
+/// (which let a loaded machine start twice the limit in one window).
+#[tokio::test]
+async fn a_fetch_with_a_stale_clock_cannot_start_a_closed_window_over() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("stale-clock").await;
+    for n in 0..12u32 {
+        queue.enqueue(&n, &EnqueueOptions::new()).await.unwrap();
+    }
+    let raw = redis.raw().await;
+    let keys = queue.keys();
+    let period = 250u64;
+    // (status, jobs claimed or ms to wait) of one fetch of up to 4 at `now`.
+    let fetch = |now: u64| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(include_str!("../lua/fetch.lua"))
+            .arg(7)
+            .arg(keys.stats());
+        for stream in keys.streams() {
+            cmd.arg(stream.as_str());
+        }
+        cmd.arg(keys.paused()).arg(keys.rate());
+        cmd.arg("streamq")
+            .arg("c1")
+            .arg(4)
+            .arg(MAX)
+            .arg(period)
+            .arg(now);
+        cmd
+    };
+    let run = |cmd: redis::Cmd| {
+        let mut raw = raw.clone();
+        async move {
+            let reply: Vec<redis::Value> = cmd.query_async(&mut raw).await.unwrap();
+            let status: i64 = redis::from_redis_value(reply[0].clone()).unwrap();
+            let detail = match status {
+                0 => {
+                    redis::from_redis_value::<Vec<redis::Value>>(reply[1].clone())
+                        .unwrap()
+                        .len() as i64
+                        / 3
+                }
+                _ => redis::from_redis_value::<i64>(reply[1].clone()).unwrap(),
+            };
+            (status, detail)
+        }
+    };
+    let window = 7_000_000_000u64;
+    assert_eq!(
+        run(fetch(window * period + 10)).await,
+        (0, 4),
+        "the window's four"
+    );
+    assert_eq!(run(fetch(window * period + 20)).await, (3, 230), "spent");
+    assert_eq!(
+        run(fetch((window + 1) * period + 5)).await,
+        (0, 4),
+        "the next window"
+    );
+    // Read the clock in the first window, ran in the second.
+    assert_eq!(
+        run(fetch(window * period + 30)).await,
+        (3, 220),
+        "a stale clock claims nothing until the open window"
+    );
+    assert_eq!(
+        run(fetch((window + 1) * period + 6)).await,
+        (3, 244),
+        "still spent"
+    );
+}
+
+/// The same for a group's limit: a `rate_groups` call whose clock reading
+/// is older than the group's open window counts in that open window.
+#[tokio::test]
+async fn a_group_admission_with_a_stale_clock_counts_in_the_open_window() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("stale-group").await;
+    for n in 0..5u32 {
+        queue.enqueue(&n, &EnqueueOptions::new()).await.unwrap();
+    }
+    let raw = redis.raw().await;
+    let keys = queue.keys();
+    let stream = keys.stream(streamq::Priority::Medium).to_owned();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("streamq")
+        .arg("c1")
+        .arg("COUNT")
+        .arg(5)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut raw.clone())
+        .await
+        .unwrap();
+    let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 5);
+    let (max, period) = (2u32, 250u64);
+    // How many of `jobs` (indexes into `ids`) a call at `now` holds back.
+    let admit = |now: u64, jobs: &[usize]| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(include_str!("../lua/rate_groups.lua"))
+            .arg(7)
+            .arg(keys.stats());
+        for s in keys.streams() {
+            cmd.arg(s.as_str());
+        }
+        cmd.arg(keys.delayed()).arg(keys.rate_group("tenant"));
+        cmd.arg("streamq").arg("c1").arg(now).arg(max).arg(period);
+        for &j in jobs {
+            cmd.arg(3).arg(&ids[j]).arg(7).arg("envelope");
+        }
+        let mut raw = raw.clone();
+        async move {
+            let reply: (i64, Vec<String>, Vec<redis::Value>) =
+                cmd.query_async(&mut raw).await.unwrap();
+            reply.2.len() / 2
+        }
+    };
+    let window = 7_000_000_000u64;
+    assert_eq!(
+        admit(window * period + 10, &[0, 1]).await,
+        0,
+        "the window's two"
+    );
+    assert_eq!(
+        admit((window + 1) * period + 5, &[2]).await,
+        0,
+        "one in the next"
+    );
+    // Read the clock in the first window, ran in the second: one token left.
+    assert_eq!(
+        admit(window * period + 30, &[3, 4]).await,
+        1,
+        "a stale clock spends the open window's tokens"
+    );
+}

@@ -10,6 +10,9 @@
   windows aligned to multiples of PERIOD on the `now` clock. Jobs held back
   in one call reserve later windows in order ("rw", "rn"), so a backlog of
   one group spreads over the windows ahead instead of all returning at once.
+  A caller whose `now` is behind a group's open window (it read its clock,
+  then waited to run) counts in that open window: counting in its own older
+  one would start that window over.
 
   No flags: when Redis is out of memory the whole call is refused before any
   write; the jobs stay pending with their owner, who tries again.
@@ -52,8 +55,10 @@ for i = FIRST, #ARGV, STRIDE do
   local w = windows[k]
   if not w then
     local h = redis.call('HMGET', KEYS[k], 'w', 'n', 'rw', 'rn')
-    w = { n = 0, rw = tonumber(h[3]) or 0, rn = tonumber(h[4]) or 0 }
-    if tonumber(h[1]) == window then w.n = tonumber(h[2]) or 0 end
+    local open = tonumber(h[1])
+    local at = math.max(window, open or window)
+    w = { at = at, n = 0, rw = tonumber(h[3]) or 0, rn = tonumber(h[4]) or 0 }
+    if open == w.at then w.n = tonumber(h[2]) or 0 end
     windows[k] = w
   end
   local pending = redis.call('XPENDING', KEYS[1 + p], group, id, id, 1)
@@ -62,7 +67,7 @@ for i = FIRST, #ARGV, STRIDE do
   elseif w.n < max then
     w.n = w.n + 1
   else
-    if w.rw <= window then w.rw, w.rn = window + 1, 0 end
+    if w.rw <= w.at then w.rw, w.rn = w.at + 1, 0 end
     if w.rn >= max then w.rw, w.rn = w.rw + 1, 0 end
     w.rn = w.rn + 1
     local due = w.rw * period
@@ -78,7 +83,7 @@ for _, m in ipairs(moves) do
   redis.call('XDEL', KEYS[1 + m[1]], m[2])
 end
 for k, w in pairs(windows) do
-  redis.call('HSET', KEYS[k], 'w', window, 'n', w.n, 'rw', w.rw, 'rn', w.rn)
+  redis.call('HSET', KEYS[k], 'w', w.at, 'n', w.n, 'rw', w.rw, 'rn', w.rn)
   local keep = math.max(2 * period, (w.rw + 1) * period - now)
   redis.call('PEXPIRE', KEYS[k], keep)
 end

@@ -10,7 +10,10 @@
   Rate limit (optional, a fixed window): at most MAX claims per window of
   PERIOD ms, windows aligned to multiples of PERIOD on the `now` clock. The
   claims and the count they spend are one step, so workers in any number of
-  processes share the limit exactly.
+  processes share the limit exactly. A caller whose `now` is older than the
+  window already open (it read its clock, then waited to run; or its clock
+  lags) claims nothing until its clock reaches that window: counting it
+  against its older window would start that window over.
 
   KEYS[1]    stats hash          (not written)
   KEYS[2..5] streams             critical, high, medium, low
@@ -39,8 +42,9 @@
                                  were found
              {PAUSED}            the queue is paused; nothing was claimed
              {RATE_LIMITED, wait}
-                                 the window's claims are spent; nothing was
-                                 claimed; the next window opens in wait ms
+                                 the window's claims are spent, or `now` is
+                                 behind the open window; nothing was
+                                 claimed; try again in wait ms
 ]]
 local group = ARGV[1]
 local consumer = ARGV[2]
@@ -59,7 +63,11 @@ local window, spent = 0, 0
 if max > 0 then
   window = math.floor(now / period)
   local state = redis.call('HMGET', rate, 'w', 'n')
-  if tonumber(state[1]) == window then spent = tonumber(state[2]) or 0 end
+  local open = tonumber(state[1])
+  if open and open > window then
+    return { RATE_LIMITED, open * period - now }
+  end
+  if open == window then spent = tonumber(state[2]) or 0 end
   if spent >= max then
     return { RATE_LIMITED, (window + 1) * period - now }
   end
