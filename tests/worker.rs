@@ -632,6 +632,44 @@ async fn a_job_arriving_at_idle_workers_wakes_only_one() {
     assert_eq!(redis.command_calls("client|unblock").await, WORKERS);
 }
 
+/// Pauses `queue` and adds one job to it in one step (a script), so that a
+/// worker blocked in its read can only see both at once: whether its read
+/// is served or times out first, it claims the job and learns of the pause
+/// in the same round trip. (Pausing, then enqueueing, races with the read
+/// timing out in between.)
+async fn pause_and_add(redis: &TestRedis, queue: &Queue, payload: u8) {
+    let scratch = redis.queue(&format!("{}-scratch", queue.name())).await;
+    scratch
+        .enqueue(&payload, &EnqueueOptions::new())
+        .await
+        .unwrap();
+    let mut raw = redis.raw().await;
+    let from = scratch.keys().stream(Priority::Medium).to_owned();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&from)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let envelope: Vec<u8> = entries.ids[0].get("e").unwrap();
+    let _: redis::Value = redis::cmd("DEL")
+        .arg(&from)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("EVAL")
+        .arg("redis.call('SET', KEYS[1], ARGV[1]) return redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])")
+        .arg(2)
+        .arg(queue.keys().paused())
+        .arg(queue.keys().stream(Priority::Medium))
+        .arg(1)
+        .arg(envelope)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+}
+
 /// A job an idle worker's blocking read claims as the queue is paused does
 /// not start until the queue is resumed; stopped meanwhile, the worker hands
 /// it back.
@@ -647,8 +685,7 @@ async fn a_job_claimed_by_an_idle_worker_as_the_queue_pauses_waits_for_resume() 
             blocked_clients(&redis).await == 1
         })
         .await;
-        queue.pause().await.unwrap();
-        queue.enqueue(&round, &EnqueueOptions::new()).await.unwrap();
+        pause_and_add(&redis, &queue, round).await;
         until_stats("the blocked read claimed it", &queue, |s| {
             s.in_flight() == 1
         })
