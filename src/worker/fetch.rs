@@ -209,30 +209,34 @@ impl Fetcher {
         call
     }
 
+    /// Takes the blocking connection out (put it back after a read that
+    /// completed), opening it and learning its `CLIENT ID` if needed.
+    async fn take_blocking(&mut self) -> Result<(Conn, Option<i64>), Error> {
+        if let Some(open) = self.blocking.take() {
+            return Ok(open);
+        }
+        let mut conn = self
+            .queue
+            .redis()
+            .blocking_connection(self.max_block)
+            .await?;
+        // On a cluster the id would name a client of some node.
+        let client = match &conn {
+            Conn::Plain(_) => redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut conn)
+                .await
+                .ok(),
+            Conn::Single(_) | Conn::Cluster(_) => None,
+        };
+        Ok((conn, client))
+    }
+
     /// Opens the blocking connection if it is not open yet, and returns what
     /// can end a [`Fetcher::claim_blocking`] on it early.
     pub(crate) async fn unblocker(&mut self) -> Result<Unblocker, Error> {
-        let client = match &self.blocking {
-            Some((_, client)) => *client,
-            None => {
-                let mut conn = self
-                    .queue
-                    .redis()
-                    .blocking_connection(self.max_block)
-                    .await?;
-                // On a cluster the id would name a client of some node.
-                let client = match &conn {
-                    Conn::Plain(_) => redis::cmd("CLIENT")
-                        .arg("ID")
-                        .query_async(&mut conn)
-                        .await
-                        .ok(),
-                    Conn::Single(_) | Conn::Cluster(_) => None,
-                };
-                self.blocking = Some((conn, client));
-                client
-            }
-        };
+        let (conn, client) = self.take_blocking().await?;
+        self.blocking = Some((conn, client));
         Ok(Unblocker {
             conn: self.conn.clone(),
             client,
@@ -253,16 +257,7 @@ impl Fetcher {
         room: usize,
         block: Duration,
     ) -> Result<Claim, Error> {
-        let (mut conn, client) = match self.blocking.take() {
-            Some(open) => open,
-            None => {
-                self.unblocker().await?;
-                self.blocking.take().ok_or(Error::UnexpectedReply {
-                    script: "fetch",
-                    detail: "no blocking connection".to_owned(),
-                })?
-            }
-        };
+        let (mut conn, client) = self.take_blocking().await?;
         let keys = self.queue.keys();
         let block = block.clamp(Duration::from_millis(1), self.max_block);
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
@@ -354,16 +349,7 @@ impl Fetcher {
         last_ids: &[String; 4],
         block: Duration,
     ) -> Result<(), Error> {
-        let (mut conn, client) = match self.blocking.take() {
-            Some(open) => open,
-            None => (
-                self.queue
-                    .redis()
-                    .blocking_connection(self.max_block)
-                    .await?,
-                None,
-            ),
-        };
+        let (mut conn, client) = self.take_blocking().await?;
         let block = block.clamp(Duration::from_millis(1), self.max_block);
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
         let _: Value = redis::cmd("XREAD")

@@ -194,16 +194,14 @@ impl Worker {
             let fetched = match drained.take() {
                 Some(Wait::Claim) if lane.buffer.is_empty() => {
                     let block = upkeep_at.saturating_duration_since(now);
-                    match claim_while_idle(&mut lane.fetcher, room, block, shutdown).await {
-                        Ok(Claim { read, then }) => {
-                            for job in &read {
-                                lane.holdings.hold(job.priority, &job.entry_id);
-                            }
-                            lane.held.extend(read);
-                            Ok(then)
+                    let claimed = claim_while_idle(&mut lane.fetcher, room, block, shutdown).await;
+                    claimed.map(|Claim { read, then }| {
+                        for job in &read {
+                            lane.holdings.hold(job.priority, &job.entry_id);
                         }
-                        Err(err) => Err(err),
-                    }
+                        lane.held.extend(read);
+                        then
+                    })
                 }
                 Some(wait) => Ok(Fetched::Idle(wait)),
                 None => {
