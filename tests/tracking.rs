@@ -389,6 +389,29 @@ async fn a_completed_job_leaves_nothing_and_one_that_reported_nothing_costs_no_d
 }
 
 #[tokio::test]
+async fn a_large_tracked_batch_writes_its_live_records_in_a_few_commands() {
+    let redis = TestRedis::start();
+    let queue = tracked(&redis, "bulk", JobTracking::default()).await;
+    let mut batch = queue.batch();
+    for i in 0..1500u32 {
+        batch
+            .push(&i, &EnqueueOptions::new().name(format!("job {i}")))
+            .unwrap();
+    }
+    let ids = batch.send().await.unwrap();
+    let mut expected: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    expected.sort();
+    assert_eq!(live_ids(&redis, &queue).await, expected);
+    let hsets = redis.command_calls("hset").await;
+    assert!(hsets < 10, "{hsets} HSET calls for 1,500 jobs");
+    for (i, id) in ids.iter().enumerate().step_by(499) {
+        let info = queue.job(id.as_str()).await.unwrap().unwrap();
+        assert_eq!(info.name, format!("job {i}"));
+        assert!(matches!(info.state, JobState::Waiting { .. }), "{info:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_worker_that_does_not_track_still_removes_the_records_of_jobs_it_ends() {
     let redis = TestRedis::start();
     let producer = tracked(&redis, "mixed", JobTracking::default()).await;

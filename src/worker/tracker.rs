@@ -10,6 +10,7 @@
 //! cross-check the live streams, so a late or lost update can make a state
 //! unknown, never wrong about whether a job waits or runs.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -187,6 +188,7 @@ async fn write(
     let (tracking, events_cap) = (queue.settings().tracking, queue.settings().events_cap());
     let mut conn = queue.conn();
     let mut batch = Vec::with_capacity(512);
+    let mut live = LiveWrites::new(keys.live());
     while rx.recv_many(&mut batch, 512).await > 0 {
         let mut pipe = redis::pipe();
         let mut completed_any = false;
@@ -195,13 +197,14 @@ async fn write(
                 record_event(&mut pipe, &keys, events_cap, &event);
             }
             if let Some(tracking) = &tracking {
-                completed_any |= record_metadata(&mut pipe, &keys, tracking, event);
+                completed_any |= record_metadata(&mut pipe, &mut live, &keys, tracking, event);
             } else if clear_live {
-                if let TrackEvent::Completed { id, .. } | TrackEvent::Dead { id, .. } = &event {
-                    pipe.cmd("HDEL").arg(keys.live()).arg(id);
+                if let TrackEvent::Completed { id, .. } | TrackEvent::Dead { id, .. } = event {
+                    live.remove(id);
                 }
             }
         }
+        live.flush(&mut pipe);
         if let Err(err) = pipe.ignore_errors().exec_async(&mut conn).await {
             tracing::warn!(queue = queue.name(), %err, "could not record job tracking updates or events");
         }
@@ -270,6 +273,7 @@ fn record_event(pipe: &mut redis::Pipeline, keys: &QueueKeys, cap: u64, event: &
 /// completed (the retained completed jobs then need trimming).
 fn record_metadata(
     pipe: &mut redis::Pipeline,
+    live_writes: &mut LiveWrites,
     keys: &QueueKeys,
     tracking: &JobTracking,
     event: TrackEvent,
@@ -291,7 +295,7 @@ fn record_metadata(
                 attempt,
             };
             let record = LiveRecord::started(priority, &entry, started, enqueued_ms, &name);
-            pipe.cmd("HSET").arg(keys.live()).arg(&id).arg(record);
+            live_writes.set(pipe, id, record);
         }
         // An ended job's metadata is written before its live record goes,
         // so that a lookup meanwhile finds one or both.
@@ -315,7 +319,7 @@ fn record_metadata(
                 pipe.cmd("ZADD").arg(keys.completed()).arg(now).arg(&id);
                 completed_any = true;
             }
-            pipe.cmd("HDEL").arg(keys.live()).arg(&id);
+            live_writes.remove(id);
         }
         TrackEvent::Retrying {
             id,
@@ -326,7 +330,7 @@ fn record_metadata(
         } => {
             let meta = keys.job(&id);
             let record = LiveRecord::delayed(run.priority, due_ms, run.enqueued_ms, &run.name);
-            pipe.cmd("HSET").arg(keys.live()).arg(&id).arg(record);
+            live_writes.set(pipe, id.clone(), record);
             pipe.cmd("HSET")
                 .arg(&meta)
                 .arg("att")
@@ -357,7 +361,7 @@ fn record_metadata(
                 .arg(now_ms());
             pipe.cmd("PEXPIRE").arg(&meta).arg(finished);
             pipe.cmd("PEXPIRE").arg(&log).arg(finished);
-            pipe.cmd("HDEL").arg(keys.live()).arg(&id);
+            live_writes.remove(id);
         }
         TrackEvent::Progress { id, percent } => {
             let meta = keys.job(&id);
@@ -376,6 +380,55 @@ fn record_metadata(
         TrackEvent::Reclaimed { .. } => {}
     }
     completed_any
+}
+
+/// One round trip's writes to the live hash, sent as one `HSET` and one
+/// `HDEL` at the end of its pipeline instead of a command per job: at
+/// saturation a batch holds hundreds of starts and ends, and each command
+/// costs Redis and the client more than each field in it.
+///
+/// The `HSET` goes before the `HDEL`, so a job that starts and ends in one
+/// batch ends removed; a record set for a job already removed in the batch
+/// (it cannot end twice, but a retry may start again) first sends both, to
+/// keep their order. Ended jobs' metadata, written by the commands before,
+/// so lands before their records go.
+struct LiveWrites {
+    key: String,
+    set: Vec<(String, String)>,
+    removed: HashSet<String>,
+}
+
+impl LiveWrites {
+    fn new(key: String) -> LiveWrites {
+        LiveWrites {
+            key,
+            set: Vec::new(),
+            removed: HashSet::new(),
+        }
+    }
+
+    fn set(&mut self, pipe: &mut redis::Pipeline, id: String, record: String) {
+        if self.removed.contains(&id) {
+            self.flush(pipe);
+        }
+        self.set.push((id, record));
+    }
+
+    fn remove(&mut self, id: String) {
+        self.removed.insert(id);
+    }
+
+    /// Adds what was gathered to `pipe` and starts over.
+    fn flush(&mut self, pipe: &mut redis::Pipeline) {
+        if !self.set.is_empty() {
+            pipe.cmd("HSET").arg(&self.key).arg(&self.set);
+            self.set.clear();
+        }
+        if !self.removed.is_empty() {
+            pipe.cmd("HDEL").arg(&self.key).arg(&self.removed);
+            self.removed.clear();
+        }
+    }
 }
 
 /// Bounds retained completed jobs by count and age: the evicted jobs'
@@ -413,4 +466,60 @@ async fn trim_completed(
         pipe.cmd("ZREM").arg(&index).arg(*id).ignore();
     }
     pipe.exec_async(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each command of `pipe`, its words joined by spaces.
+    fn commands(pipe: &redis::Pipeline) -> Vec<String> {
+        pipe.cmd_iter()
+            .map(|cmd| {
+                let words: Vec<String> = cmd
+                    .args_iter()
+                    .map(|arg| match arg {
+                        redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                        _ => "<cursor>".to_owned(),
+                    })
+                    .collect();
+                words.join(" ")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_of_live_writes_is_one_hset_then_one_hdel() {
+        let mut pipe = redis::pipe();
+        let mut live = LiveWrites::new("q:live".to_owned());
+        live.set(&mut pipe, "a".to_owned(), "1 started".to_owned());
+        live.set(&mut pipe, "b".to_owned(), "2 started".to_owned());
+        live.remove("a".to_owned());
+        live.flush(&mut pipe);
+        assert_eq!(
+            commands(&pipe),
+            ["HSET q:live a 1 started b 2 started", "HDEL q:live a"]
+        );
+    }
+
+    #[test]
+    fn a_record_set_after_its_removal_in_the_batch_keeps_the_order() {
+        let mut pipe = redis::pipe();
+        let mut live = LiveWrites::new("q:live".to_owned());
+        live.set(&mut pipe, "a".to_owned(), "1 retrying".to_owned());
+        live.remove("a".to_owned());
+        live.set(&mut pipe, "a".to_owned(), "1 started".to_owned());
+        live.flush(&mut pipe);
+        assert_eq!(
+            commands(&pipe),
+            [
+                "HSET q:live a 1 retrying",
+                "HDEL q:live a",
+                "HSET q:live a 1 started"
+            ]
+        );
+        let mut next = redis::pipe();
+        live.flush(&mut next);
+        assert!(commands(&next).is_empty(), "a flush starts over");
+    }
 }

@@ -128,6 +128,21 @@ if epoch ~= '' and known ~= '' and known ~= epoch then
 end
 local first = seq + 1
 
+-- Live records go out in one HSET per live hash (every redis.call costs
+-- more than the fields it carries), in slices that unpack() can expand.
+local live_fields, LIVE_SLICE = {}, 1000
+local function write_live(index)
+  redis.call('HSET', KEYS[index], unpack(live_fields[index]))
+  live_fields[index] = {}
+end
+local function record_live(index, job_id, record)
+  local fields = live_fields[index] or {}
+  live_fields[index] = fields
+  fields[#fields + 1] = job_id
+  fields[#fields + 1] = record
+  if #fields >= LIVE_SLICE then write_live(index) end
+end
+
 local duplicates = {}
 for i = FIRST, #ARGV, STRIDE do
   local p, due = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
@@ -155,7 +170,7 @@ for i = FIRST, #ARGV, STRIDE do
       where = redis.call('XADD', KEYS[1 + p], '*', 'e', envelope)
     end
     if live_index > 0 and tracking then
-      redis.call('HSET', KEYS[live_index], job_id, p .. ' ' .. where .. ' ' .. name)
+      record_live(live_index, job_id, p .. ' ' .. where .. ' ' .. name)
     end
     if events_cap > 0 then
       redis.call('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'enqueued',
@@ -165,6 +180,9 @@ for i = FIRST, #ARGV, STRIDE do
     count('enqueued:' .. names[p], 1)
     if by_name then count('name:enqueued:' .. name, 1) end
   end
+end
+for index, fields in pairs(live_fields) do
+  if #fields > 0 then write_live(index) end
 end
 for field, n in pairs(counts) do
   redis.call('HINCRBY', stats, field, n)
