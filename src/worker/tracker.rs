@@ -330,7 +330,7 @@ fn record_metadata(
         } => {
             let meta = keys.job(&id);
             let record = LiveRecord::delayed(run.priority, due_ms, run.enqueued_ms, &run.name);
-            live_writes.set(pipe, id.clone(), record);
+            live_writes.set(pipe, id, record);
             pipe.cmd("HSET")
                 .arg(&meta)
                 .arg("att")
