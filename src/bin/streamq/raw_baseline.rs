@@ -91,16 +91,31 @@ pub(crate) async fn run(plan: RawPlan) -> Result<RawReport, Box<dyn std::error::
     let mut producers = Vec::new();
     let mut go = Vec::new();
     for index in 0..plan.producers {
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
         let (go_tx, go_rx) = std::sync::mpsc::channel::<(Instant, u64)>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let (plan, tally) = (plan.clone(), tally.clone());
+        let (client, config) = (client.clone(), config.clone());
         let thread = std::thread::Builder::new().name(format!("producer-{index}"));
+        // The connection is made on the producer's own runtime, as `streamq
+        // bench` makes its producers' connections: its I/O is then the
+        // producer's CPU time, not the consumers'.
         producers.push(thread.spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let connected =
+                runtime.block_on(client.get_multiplexed_async_connection_with_config(&config));
+            let conn = match connected {
+                Ok(conn) => {
+                    let _ = ready_tx.send(Ok(()));
+                    conn
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = ready_tx.send(Err(e));
+                    return Err(std::io::Error::other(message));
+                }
+            };
             let Ok(start) = go_rx.recv() else {
                 return Ok(());
             };
@@ -112,6 +127,7 @@ pub(crate) async fn run(plan: RawPlan) -> Result<RawReport, Box<dyn std::error::
             tally.producers_done.fetch_add(1, Ordering::Release);
             result.map_err(std::io::Error::other)
         })?);
+        ready.await.map_err(std::io::Error::other)??;
         go.push(go_tx);
     }
 
