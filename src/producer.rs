@@ -19,6 +19,7 @@ use crate::time::{micros, millis, now_ms, now_us};
 
 mod coalesce;
 mod ledger;
+mod plain;
 
 use ledger::{Ledger, Numbered};
 
@@ -371,41 +372,46 @@ impl Batch {
         let per_call = self.jobs_per_call();
         let ledger = ledger(&self.queue);
         let epoch = ledger.map(Ledger::epoch).unwrap_or_default();
-        let calls: Vec<ScriptCall> = self
-            .jobs
-            .chunks(per_call)
-            .map(|c| self.call(c, &epoch))
-            .collect();
-        let mut chunks = self.jobs.chunks(per_call);
+        let replies: Vec<Result<redis::Value, Error>> = if plain::applies(&self.queue, &self.jobs) {
+            // One transaction per chunk, all at once: the connection
+            // pipelines them.
+            let sends = self
+                .jobs
+                .chunks(per_call)
+                .map(|chunk| plain::send(&self.queue, conn.clone(), chunk, &epoch));
+            futures_util::future::join_all(sends).await
+        } else {
+            let calls: Vec<ScriptCall> = self
+                .jobs
+                .chunks(per_call)
+                .map(|c| self.call(c, &epoch))
+                .collect();
+            match calls.as_slice() {
+                [call] => vec![call.invoke(&mut conn).await.map_err(Error::from)],
+                _ => scripts::invoke_pipelined(&mut conn, &calls)
+                    .await?
+                    .into_iter()
+                    .map(|result| result.map_err(Error::from))
+                    .collect(),
+            }
+        };
         let durability = self.queue.settings().durability;
         let mut rolled_back = Vec::new();
-        let mut check = |chunk: &[Pending], reply| {
-            let (ids, added, numbered) = job_ids(chunk, reply)?;
-            let added = chunk
-                .iter()
-                .zip(&ids)
-                .zip(&added)
-                .filter(|(_, added)| **added)
-                .map(|((job, id), _)| (job.priority, id));
-            rolled_back.extend(ledger.and_then(|l| l.record(&epoch, &numbered, added)));
-            Ok::<_, Error>(ids)
-        };
-        if let [call] = calls.as_slice() {
-            let reply = call.invoke(&mut conn).await?;
-            let ids = check(&self.jobs, reply)?;
-            ledger::report(&self.queue, rolled_back).await;
-            return crate::durability::wait(&self.queue, durability, ids).await;
-        }
         let mut enqueued = Vec::with_capacity(self.jobs.len());
         let mut first_error = None;
-        let results = scripts::invoke_pipelined(&mut conn, &calls).await?;
-        for result in results {
-            let chunk = chunks.next().unwrap_or_default();
-            let checked = result
-                .map_err(Error::from)
-                .and_then(|reply| check(chunk, reply));
+        for (chunk, reply) in self.jobs.chunks(per_call).zip(replies) {
+            let checked = reply.and_then(|reply| job_ids(chunk, reply));
             match checked {
-                Ok(ids) => enqueued.extend(ids),
+                Ok((ids, added, numbered)) => {
+                    let added = chunk
+                        .iter()
+                        .zip(&ids)
+                        .zip(&added)
+                        .filter(|(_, added)| **added)
+                        .map(|((job, id), _)| (job.priority, id));
+                    rolled_back.extend(ledger.and_then(|l| l.record(&epoch, &numbered, added)));
+                    enqueued.extend(ids);
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }

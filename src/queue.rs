@@ -41,6 +41,9 @@ struct Inner {
     redis: RedisConfig,
     server: ServerInfo,
     conn: Conn,
+    /// Whether this user may send `MULTI`/`EXEC` (probed at connect):
+    /// plain enqueues then keep their envelopes out of Lua.
+    transactions: bool,
     /// Set once this handle made sure the consumer groups exist (its first
     /// enqueue does).
     groups: tokio::sync::OnceCell<()>,
@@ -365,6 +368,7 @@ impl QueueBuilder {
         self.settings.durability.check(&server, &mut check);
         check.finish()?;
         crate::durability::probe(self.settings.durability, &mut conn).await?;
+        let transactions = !conn.is_cluster() && transactions_allowed(&mut conn).await;
         let part = |index: u32, keys: QueueKeys, parts: Vec<Queue>| Queue {
             inner: Arc::new(Inner {
                 name: self.name.clone(),
@@ -373,6 +377,7 @@ impl QueueBuilder {
                 redis: redis.clone(),
                 server: server.clone(),
                 conn: conn.clone(),
+                transactions,
                 groups: tokio::sync::OnceCell::new(),
                 producer: std::sync::OnceLock::new(),
                 index,
@@ -505,6 +510,12 @@ impl Queue {
     /// A handle on the shared connection (clones are cheap and share it).
     pub(crate) fn conn(&self) -> Conn {
         self.inner.conn.clone()
+    }
+
+    /// Whether `MULTI`/`EXEC` may be sent: not on a cluster, and allowed by
+    /// the user's ACL (probed at connect).
+    pub(crate) fn transactions(&self) -> bool {
+        self.inner.transactions
     }
 
     /// The queue's fixed keys with the type each must have, in the order
@@ -660,4 +671,20 @@ async fn has_group(conn: &mut Conn, key: &str) -> Result<bool, Error> {
         .query_async(conn)
         .await?;
     Ok(fields::our_group(&groups).is_some())
+}
+
+/// Whether the user may open a transaction: an empty `MULTI`/`EXEC`. An ACL
+/// that refuses `MULTI` would otherwise let the commands meant for the
+/// transaction run one by one.
+async fn transactions_allowed(conn: &mut Conn) -> bool {
+    let replies: redis::RedisResult<Vec<redis::Value>> = redis::pipe()
+        .cmd("MULTI")
+        .cmd("EXEC")
+        .ignore_errors()
+        .query_async(conn)
+        .await;
+    matches!(
+        replies.as_deref(),
+        Ok([redis::Value::Okay, redis::Value::Array(_)])
+    )
 }

@@ -170,8 +170,10 @@ impl ScriptCall {
         }
     }
 
-    /// The same call as `EVAL <source> ...` instead of `EVALSHA <sha> ...`.
-    fn with_source(&self) -> Cmd {
+    /// The same call as `EVAL <source> ...` instead of `EVALSHA <sha> ...`:
+    /// for a `MULTI`/`EXEC` block, where an `EVALSHA` answered `NOSCRIPT`
+    /// only at `EXEC`, after the commands queued around it ran.
+    pub(crate) fn with_source(&self) -> Cmd {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(self.script.source);
         for arg in self.cmd.args_iter().skip(2) {

@@ -47,6 +47,17 @@
                                  job name,
                                  live hash index into KEYS (0 = untracked),
                                  envelope bytes (opaque, never decoded here)
+             then, optionally, "added" and triples of (priority index,
+                                 job name, n): jobs the caller adds
+                                 itself with XADD right after this call,
+                                 in the same MULTI/EXEC (docs/protocol.md,
+                                 "Enqueue without the envelope in Lua"):
+                                 counted and numbered here after the jobs
+                                 above, in the caller's order. Only for
+                                 jobs due now, without idempotency key,
+                                 untracked, with events off and no max
+                                 backlog: nothing here could refuse or
+                                 record them
 
   Returns    {OK, duplicates, epoch, first, kept}
                                  added; duplicates: for each job whose
@@ -77,7 +88,15 @@ local FIRST, STRIDE = 7, 8
 local HISTORY = 8
 local OK, QUEUE_FULL = 0, 1
 
-local jobs = (#ARGV - FIRST + 1) / STRIDE
+-- Where the jobs end: the "added" trailer, or the end of ARGV.
+local last = #ARGV
+for i = FIRST, #ARGV, STRIDE do
+  if ARGV[i] == 'added' then
+    last = i - 1
+    break
+  end
+end
+local jobs = (last - FIRST + 1) / STRIDE
 if max_backlog > 0 then
   local backlog = redis.call('ZCARD', delayed)
   for p = 1, 4 do
@@ -144,7 +163,7 @@ local function record_live(index, job_id, record)
 end
 
 local duplicates = {}
-for i = FIRST, #ARGV, STRIDE do
+for i = FIRST, last, STRIDE do
   local p, due = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local key_index, ttl = tonumber(ARGV[i + 2]), ARGV[i + 3]
   local job_id, name = ARGV[i + 4], ARGV[i + 5]
@@ -180,6 +199,12 @@ for i = FIRST, #ARGV, STRIDE do
     count('enqueued:' .. names[p], 1)
     if by_name then count('name:enqueued:' .. name, 1) end
   end
+end
+for i = last + 2, #ARGV, 3 do
+  local p, name, n = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
+  seq = seq + n
+  count('enqueued:' .. names[p], n)
+  if by_name then count('name:enqueued:' .. name, n) end
 end
 for index, fields in pairs(live_fields) do
   if #fields > 0 then write_live(index) end
