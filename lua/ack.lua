@@ -12,10 +12,13 @@
   and counters go through pcall, so a full Redis (which refuses HINCRBY) still
   completes jobs. allow-oom: completing jobs is what frees memory.
 
-  Latency buckets are computed by the caller: bucket b holds durations d (us)
-  with floor(4 * log2(d)) = b, four per doubling. Counts are aggregated per
-  name and bucket in Lua tables, so field names are built once per distinct
-  name and bucket, not once per job.
+  Per-job work is kept small (lua/README.md, convention 10): a job is three
+  arguments, and the caller sums the latency histograms, sums and reclaims
+  of a batch per job name, so Lua sees each name's figures once, not each
+  job's. Those sums cover every run the batch reports, fenced ones included
+  (they ran); completed and ownership_lost count jobs by their fencing.
+  Latency bucket b holds durations d (us) with floor(4 * log2(d)) = b, four
+  per doubling.
 
   KEYS[1]    stats hash          HINCRBY "completed:<p>", "ownership_lost:<p>",
                                  "name:completed:<name>", "name:reclaimed:<name>",
@@ -32,14 +35,21 @@
   ARGV[5]    events cap          approximate MAXLEN of the events stream;
                                  0 = no events
   ARGV[6]    now                 Unix ms
-  ARGV[7..]  eleven per job:     priority index (1..4), entry id, job name,
-                                 wait bucket, run bucket, wait (us, ready to
-                                 start), run (us, start to finish), reclaims
-                                 (deliveries - 1), job id, result key index
-                                 into KEYS (0 = no result), result bytes
-                                 (opaque; also the event's "result");
-                                 sorted by priority, then id, for the ranged
-                                 read (any order is correct, just slower)
+  ARGV[7]    jobs                J
+  ARGV[8..]  three per job:      priority index (1..4), entry id, name slot
+                                 (1-based, into the names below); sorted by
+                                 priority, then id, for the ranged read (any
+                                 order is correct, just slower)
+  then       names               N, then per name: the name, reclaims (sum
+                                 of deliveries - 1), wait sum (us, ready to
+                                 start), run sum (us, start to finish), W,
+                                 W pairs (wait bucket, runs), R, R pairs
+                                 (run bucket, runs)
+  then       details (optional)  present when events are on or a job has a
+                                 result; three per job, in the jobs' order:
+                                 job id, result key index into KEYS (0 = no
+                                 result), result bytes (opaque; also the
+                                 event's "result")
 
   Returns    {OK, lost}          lost: the entry ids not acknowledged, owned
                                  by another consumer or no longer pending at
@@ -49,26 +59,41 @@ local stats, latency = KEYS[1], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
 local by_name = ARGV[3] == '1'
 local names = { 'critical', 'high', 'medium', 'low' }
-local FIRST, STRIDE = 7, 11
 local result_ttl = ARGV[4]
 local events, events_cap, now = KEYS[7], tonumber(ARGV[5]), ARGV[6]
+local FIRST, STRIDE = 8, 3
+local last_job = FIRST + STRIDE * (tonumber(ARGV[7]) - 1)
 local OK = 0
 
-local completed, lost = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
+-- The names, each with its sums over the batch.
 local per_name = {}
-local function for_name(name)
-  local s = per_name[name]
-  if not s then
-    s = { completed = 0, reclaimed = 0, lost = 0, wait = {}, run = {}, wait_sum = 0, run_sum = 0 }
-    per_name[name] = s
+local at = last_job + STRIDE
+for slot = 1, tonumber(ARGV[at]) do
+  local s = { name = ARGV[at + 1], reclaimed = ARGV[at + 2], wait_sum = ARGV[at + 3],
+              run_sum = ARGV[at + 4], completed = 0, lost = 0, wait = {}, run = {} }
+  at = at + 5
+  for _, histogram in ipairs({ s.wait, s.run }) do
+    for _ = 1, tonumber(ARGV[at]) do
+      histogram[#histogram + 1] = { ARGV[at + 1], ARGV[at + 2] }
+      at = at + 2
+    end
+    at = at + 1
   end
-  return s
+  per_name[slot] = s
 end
+-- The details of the job whose arguments start at i: k = 0 its job id,
+-- 1 its result key index, 2 its result. Absent when the batch has none.
+local details = at <= #ARGV and at or nil
+local function detail(i, k)
+  return ARGV[details + 3 * (i - FIRST) / STRIDE + k]
+end
+
+local completed, lost = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
 
 -- Group the batch by stream, then fence each stream's ids with one ranged
 -- XPENDING for this consumer.
 local asked = { {}, {}, {}, {} }
-for i = FIRST, #ARGV, STRIDE do
+for i = FIRST, last_job, STRIDE do
   table.insert(asked[tonumber(ARGV[i])], i)
 end
 
@@ -92,26 +117,15 @@ for p = 1, 4 do
         local pending = redis.call('XPENDING', KEYS[1 + p], group, id, id, 1)
         mine[id] = pending[1] ~= nil and pending[1][2] == consumer
       end
+      local s = per_name[tonumber(ARGV[i + 2])]
       if mine[id] then
         table.insert(owned[p], i)
         completed[p] = completed[p] + 1
-        if by_name then
-          local s = for_name(ARGV[i + 2])
-          local wait, run = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-          s.completed = s.completed + 1
-          s.reclaimed = s.reclaimed + tonumber(ARGV[i + 7])
-          s.wait[wait] = (s.wait[wait] or 0) + 1
-          s.run[run] = (s.run[run] or 0) + 1
-          s.wait_sum = s.wait_sum + tonumber(ARGV[i + 5])
-          s.run_sum = s.run_sum + tonumber(ARGV[i + 6])
-        end
+        s.completed = s.completed + 1
       else
         lost_ids[#lost_ids + 1] = id
         lost[p] = lost[p] + 1
-        if by_name then
-          local s = for_name(ARGV[i + 2])
-          s.lost = s.lost + 1
-        end
+        s.lost = s.lost + 1
       end
     end
   end
@@ -130,39 +144,44 @@ end
 
 -- Results and events of the acknowledged jobs, through pcall: a full Redis
 -- still completes the jobs (their results and events are then not kept).
-for p = 1, 4 do
-  for _, i in ipairs(owned[p]) do
-    local key_index = tonumber(ARGV[i + 9])
-    if key_index > 0 then
-      redis.pcall('SET', KEYS[key_index], ARGV[i + 10], 'PX', result_ttl)
-    end
-    if events_cap > 0 then
-      redis.pcall('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'completed',
-                  'job', ARGV[i + 8], 'name', ARGV[i + 2], 'p', names[p], 'at', now,
-                  'result', ARGV[i + 10])
+if details then
+  for p = 1, 4 do
+    for _, i in ipairs(owned[p]) do
+      local key_index = tonumber(detail(i, 1))
+      if key_index > 0 then
+        redis.pcall('SET', KEYS[key_index], detail(i, 2), 'PX', result_ttl)
+      end
+      if events_cap > 0 then
+        redis.pcall('XADD', events, 'MAXLEN', '~', events_cap, '*', 'ev', 'completed',
+                    'job', detail(i, 0), 'name', per_name[tonumber(ARGV[i + 2])].name,
+                    'p', names[p], 'at', now, 'result', detail(i, 2))
+      end
     end
   end
 end
 
 -- Counters last, through pcall: a full Redis still completes the jobs.
 local function add(key, field, n)
-  if n > 0 then redis.pcall('HINCRBY', key, field, n) end
+  if tonumber(n) > 0 then redis.pcall('HINCRBY', key, field, n) end
 end
 for p = 1, 4 do
   add(stats, 'completed:' .. names[p], completed[p])
   add(stats, 'ownership_lost:' .. names[p], lost[p])
 end
-for name, s in pairs(per_name) do
-  add(stats, 'name:completed:' .. name, s.completed)
-  add(stats, 'name:reclaimed:' .. name, s.reclaimed)
-  add(stats, 'name:ownership_lost:' .. name, s.lost)
-  for bucket, n in pairs(s.wait) do
-    add(latency, 'wait:' .. bucket .. ':' .. name, n)
+if by_name then
+  for _, s in ipairs(per_name) do
+    local name = s.name
+    add(stats, 'name:completed:' .. name, s.completed)
+    add(stats, 'name:reclaimed:' .. name, s.reclaimed)
+    add(stats, 'name:ownership_lost:' .. name, s.lost)
+    for _, pair in ipairs(s.wait) do
+      add(latency, 'wait:' .. pair[1] .. ':' .. name, pair[2])
+    end
+    for _, pair in ipairs(s.run) do
+      add(latency, 'run:' .. pair[1] .. ':' .. name, pair[2])
+    end
+    add(latency, 'wait_sum:' .. name, s.wait_sum)
+    add(latency, 'run_sum:' .. name, s.run_sum)
   end
-  for bucket, n in pairs(s.run) do
-    add(latency, 'run:' .. bucket .. ':' .. name, n)
-  end
-  add(latency, 'wait_sum:' .. name, s.wait_sum)
-  add(latency, 'run_sum:' .. name, s.run_sum)
 end
 return { OK, lost_ids }

@@ -127,7 +127,9 @@ impl LatencyHistogram {
 }
 
 /// Wait (ready to start) and run (start to finish) times of one job name,
-/// for completed jobs.
+/// for runs that ended in a completion: the job's, or one whose
+/// acknowledgement was refused because another worker had reclaimed the job
+/// meanwhile (it ran all the same; rare, and counted in `ownership_lost`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct JobLatency {

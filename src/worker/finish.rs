@@ -22,12 +22,12 @@ use crate::job_id::JobId;
 use crate::priority::Priority;
 use crate::protocol::envelope::ParentRef;
 use crate::protocol::keys::GROUP;
-use crate::protocol::latency;
 use crate::protocol::reply;
 use crate::protocol::scripts::{COMMON_KEYS, ScriptCall, scripts};
 use crate::queue::Queue;
 use crate::time::{millis, now_ms};
 
+mod ack_args;
 mod flow_child;
 
 /// How one run of a job ended.
@@ -397,25 +397,8 @@ impl Finisher {
             .arg(settings.results.map_or(0, |r| millis(r.ttl)))
             .arg(settings.events_cap())
             .arg(now_ms());
-        for (f, result_key) in acks.iter().zip(result_keys) {
-            let result = match &f.outcome {
-                Outcome::Completed {
-                    result: Some(bytes),
-                } => bytes.as_slice(),
-                _ => &[],
-            };
-            call.arg(f.priority.lua_index())
-                .arg(&f.entry_id)
-                .arg(&f.name)
-                .arg(latency::bucket(f.wait_us))
-                .arg(latency::bucket(f.run_us))
-                .arg(f.wait_us)
-                .arg(f.run_us)
-                .arg(f.deliveries.saturating_sub(1))
-                .arg(&f.job_id)
-                .arg(result_key)
-                .arg(result);
-        }
+        let details = settings.events_cap() > 0 || result_keys.iter().any(|&k| k > 0);
+        ack_args::push(&mut call, acks, &result_keys, details);
         let span =
             tracing::debug_span!("streamq.ack", queue = self.queue.name(), jobs = acks.len());
         for f in acks.iter() {
