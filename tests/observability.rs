@@ -116,6 +116,49 @@ async fn every_counter_is_kept_per_priority_and_per_name() {
 }
 
 #[tokio::test]
+async fn a_batch_finishing_jobs_of_several_names_keeps_each_names_figures() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("names").await;
+    let names = ["a", "bb", "ccc"];
+    for i in 0..30u32 {
+        let options = EnqueueOptions::new().name(names[(i % 3) as usize]);
+        queue.enqueue(&i, &options).await.unwrap();
+    }
+    // Every job waits at the gate, then all finish at once: the finisher
+    // acknowledges them in batches mixing the three names.
+    let all = Gate::default();
+    let gate = all.clone();
+    let (stop, worker) = spawn_worker(&queue, fast().concurrency(30), move |_: Job<u32>| {
+        let gate = gate.clone();
+        async move {
+            gate.pass().await;
+            Ok(())
+        }
+    });
+    support::wait_for("every job running", || all.arrived() == 30).await;
+    let acks_before = redis.command_calls("xack").await;
+    all.open();
+    until_metrics("all completed", &queue, |m| m.total().completed == 30).await;
+    stop.cancel();
+    worker.await.unwrap();
+    assert!(
+        redis.command_calls("xack").await - acks_before < 30,
+        "some acks shared a call"
+    );
+    let m = queue.metrics().await.unwrap();
+    for name in names {
+        let counted = m.by_name[name];
+        assert_eq!((counted.completed, counted.reclaimed), (10, 0), "{name}");
+        let latency = &m.latency[name];
+        assert_eq!(
+            (latency.wait.count(), latency.run.count()),
+            (10, 10),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn reclaims_lost_ownership_and_lost_entries_are_counted() {
     let redis = TestRedis::start();
     let queue = redis.queue("reclaims").await;

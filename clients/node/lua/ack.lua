@@ -67,11 +67,11 @@ local OK = 0
 
 -- The names, each with its sums over the batch.
 local per_name = {}
-local at = last_job + STRIDE
-for slot = 1, tonumber(ARGV[at]) do
-  local s = { name = ARGV[at + 1], reclaimed = ARGV[at + 2], wait_sum = ARGV[at + 3],
-              run_sum = ARGV[at + 4], completed = 0, lost = 0, wait = {}, run = {} }
-  at = at + 5
+local at = last_job + STRIDE + 1
+for slot = 1, tonumber(ARGV[at - 1]) do
+  local s = { name = ARGV[at], reclaimed = ARGV[at + 1], wait_sum = ARGV[at + 2],
+              run_sum = ARGV[at + 3], completed = 0, lost = 0, wait = {}, run = {} }
+  at = at + 4
   for _, histogram in ipairs({ s.wait, s.run }) do
     for _ = 1, tonumber(ARGV[at]) do
       histogram[#histogram + 1] = { ARGV[at + 1], ARGV[at + 2] }

@@ -156,12 +156,67 @@ export interface Done {
   runUs: number;
 }
 
-export function ackCall(keys: QueueKeys, consumer: string, done: Done[]): Call {
-  const argv: (string | number | Buffer)[] = [GROUP, consumer, 1, 0, 0, nowMs()];
-  for (const d of done) {
-    argv.push(d.claimed.priority, d.claimed.entryId, d.name, bucket(d.waitUs), bucket(d.runUs),
-      d.waitUs, d.runUs, d.claimed.deliveries - 1, d.jobId, 0, "");
+/** A stream id `ms-seq` as numbers, for sorting; unparsable ids sort last. */
+export function streamIdOrder(id: string): [number, number] {
+  const [ms, seq] = id.split("-").map(Number);
+  return Number.isFinite(ms) && Number.isFinite(seq) ? [ms, seq] : [Infinity, Infinity];
+}
+
+/** Orders jobs by priority, then entry id: each stream's ids form one range. */
+function byStreamOrder(a: Done, b: Done): number {
+  const [x, y] = [streamIdOrder(a.claimed.entryId), streamIdOrder(b.claimed.entryId)];
+  return a.claimed.priority - b.claimed.priority || x[0] - y[0] || x[1] - y[1];
+}
+
+/** One job name's share of an `ack` batch: what lua/ack.lua takes once per
+ * name instead of once per job. */
+class NameSums {
+  reclaims = 0;
+  waitSum = 0;
+  runSum = 0;
+  /** Runs per latency bucket. */
+  wait = new Map<number, number>();
+  run = new Map<number, number>();
+  /** `slot`: 1-based, the jobs' reference to this name. */
+  constructor(readonly name: string, readonly slot: number) {}
+
+  /** Counts one run of the batch. */
+  add(d: Done): void {
+    this.reclaims += Math.max(d.claimed.deliveries - 1, 0);
+    this.waitSum += d.waitUs;
+    this.runSum += d.runUs;
+    this.wait.set(bucket(d.waitUs), (this.wait.get(bucket(d.waitUs)) ?? 0) + 1);
+    this.run.set(bucket(d.runUs), (this.run.get(bucket(d.runUs)) ?? 0) + 1);
   }
+
+  /** The name's arguments: name, reclaims, wait sum, run sum, then each
+   * histogram as its length and (bucket, runs) pairs. */
+  args(): (string | number)[] {
+    const out: (string | number)[] = [this.name, this.reclaims, this.waitSum, this.runSum];
+    for (const histogram of [this.wait, this.run]) {
+      out.push(histogram.size);
+      for (const b of [...histogram.keys()].sort((x, y) => x - y)) out.push(b, histogram.get(b)!);
+    }
+    return out;
+  }
+}
+
+/** `ack`'s KEYS and ARGV (lua/ack.lua): the job count, three arguments per job
+ * (priority, entry id, name slot), sorted by priority then id for the
+ * script's ranged read, then each job name once with the batch's sums and
+ * histograms for it. Always per-name metrics, no events and no results, so
+ * no details section. */
+export function ackCall(keys: QueueKeys, consumer: string, done: Done[]): Call {
+  const names = new Map<string, NameSums>();
+  const argv: (string | number | Buffer)[] = [GROUP, consumer, 1, 0, 0, nowMs(), done.length];
+  for (const d of [...done].sort(byStreamOrder)) {
+    if (!names.has(d.name)) names.set(d.name, new NameSums(d.name, names.size + 1));
+    const sums = names.get(d.name)!;
+    sums.add(d);
+    argv.push(d.claimed.priority, d.claimed.entryId, sums.slot);
+  }
+  argv.push(names.size);
+  for (const sums of names.values()) argv.push(...sums.args());
   return [[...keys.common(), keys.latency, keys.events], argv];
 }
 

@@ -164,13 +164,65 @@ class Done:
     run_us: int
 
 
+def stream_id_order(entry_id: str) -> tuple:
+    """A stream id `ms-seq` as numbers, for sorting; unparsable ids sort last."""
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq)
+    except ValueError:
+        return math.inf, math.inf
+
+
+@dataclass
+class NameSums:
+    """One job name's share of an `ack` batch: what lua/ack.lua takes once
+    per name instead of once per job."""
+
+    name: str
+    slot: int  # 1-based, the jobs' reference to this name
+    reclaims: int = 0
+    wait_sum: int = 0
+    run_sum: int = 0
+    wait: dict = field(default_factory=dict)  # runs per latency bucket
+    run: dict = field(default_factory=dict)
+
+    def add(self, d: Done) -> None:
+        """Counts one run of the batch."""
+        self.reclaims += max(d.claimed.deliveries - 1, 0)
+        self.wait_sum += d.wait_us
+        self.run_sum += d.run_us
+        self.wait[bucket(d.wait_us)] = self.wait.get(bucket(d.wait_us), 0) + 1
+        self.run[bucket(d.run_us)] = self.run.get(bucket(d.run_us), 0) + 1
+
+    def args(self) -> list:
+        """The name's arguments: name, reclaims, wait sum, run sum, then each
+        histogram as its length and (bucket, runs) pairs."""
+        out: list = [self.name, self.reclaims, self.wait_sum, self.run_sum]
+        for histogram in (self.wait, self.run):
+            out.append(len(histogram))
+            for b in sorted(histogram):
+                out += [b, histogram[b]]
+        return out
+
+
 def ack_call(keys: QueueKeys, consumer: str, done: list) -> tuple:
-    argv: list = [GROUP, consumer, 1, 0, 0, now_ms()]
-    for d in sorted(done, key=lambda d: (d.claimed.priority, d.claimed.entry_id)):
-        argv += [
-            d.claimed.priority, d.claimed.entry_id, d.name, bucket(d.wait_us), bucket(d.run_us),
-            d.wait_us, d.run_us, d.claimed.deliveries - 1, d.job_id, 0, b"",
-        ]
+    """`ack`'s KEYS and ARGV (lua/ack.lua): the job count, three arguments per
+    job (priority, entry id, name slot), sorted by priority then id for the
+    script's ranged read, then each job name once with the batch's sums and
+    histograms for it. Always per-name metrics, no events and no results, so
+    no details section."""
+    done = sorted(done, key=lambda d: (d.claimed.priority, stream_id_order(d.claimed.entry_id)))
+    names: dict = {}
+    argv: list = [GROUP, consumer, 1, 0, 0, now_ms(), len(done)]
+    for d in done:
+        if d.name not in names:
+            names[d.name] = NameSums(d.name, len(names) + 1)
+        sums = names[d.name]
+        sums.add(d)
+        argv += [d.claimed.priority, d.claimed.entry_id, sums.slot]
+    argv.append(len(names))
+    for sums in names.values():
+        argv += sums.args()
     return keys.common() + [keys.latency, keys.events], argv
 
 
