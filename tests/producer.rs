@@ -242,36 +242,42 @@ async fn plain_jobs_go_out_in_one_transaction_counted_and_numbered() {
         redis.command_calls("xadd").await,
     );
     let mut batch = queue.batch();
-    for i in 0..12u32 {
+    for i in 0..24u32 {
         let options = EnqueueOptions::new()
             .priority(Priority::ALL[(i % 3) as usize])
             .name(if i % 2 == 0 { "even" } else { "odd" });
         batch.push(&i, &options).unwrap();
     }
-    assert_eq!(batch.send().await.unwrap().len(), 12);
+    assert_eq!(batch.send().await.unwrap().len(), 24);
     assert_eq!(redis.command_calls("exec").await - exec_before, 1);
-    assert_eq!(redis.command_calls("xadd").await - xadd_before, 12);
+    assert_eq!(redis.command_calls("xadd").await - xadd_before, 24);
 
     let counters = redis.counters(&queue).await;
     for p in ["critical", "high", "medium"] {
-        assert_eq!(counters[&format!("enqueued:{p}")], 4, "{p}");
+        assert_eq!(counters[&format!("enqueued:{p}")], 8, "{p}");
     }
-    assert_eq!(counters["name:enqueued:even"], 6);
-    assert_eq!(counters["name:enqueued:odd"], 6);
+    assert_eq!(counters["name:enqueued:even"], 12);
+    assert_eq!(counters["name:enqueued:odd"], 12);
     let numbered: u64 = raw.hget(queue.keys().sequence(), "n").await.unwrap();
-    assert_eq!(numbered, 12);
+    assert_eq!(numbered, 24);
     let waiting: u64 = raw.xlen(queue.stream_key(Priority::High)).await.unwrap();
-    assert_eq!(waiting, 4);
+    assert_eq!(waiting, 8);
+
+    // One job alone is not worth the transaction: the script adds it.
+    queue.enqueue(&24u32, &EnqueueOptions::new()).await.unwrap();
+    assert_eq!(redis.command_calls("exec").await - exec_before, 1);
 
     // A job with an idempotency key needs the script to decide: the whole
     // batch goes through it, numbered after the others.
     let mut batch = queue.batch();
-    batch.push(&12u32, &EnqueueOptions::new()).unwrap();
+    for i in 25..45u32 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
     let keyed = EnqueueOptions::new().idempotency_key("k", std::time::Duration::from_secs(60));
-    batch.push(&13u32, &keyed).unwrap();
-    assert_eq!(batch.send().await.unwrap().len(), 2);
+    batch.push(&45u32, &keyed).unwrap();
+    assert_eq!(batch.send().await.unwrap().len(), 21);
     assert_eq!(redis.command_calls("exec").await - exec_before, 1);
     let numbered: u64 = raw.hget(queue.keys().sequence(), "n").await.unwrap();
-    assert_eq!(numbered, 14);
-    assert_eq!(queue.stats().await.unwrap().enqueued(), 14);
+    assert_eq!(numbered, 46);
+    assert_eq!(queue.stats().await.unwrap().enqueued(), 46);
 }

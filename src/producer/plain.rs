@@ -23,13 +23,22 @@ use crate::protocol::scripts::scripts;
 use crate::queue::Queue;
 use crate::time::now_ms;
 
-/// Whether `jobs` may go out this way: each is due now and has no
-/// idempotency key, and the queue neither tracks jobs, logs events nor
-/// bounds its backlog (the script could not refuse or record jobs it never
-/// sees), and the connection may send transactions ([`Queue::transactions`]).
+/// The fewest jobs worth a transaction. `EVAL` makes Redis hash the
+/// script's 8 KB source on every call (about 30 us here), where each 1 KiB
+/// job kept out of Lua saves it about 2.5 us (docs/benchmarks.md, "Round
+/// two, sixth sitting"): fewer jobs, and above all one job at a time at a
+/// steady rate, go through the script by SHA1.
+const MIN_JOBS: usize = 16;
+
+/// Whether `jobs` may go out this way: at least [`MIN_JOBS`] of them, each
+/// due now and without an idempotency key, on a queue that neither tracks
+/// jobs, logs events nor bounds its backlog (the script could not refuse or
+/// record jobs it never sees), over a connection that may send transactions
+/// ([`Queue::transactions`]).
 pub(super) fn applies(queue: &Queue, jobs: &[Pending]) -> bool {
     let settings = queue.settings();
-    queue.transactions()
+    jobs.len() >= MIN_JOBS
+        && queue.transactions()
         && settings.max_backlog.is_none()
         && settings.tracking.is_none()
         && settings.events_cap() == 0
