@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use redis::Value;
 use streamq::{EnqueueOptions, Job, JobError, Priority, Queue, WorkerConfig, WorkerReport};
 use support::{Gate, Seen, TestRedis, WAIT, eventually, fast, spawn_worker, until_stats, wait_for};
 use tokio::task::JoinHandle;
@@ -754,4 +755,102 @@ async fn a_burst_reaching_a_waiting_worker_starts_most_urgent_first() {
     expected.extend((0..10).map(|i| (Priority::Critical, i)));
     expected.extend((0..10).map(|i| (Priority::Low, i)));
     assert_eq!(ran, expected, "start order");
+}
+
+#[tokio::test]
+async fn a_busy_worker_claims_its_backlog_outside_the_script_most_urgent_first() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("native").await;
+    let mut raw = redis.raw().await;
+    // Every command is logged, those run by scripts too. `fetch.lua` reads
+    // one stream per `XREADGROUP` and the idle claim blocks: a claim outside
+    // the script is the one that reads several streams without `BLOCK`.
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "100000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    let mut batch = queue.batch();
+    for i in 0..100u32 {
+        batch
+            .push(&(1000 + i), &EnqueueOptions::new().priority(Priority::Low))
+            .unwrap();
+    }
+    for i in 0..100u32 {
+        batch
+            .push(&i, &EnqueueOptions::new().priority(Priority::High))
+            .unwrap();
+    }
+    batch.send().await.unwrap();
+    // Job 5 holds one slot at its gate while the other works through the
+    // high backlog; a critical job arrives meanwhile.
+    let config = WorkerConfig::new().concurrency(2).prefetch(2);
+    let (gate, ran, stop, worker) = logging_worker(&queue, config, 5);
+    wait_for("the gated job runs", || gate.arrived() == 1).await;
+    queue
+        .enqueue(&500u32, &EnqueueOptions::new().priority(Priority::Critical))
+        .await
+        .unwrap();
+    let started_before = ran.lock().unwrap().len();
+    gate.open();
+    wait_for("all ran", || ran.lock().unwrap().len() == 201).await;
+    stop.cancel();
+    worker.await.unwrap();
+
+    let ran = ran.lock().unwrap().clone();
+    let position = |p: Priority| ran.iter().position(|(q, _)| *q == p).unwrap();
+    let first_low = position(Priority::Low);
+    assert!(
+        ran[..first_low]
+            .iter()
+            .filter(|(p, _)| *p == Priority::High)
+            .count()
+            == 100,
+        "every high job started before the first low one: {ran:?}"
+    );
+    // Claimed before it arrived, at most: the four the worker held and one
+    // claim's worth in flight.
+    let critical = position(Priority::Critical);
+    assert!(
+        critical <= started_before + 8,
+        "the critical job started {critical}th, {started_before} had started when it came"
+    );
+    assert!(critical < first_low);
+
+    let log: Vec<Vec<Value>> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100_000)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let native_claims = log
+        .iter()
+        .filter_map(|entry| match entry.get(3) {
+            Some(Value::Array(args)) => Some(args),
+            _ => None,
+        })
+        .filter(|args| {
+            let words: Vec<String> = args
+                .iter()
+                .filter_map(|a| redis::from_redis_value::<String>(a.clone()).ok())
+                .collect();
+            words
+                .first()
+                .is_some_and(|w| w.eq_ignore_ascii_case("xreadgroup"))
+                && !words.iter().any(|w| w.eq_ignore_ascii_case("block"))
+                && words
+                    .iter()
+                    .filter(|w| w.starts_with("streamq:{native}:"))
+                    .count()
+                    > 1
+        })
+        .count();
+    assert!(native_claims > 0, "no claim outside the script");
 }

@@ -3,9 +3,12 @@
 //!
 //! Strict priority and blocking reads: `XREADGROUP BLOCK` over four streams
 //! claims from every stream with data at once, so a low job could be claimed
-//! while critical ones wait. Busy workers therefore claim only with the
-//! `fetch` script, which reads critical first and lower streams only while it
-//! has room. When it finds nothing, the worker waits in one of two ways:
+//! while critical ones wait. Busy workers therefore claim with the `fetch`
+//! script, which reads critical first and lower streams only while it has
+//! room; while a backlog lasts, with a plain `XREADGROUP` down to where the
+//! last claim ended, holding what it took beyond the first stream it read
+//! full ([`Fetcher::claim_native`]). When `fetch` finds nothing, the worker
+//! waits in one of two ways:
 //!
 //! - **Claiming in the wait** (the default): a blocking `XREADGROUP COUNT 1`
 //!   over the four streams, pipelined with a `fetch` for the rest of the
@@ -77,6 +80,10 @@ pub(crate) enum Fetched {
     Paused,
     /// The rate limit's window is spent: claim nothing for this long.
     RateLimited(Duration),
+    /// A claim outside the script ([`Fetcher::claim_native`]) took jobs,
+    /// now held; the most urgent stream it read full, where more may wait
+    /// (`None`: it read every stream it named to its end).
+    Claimed(Option<Priority>),
 }
 
 impl Fetched {
@@ -90,6 +97,7 @@ impl Fetched {
                 Some(jobs.last().map_or(Priority::Critical, |j| j.priority))
             }
             Fetched::Paused | Fetched::RateLimited(_) => Some(Priority::Critical),
+            Fetched::Claimed(full) => *full,
         }
     }
 }
@@ -312,6 +320,55 @@ impl Fetcher {
             (_, Some(err)) => return Err(Error::from(err)),
         };
         Ok(Claim { read, then })
+    }
+
+    /// Claims up to `room` jobs from each stream from critical down to
+    /// `upto` with one `XREADGROUP`, outside the `fetch` script, so their
+    /// envelopes never pass through Lua (docs/benchmarks.md, "Round two,
+    /// sixth sitting"). For a busy worker whose last fetch ended in
+    /// `upto` with its room full: the streams above it were read to their
+    /// end then, so they give what arrived since, and `upto` more of its
+    /// backlog. One command reads the streams at one instant, so a stream
+    /// that gives fewer than `room` entries was read to its end: jobs less
+    /// urgent than the most urgent stream read full must wait until a later
+    /// claim shows nothing more urgent waits ([`Fetched::floor`]). The
+    /// caller holds every job claimed here until then.
+    ///
+    /// `XREADGROUP` does not know the pause flag: read in the same round
+    /// trip, it says whether the claimed jobs must wait for resume.
+    ///
+    /// Cancel safety: not cancel-safe (what was claimed would wait for its
+    /// lease to run out); the run loop never cancels it.
+    pub(crate) async fn claim_native(
+        &mut self,
+        room: usize,
+        upto: Priority,
+    ) -> Result<(Vec<Claimed>, Fetched), Error> {
+        let keys = self.queue.keys();
+        let streams = &keys.streams()[..=upto.index()];
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS").arg(keys.paused());
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(room)
+            .arg("STREAMS")
+            .arg(streams)
+            .arg(&[">"; 4][..streams.len()]);
+        let span = tracing::debug_span!("streamq.claim_native", queue = self.queue.name(), room);
+        let (paused, read): (bool, Value) =
+            pipe.query_async(&mut self.conn).instrument(span).await?;
+        let jobs = parse_claim(read, keys.streams(), now_ms())?;
+        if paused {
+            return Ok((jobs, Fetched::Paused));
+        }
+        let full = Priority::ALL[..streams.len()]
+            .iter()
+            .find(|&&p| jobs.iter().filter(|job| job.priority == p).count() >= room)
+            .copied();
+        Ok((jobs, Fetched::Claimed(full)))
     }
 
     /// Takes over up to `count` jobs of `priority` idle for at least `lease`,

@@ -139,6 +139,10 @@ impl Worker {
         // start without fetching again first (ids gone stale meanwhile only
         // make an XREAD return at once).
         let mut drained: Option<Wait> = None;
+        // Set when the last claim filled the room and ended in this
+        // priority: the next claims go outside the script, down to it
+        // (`Fetcher::claim_native`), while the backlog lasts.
+        let mut native_upto: Option<Priority> = None;
         let mut last_fetch = Instant::now();
         while !shutdown.is_cancelled() {
             while lane.running.try_join_next().is_some() {}
@@ -206,8 +210,31 @@ impl Worker {
                 Some(wait) => Ok(Fetched::Idle(wait)),
                 None => {
                     last_fetch = now;
-                    let limit = self.config.rate_limit;
-                    lane.fetcher.fetch(room, limit, claim_in_wait).await
+                    match native_upto.take() {
+                        Some(upto) if claim_in_wait => {
+                            let claimed = lane.fetcher.claim_native(room, upto).await;
+                            claimed.map(|(jobs, fetched)| {
+                                for job in &jobs {
+                                    lane.holdings.hold(job.priority, &job.entry_id);
+                                }
+                                lane.held.extend(jobs);
+                                if let Fetched::Claimed(full) = fetched {
+                                    native_upto = full;
+                                }
+                                fetched
+                            })
+                        }
+                        _ => {
+                            let limit = self.config.rate_limit;
+                            let fetched = lane.fetcher.fetch(room, limit, claim_in_wait).await;
+                            if let Ok(Fetched::Jobs(jobs, None)) = &fetched {
+                                if claim_in_wait && jobs.len() >= room {
+                                    native_upto = jobs.last().map(|job| job.priority);
+                                }
+                            }
+                            fetched
+                        }
+                    }
                 }
             };
             // Held jobs start once nothing more urgent waits (and the queue
@@ -304,6 +331,9 @@ impl Worker {
                     drained = Some(Wait::Claim);
                     Ok(())
                 }
+                // Held above; they start once a claim shows nothing more
+                // urgent waits, this one included.
+                Ok(Fetched::Claimed(_)) => Ok(()),
                 Err(err) => Err(err),
             };
             match outcome {
