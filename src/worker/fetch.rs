@@ -32,7 +32,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use redis::streams::StreamReadReply;
 use redis::{RedisResult, Value};
 use tracing::Instrument;
 
@@ -477,31 +476,56 @@ fn parse_fetch(reply: Value, now: u64) -> Result<Fetched, Error> {
     }
 }
 
-/// Reads a blocking `XREADGROUP`'s reply (nil when it timed out): new
-/// entries of the streams named in `streams`, most urgent first.
+/// Reads an `XREADGROUP`'s reply (nil when a blocking read timed out): new
+/// entries of the streams named in `streams`, most urgent first. Walks the
+/// reply by hand, moving each envelope out of it: redis-rs's typed
+/// `StreamReadReply` builds a map per entry, a measurable share of a busy
+/// worker's CPU.
 fn parse_claim(reply: Value, streams: &[String; 4], now: u64) -> Result<Vec<Claimed>, Error> {
-    let bad = |detail: String| Error::UnexpectedReply {
+    let bad = |detail: &str| Error::UnexpectedReply {
         script: "XREADGROUP",
-        detail,
+        detail: detail.to_owned(),
     };
-    let read: Option<StreamReadReply> =
-        redis::from_redis_value(reply).map_err(|err| bad(err.to_string()))?;
+    let per_stream: Vec<(Value, Value)> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Array(pair) => {
+                    let mut pair = pair.into_iter();
+                    pair.next()
+                        .zip(pair.next())
+                        .ok_or_else(|| bad("a stream without entries"))
+                }
+                _ => Err(bad("a stream reply that is not a pair")),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad("neither streams nor nil")),
+    };
     let mut jobs = Vec::new();
-    for key in read.map(|r| r.keys).unwrap_or_default() {
+    for (key, entries) in per_stream {
+        let key = text(key).ok_or_else(|| bad("a stream name that is not text"))?;
         let index = streams
             .iter()
-            .position(|s| *s == key.key)
-            .ok_or_else(|| bad(format!("entries of an unknown stream {}", key.key)))?;
-        let priority = Priority::ALL[index];
-        for mut entry in key.ids {
-            let envelope = match entry.map.remove("e") {
-                Some(Value::BulkString(bytes)) => Some(bytes),
-                _ => None,
+            .position(|s| *s == key)
+            .ok_or_else(|| bad(&format!("entries of an unknown stream {key}")))?;
+        let Value::Array(entries) = entries else {
+            return Err(bad("entries that are not a list"));
+        };
+        for entry in entries {
+            let Value::Array(entry) = entry else {
+                return Err(bad("an entry that is not a list"));
             };
+            let mut entry = entry.into_iter();
+            let entry_id = entry
+                .next()
+                .and_then(text)
+                .ok_or_else(|| bad("an entry without an id"))?;
             jobs.push(Claimed {
-                priority,
-                entry_id: entry.id,
-                envelope,
+                priority: Priority::ALL[index],
+                entry_id,
+                envelope: entry.next().and_then(envelope_field),
                 deliveries: 1,
                 claimed_ms: now,
             });
@@ -509,6 +533,35 @@ fn parse_claim(reply: Value, streams: &[String; 4], now: u64) -> Result<Vec<Clai
     }
     jobs.sort_by_key(|job| job.priority.index());
     Ok(jobs)
+}
+
+/// A bulk or simple string reply as text.
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    }
+}
+
+/// The `e` field of an entry's fields (a flat list, or a map in RESP3):
+/// `None` when it has none, an entry streamq did not write.
+fn envelope_field(fields: Value) -> Option<Vec<u8>> {
+    let flat: Vec<Value> = match fields {
+        Value::Array(flat) => flat,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    let mut flat = flat.into_iter();
+    while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+        if matches!(&name, Value::BulkString(n) if n.as_slice() == b"e") {
+            return match value {
+                Value::BulkString(bytes) => Some(bytes),
+                _ => None,
+            };
+        }
+    }
+    None
 }
 
 /// Reads `reclaim`'s reply: the next cursor, and what was taken over.
