@@ -398,7 +398,7 @@ impl Finisher {
             .arg(settings.events_cap())
             .arg(now_ms());
         let details = settings.events_cap() > 0 || result_keys.iter().any(|&k| k > 0);
-        ack_args::push(&mut call, acks, &result_keys, details);
+        ack_args::push(&mut call, acks, &result_keys, details, settings.metrics);
         let span =
             tracing::debug_span!("streamq.ack", queue = self.queue.name(), jobs = acks.len());
         for f in acks.iter() {

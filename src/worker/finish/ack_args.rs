@@ -23,8 +23,16 @@ struct NameSums<'a> {
 
 /// Appends the batch to `call`. `result_keys[j]`: the KEYS index of job
 /// `j`'s result key, 0 for none. `details`: whether to send each job's id
-/// and result (events are on, or a job has a result).
-pub(super) fn push(call: &mut ScriptCall, acks: &[Finished], result_keys: &[usize], details: bool) {
+/// and result (events are on, or a job has a result). `metrics`: whether
+/// the queue keeps per-name figures; without them each name goes with zero
+/// sums and empty histograms, which the script does not read.
+pub(super) fn push(
+    call: &mut ScriptCall,
+    acks: &[Finished],
+    result_keys: &[usize],
+    details: bool,
+    metrics: bool,
+) {
     let mut names: Vec<NameSums> = Vec::new();
     call.arg(acks.len());
     for f in acks {
@@ -39,27 +47,16 @@ pub(super) fn push(call: &mut ScriptCall, acks: &[Finished], result_keys: &[usiz
             }
         };
         let sums = &mut names[slot];
-        sums.reclaims += u64::from(f.deliveries.saturating_sub(1));
-        sums.wait_sum += f.wait_us;
-        sums.run_sum += f.run_us;
-        *sums.wait.entry(latency::bucket(f.wait_us)).or_default() += 1;
-        *sums.run.entry(latency::bucket(f.run_us)).or_default() += 1;
+        if metrics {
+            sums.add(f);
+        }
         call.arg(f.priority.lua_index())
             .arg(&f.entry_id)
             .arg(slot + 1);
     }
     call.arg(names.len());
     for sums in &names {
-        call.arg(sums.name)
-            .arg(sums.reclaims)
-            .arg(sums.wait_sum)
-            .arg(sums.run_sum);
-        for histogram in [&sums.wait, &sums.run] {
-            call.arg(histogram.len());
-            for (bucket, runs) in histogram {
-                call.arg(bucket).arg(runs);
-            }
-        }
+        sums.push(call);
     }
     if details {
         for (f, result_key) in acks.iter().zip(result_keys) {
@@ -70,6 +67,32 @@ pub(super) fn push(call: &mut ScriptCall, acks: &[Finished], result_keys: &[usiz
                 _ => &[],
             };
             call.arg(&f.job_id).arg(result_key).arg(result);
+        }
+    }
+}
+
+impl NameSums<'_> {
+    /// Counts one run of the batch.
+    fn add(&mut self, f: &Finished) {
+        self.reclaims += u64::from(f.deliveries.saturating_sub(1));
+        self.wait_sum += f.wait_us;
+        self.run_sum += f.run_us;
+        *self.wait.entry(latency::bucket(f.wait_us)).or_default() += 1;
+        *self.run.entry(latency::bucket(f.run_us)).or_default() += 1;
+    }
+
+    /// The name's arguments: name, reclaims, wait and run sums, then each
+    /// histogram as its length and (bucket, runs) pairs.
+    fn push(&self, call: &mut ScriptCall) {
+        call.arg(self.name)
+            .arg(self.reclaims)
+            .arg(self.wait_sum)
+            .arg(self.run_sum);
+        for histogram in [&self.wait, &self.run] {
+            call.arg(histogram.len());
+            for (bucket, runs) in histogram {
+                call.arg(bucket).arg(runs);
+            }
         }
     }
 }
