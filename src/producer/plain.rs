@@ -98,14 +98,19 @@ fn transaction(queue: &Queue, chunk: &[Pending], epoch: &str) -> Pipeline {
     for (priority, name, n) in groups {
         count.arg(priority.lua_index()).arg(name).arg(n);
     }
-    let mut pipe = redis::pipe();
+    let mut pipe = redis::Pipeline::with_capacity(chunk.len() + 1);
     pipe.atomic().add_command(count.with_source());
     for job in chunk {
-        pipe.cmd("XADD")
-            .arg(keys.stream(job.priority))
+        // Sized up front: each argument would otherwise grow the command's
+        // buffer, and a 1 KiB envelope grows it by reallocating.
+        let stream = keys.stream(job.priority);
+        let mut xadd = redis::Cmd::with_capacity(5, 8 + stream.len() + job.envelope.len());
+        xadd.arg("XADD")
+            .arg(stream)
             .arg("*")
             .arg("e")
             .arg(job.envelope.as_slice());
+        pipe.add_command(xadd);
     }
     pipe
 }

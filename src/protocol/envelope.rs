@@ -100,14 +100,18 @@ impl<'a> Envelope<'a> {
         payload: &T,
         limits: PayloadLimits,
     ) -> Result<Vec<u8>, Error> {
-        Envelope::encode_new_raw(job, encode_payload(payload)?, limits)
+        with_scratch(|scratch| {
+            rmp_serde::encode::write_named(scratch, payload)
+                .map_err(|e| Error::Encode(e.to_string()))?;
+            Envelope::encode_new_raw(job, scratch, limits)
+        })
     }
 
     /// [`Envelope::encode_new`] for a payload already encoded (MessagePack
     /// with field names), as schedules keep it.
     pub(crate) fn encode_new_raw(
         job: NewJob<'_>,
-        payload: Vec<u8>,
+        payload: &[u8],
         limits: PayloadLimits,
     ) -> Result<Vec<u8>, Error> {
         let limit = limits.max_bytes;
@@ -119,14 +123,14 @@ impl<'a> Envelope<'a> {
         }
         let (payload, compressed) = match limits.compress_above {
             Some(threshold) if payload.len() > threshold => {
-                let packed = lz4_flex::compress_prepend_size(&payload);
+                let packed = lz4_flex::compress_prepend_size(payload);
                 if packed.len() < payload.len() {
-                    (packed, true)
+                    (Cow::Owned(packed), true)
                 } else {
-                    (payload, false)
+                    (Cow::Borrowed(payload), false)
                 }
             }
-            _ => (payload, false),
+            _ => (Cow::Borrowed(payload), false),
         };
         Envelope {
             version: SCHEMA_VERSION,
@@ -137,7 +141,7 @@ impl<'a> Envelope<'a> {
             enqueued_us: now_us(),
             ready_us: job.ready_us,
             timeout_ms: job.timeout_ms,
-            payload: Cow::Owned(payload),
+            payload,
             compressed,
             trace: job.trace.map(Cow::Borrowed),
             group: job.group.map(Cow::Borrowed),
@@ -148,17 +152,20 @@ impl<'a> Envelope<'a> {
 
     /// Encodes this envelope, refusing it when larger than `limit` bytes.
     pub(crate) fn encode(&self, limit: usize) -> Result<Vec<u8>, Error> {
+        // Sized once: growing a 1 KiB buffer by doubling cost a producer
+        // more than the encoding itself (docs/benchmarks.md).
+        let mut bytes = Vec::with_capacity(self.encoded_len_estimate());
         let encoded = if self.parent.is_some() && self.group.is_none() {
             // Fields are by position: `parent` needs `group` written before it.
             let placeholder = Envelope {
                 group: Some(Cow::Borrowed("")),
                 ..self.clone()
             };
-            rmp_serde::to_vec(&placeholder)
+            rmp_serde::encode::write(&mut bytes, &placeholder)
         } else {
-            rmp_serde::to_vec(self)
+            rmp_serde::encode::write(&mut bytes, self)
         };
-        let bytes = encoded.map_err(|e| Error::Encode(e.to_string()))?;
+        encoded.map_err(|e| Error::Encode(e.to_string()))?;
         if bytes.len() > limit {
             return Err(Error::PayloadTooLarge {
                 size: bytes.len(),
@@ -166,6 +173,22 @@ impl<'a> Envelope<'a> {
             });
         }
         Ok(bytes)
+    }
+
+    /// At least this envelope's encoded size: its variable parts, plus the
+    /// most its numbers, flags and length headers can take (under 80 bytes).
+    fn encoded_len_estimate(&self) -> usize {
+        let text = |s: &Option<Cow<'_, str>>| s.as_ref().map_or(0, |s| s.len());
+        let parent = self
+            .parent
+            .as_ref()
+            .map_or(0, |p| p.queue.len() + p.id.len() + 16);
+        80 + self.id.len()
+            + self.name.len()
+            + self.payload.len()
+            + text(&self.trace)
+            + text(&self.group)
+            + parent
     }
 
     /// Decodes an envelope, borrowing its strings and payload from `bytes`.
@@ -207,6 +230,32 @@ impl<'a> Envelope<'a> {
 /// Encodes a user's value as a payload: MessagePack with field names.
 pub(crate) fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Vec<u8>, Error> {
     rmp_serde::to_vec_named(payload).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// The most a thread's scratch buffer keeps between payloads: larger ones
+/// are encoded as well, into a buffer freed afterwards.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+/// Runs `f` on this thread's empty scratch buffer, where a payload is
+/// encoded before it is copied into its envelope: the buffer's capacity
+/// carries over from one job to the next instead of being grown anew.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            scratch.clear();
+            let out = f(&mut scratch);
+            if scratch.capacity() > SCRATCH_KEEP {
+                *scratch = Vec::new();
+            }
+            out
+        }
+        // Re-entered (a payload's Serialize enqueueing a job): a buffer of
+        // its own.
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 #[cfg(test)]

@@ -223,7 +223,7 @@ impl Scheduler {
                 group: definition.rate_group.as_deref(),
                 parent: None,
             },
-            definition.payload.clone(),
+            &definition.payload,
             settings.payload_limits(),
         )?;
         // A schedule with no tick to come keeps a due time it never reaches.
