@@ -512,6 +512,25 @@ impl Queue {
         self.inner.conn.clone()
     }
 
+    /// A connection for one worker's claims and acks, apart from the
+    /// queue's shared one: redis-rs reads every reply of a connection in
+    /// one task, and at a few tens of thousands of 1 KiB jobs a second
+    /// that task, shared by every worker of the process, held them all
+    /// back (docs/benchmarks.md). On a cluster, or when Redis will not
+    /// take another connection, the shared one.
+    pub(crate) async fn worker_connection(&self) -> Conn {
+        if matches!(self.inner.conn, Conn::Cluster(_)) {
+            return self.conn();
+        }
+        match self.inner.redis.connection_manager().await {
+            Ok(manager) => Conn::Single(manager),
+            Err(err) => {
+                tracing::warn!(queue = self.name(), %err, "no connection of its own for the worker; it shares the queue's");
+                self.conn()
+            }
+        }
+    }
+
     /// Whether `MULTI`/`EXEC` may be sent: not on a cluster, and allowed by
     /// the user's ACL (probed at connect).
     pub(crate) fn transactions(&self) -> bool {

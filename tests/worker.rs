@@ -854,3 +854,82 @@ async fn a_busy_worker_claims_its_backlog_outside_the_script_most_urgent_first()
         .count();
     assert!(native_claims > 0, "no claim outside the script");
 }
+
+/// Connections Redis has open now, and how many of them wait in a blocking
+/// read, asked over `admin` (a connection of the test's own opened
+/// meanwhile would be counted too).
+async fn clients(admin: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
+    let text: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    (field("connected_clients"), field("blocked_clients"))
+}
+
+/// A worker claims and acknowledges over a connection of its own, beside its
+/// blocking read's (redis-rs reads each connection's replies in one task,
+/// which, shared by every worker of a process, held them back). When Redis
+/// takes no more connections it shares the queue's, and its jobs still run.
+#[tokio::test]
+async fn a_worker_claims_over_its_own_connection_or_shares_the_queues_when_redis_is_full() {
+    let redis = TestRedis::start();
+    let mut admin = redis.raw().await;
+    for (queue_name, full) in [("own-connection", false), ("shared-connection", true)] {
+        let queue = redis.queue(queue_name).await;
+        let mut batch = queue.batch();
+        for i in 0..20u32 {
+            batch.push(&i, &EnqueueOptions::new()).unwrap();
+        }
+        batch.send().await.unwrap();
+        let (before, _) = clients(&mut admin).await;
+        if full {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxclients")
+                .arg(before)
+                .query_async::<()>(&mut admin)
+                .await
+                .unwrap();
+        }
+        let seen = Seen::default();
+        let recorder = seen.clone();
+        let (stop, worker) = spawn_worker(&queue, WorkerConfig::new(), move |job: Job<u32>| {
+            let seen = recorder.clone();
+            async move {
+                seen.record(job.id());
+                Ok(())
+            }
+        });
+        wait_for("every job ran", || seen.len() == 20).await;
+        if full {
+            assert_eq!(clients(&mut admin).await.0, before);
+        } else {
+            // Once idle: its own connection, and its blocking read's.
+            let mut now = clients(&mut admin).await;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while now.1 == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                now = clients(&mut admin).await;
+            }
+            assert_eq!(now, (before + 2, 1));
+        }
+        stop.cancel();
+        let report = worker.await.unwrap();
+        assert_eq!(report.completed, 20);
+        assert!(seen.duplicates().is_empty());
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxclients")
+            .arg(10_000)
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+    }
+}

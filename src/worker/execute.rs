@@ -12,13 +12,13 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::config::RetryBackoff;
 use super::fetch::Claimed;
 use super::finish::{Counters, Finished, Outcome};
 use super::job::{Handler, Job, JobError};
+use super::lease::StopSignal;
 use super::run_loop::JobContext;
 use super::tracker::TrackEvent;
 use crate::error::Error;
@@ -365,7 +365,7 @@ fn decode<T: DeserializeOwned>(
         traceparent: envelope.trace.map(Cow::into_owned),
         tracker: None,
         reported: None,
-        stop: CancellationToken::new(),
+        stop: StopSignal::default(),
         claimed_ms: claimed.claimed_ms,
         payload,
     };

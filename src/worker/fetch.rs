@@ -158,11 +158,12 @@ pub(crate) struct Fetcher {
 }
 
 impl Fetcher {
-    pub(crate) fn new(queue: &Queue, consumer: &str, max_block: Duration) -> Fetcher {
+    /// A fetcher that claims over `conn`.
+    pub(crate) fn new(queue: &Queue, conn: Conn, consumer: &str, max_block: Duration) -> Fetcher {
         Fetcher {
             queue: queue.clone(),
             consumer: consumer.to_owned(),
-            conn: queue.conn(),
+            conn,
             blocking: None,
             max_block,
             reclaim_cursors: Default::default(),

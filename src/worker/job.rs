@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::lease::StopSignal;
 use super::tracker::{MAX_LOG_LINE, TrackEvent, Tracker};
 use crate::job_id::JobId;
 use crate::priority::Priority;
@@ -29,7 +30,7 @@ pub struct Job<T> {
     pub(crate) tracker: Option<Tracker>,
     /// With a tracker: set once its handler reported progress or logged.
     pub(crate) reported: Option<Arc<AtomicBool>>,
-    pub(crate) stop: CancellationToken,
+    pub(crate) stop: StopSignal,
     pub(crate) claimed_ms: u64,
     pub(crate) payload: T,
 }
@@ -50,7 +51,7 @@ impl<T> Job<T> {
             traceparent: None,
             tracker: None,
             reported: None,
-            stop: CancellationToken::new(),
+            stop: StopSignal::default(),
             claimed_ms: crate::time::now_ms(),
             payload,
         }
@@ -59,7 +60,7 @@ impl<T> Job<T> {
     /// Uses `token` as the job's stop signal (for tests of handlers that
     /// watch [`Job::stopped`]).
     pub fn with_stop_signal(mut self, token: CancellationToken) -> Job<T> {
-        self.stop = token;
+        self.stop = StopSignal::new(token, CancellationToken::new());
         self
     }
 
@@ -184,7 +185,7 @@ impl<T> Job<T> {
     /// or the job was cancelled ([`crate::Queue::cancel`]). See
     /// [`Job::stopped`].
     pub fn is_stopping(&self) -> bool {
-        self.stop.is_cancelled()
+        self.stop.is_stopped()
     }
 
     /// Completes when the worker asks this job to stop, for one of two
@@ -207,7 +208,7 @@ impl<T> Job<T> {
     ///
     /// Cancel-safe: made for `tokio::select!`.
     pub async fn stopped(&self) {
-        self.stop.cancelled().await;
+        self.stop.stopped().await;
     }
 
     /// The payload.

@@ -22,17 +22,45 @@ use crate::queue::Queue;
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Holdings {
     held: Arc<Mutex<[HashMap<String, Held>; 4]>>,
-    /// The worker's shutdown signal: every job's stop signal is its child.
+    /// The worker's shutdown signal: part of every job's stop signal.
     stopping: CancellationToken,
 }
 
 /// One held entry.
 #[derive(Debug)]
 struct Held {
-    /// Cancelled on shutdown (through its parent) or on a stop request.
+    /// Cancelled on a stop request for this job alone.
     stop: CancellationToken,
     /// Whether a stop request (`Queue::cancel`) reached this entry.
     cancel_requested: bool,
+}
+
+/// What a job watches to know it should stop: the worker's shutdown, or a
+/// stop request for the job alone. Two tokens rather than a child of the
+/// worker's: a child token links itself into its parent under the parent's
+/// lock, and every job of every runtime thread took that lock twice.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopSignal {
+    worker: CancellationToken,
+    job: CancellationToken,
+}
+
+impl StopSignal {
+    pub(crate) fn new(worker: CancellationToken, job: CancellationToken) -> StopSignal {
+        StopSignal { worker, job }
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.worker.is_cancelled() || self.job.is_cancelled()
+    }
+
+    /// Completes once either token is cancelled. Cancel-safe.
+    pub(crate) async fn stopped(&self) {
+        tokio::select! {
+            () = self.worker.cancelled() => {}
+            () = self.job.cancelled() => {}
+        }
+    }
 }
 
 impl Holdings {
@@ -45,11 +73,10 @@ impl Holdings {
     }
 
     pub(crate) fn hold(&self, priority: Priority, entry_id: &str) {
-        let stopping = &self.stopping;
         self.lock()[priority.index()]
             .entry(entry_id.to_owned())
             .or_insert_with(|| Held {
-                stop: stopping.child_token(),
+                stop: CancellationToken::new(),
                 cancel_requested: false,
             });
     }
@@ -70,15 +97,12 @@ impl Holdings {
 
     /// The stop signal of a held entry's job: cancelled on shutdown or when
     /// the job is cancelled; and whether it was cancelled already.
-    pub(crate) fn stop_signal(
-        &self,
-        priority: Priority,
-        entry_id: &str,
-    ) -> (CancellationToken, bool) {
-        match self.lock()[priority.index()].get(entry_id) {
+    pub(crate) fn stop_signal(&self, priority: Priority, entry_id: &str) -> (StopSignal, bool) {
+        let (job, cancelled) = match self.lock()[priority.index()].get(entry_id) {
             Some(held) => (held.stop.clone(), held.cancel_requested),
-            None => (self.stopping.child_token(), false),
-        }
+            None => (CancellationToken::new(), false),
+        };
+        (StopSignal::new(self.stopping.clone(), job), cancelled)
     }
 
     /// Whether a stop request reached this entry's job.

@@ -41,6 +41,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ConfigError, Error};
+use crate::protocol::cluster::Conn;
 use crate::queue::Queue;
 use fetch::{Fetcher, PriorityBuffer};
 use finish::{Counters, Finisher};
@@ -161,14 +162,17 @@ impl Worker {
         if self.queue.partition_count() > 1 {
             return self.run_partitioned(handler, shutdown).await;
         }
-        self.run_one(handler, shutdown).await
+        self.run_one(handler, shutdown, None).await
     }
 
-    /// [`Worker::run`] over one partition (or a queue of one).
+    /// [`Worker::run`] over one partition (or a queue of one), claiming and
+    /// acknowledging over `conn`, or over a connection of its own when
+    /// `None` ([`Queue::worker_connection`]).
     async fn run_one<T, R, H>(
         self,
         handler: H,
         shutdown: CancellationToken,
+        conn: Option<Conn>,
     ) -> Result<WorkerReport, Error>
     where
         T: DeserializeOwned + Send + 'static,
@@ -178,8 +182,12 @@ impl Worker {
         if !self.start(&shutdown).await? {
             return Ok(WorkerReport::default());
         }
+        let conn = match conn {
+            Some(conn) => conn,
+            None => self.queue.worker_connection().await,
+        };
         let counters = Arc::new(Counters::default());
-        // Every job's stop signal is a child of this one (see `Holdings`).
+        // Part of every job's stop signal (see `Holdings`).
         let stopping = CancellationToken::new();
         let holdings = Holdings::new(stopping.clone());
         let (finished_tx, finished_rx) = mpsc::channel(self.config.ack_batch * 4);
@@ -187,6 +195,7 @@ impl Worker {
         let (tracker, tracker_task) = Tracker::spawn(&self.queue, clear_live).unzip();
         let mut finisher = Finisher::new(
             &self.queue,
+            conn.clone(),
             &self.consumer,
             counters.clone(),
             holdings.clone(),
@@ -229,7 +238,7 @@ impl Worker {
         });
 
         let mut lane = Lane {
-            fetcher: Fetcher::new(&self.queue, &self.consumer, self.config.block),
+            fetcher: Fetcher::new(&self.queue, conn, &self.consumer, self.config.block),
             buffer: PriorityBuffer::default(),
             held: Vec::new(),
             running: JoinSet::new(),

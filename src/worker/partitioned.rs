@@ -71,6 +71,9 @@ impl Worker {
         // A JoinSet aborts its tasks when dropped: dropping this future
         // stops every loop, as it stops a queue of one's.
         let mut runs = tokio::task::JoinSet::new();
+        // One connection of the worker's own for every loop's claims and
+        // acks (partitions share one server; on a cluster, the shared one).
+        let conn = self.queue.worker_connection().await;
         for (lane, &p) in chosen.iter().enumerate() {
             let worker = Worker {
                 queue: parts[p as usize].clone(),
@@ -81,7 +84,11 @@ impl Worker {
             };
             // A task each: the loops run in parallel on a multi-threaded
             // runtime, and one busy loop cannot hold the others up.
-            runs.spawn(worker.run_one(Shared(handler.clone()), shutdown.clone()));
+            runs.spawn(worker.run_one(
+                Shared(handler.clone()),
+                shutdown.clone(),
+                Some(conn.clone()),
+            ));
         }
         let mut total = WorkerReport::default();
         let mut first_error = None;

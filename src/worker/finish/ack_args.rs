@@ -34,18 +34,22 @@ pub(super) fn push(
     metrics: bool,
 ) {
     let mut names: Vec<NameSums> = Vec::new();
+    let mut slot = 0;
     call.arg(acks.len());
     for f in acks {
-        let slot = match names.iter().position(|n| n.name == f.name) {
-            Some(slot) => slot,
-            None => {
-                names.push(NameSums {
-                    name: &f.name,
-                    ..NameSums::default()
-                });
-                names.len() - 1
-            }
-        };
+        // Jobs of one name tend to come together: try the last one first.
+        if names.get(slot).is_none_or(|n| n.name != f.name) {
+            slot = match names.iter().position(|n| n.name == f.name) {
+                Some(slot) => slot,
+                None => {
+                    names.push(NameSums {
+                        name: &f.name,
+                        ..NameSums::default()
+                    });
+                    names.len() - 1
+                }
+            };
+        }
         let sums = &mut names[slot];
         if metrics {
             sums.add(f);

@@ -90,37 +90,44 @@ end
 
 local completed, lost = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
 
--- Group the batch by stream, then fence each stream's ids with one ranged
--- XPENDING for this consumer.
+-- Group the batch by stream (argument positions), then fence each stream's
+-- ids with one ranged XPENDING for this consumer.
 local asked = { {}, {}, {}, {} }
 for i = FIRST, last_job, STRIDE do
-  table.insert(asked[tonumber(ARGV[i])], i)
+  local jobs = asked[tonumber(ARGV[i])]
+  jobs[#jobs + 1] = i
 end
 
-local owned = { {}, {}, {}, {} }
+-- owned[p]: the argument positions of the entries acknowledged; acked[p]
+-- their ids.
+local owned, acked = { {}, {}, {}, {} }, { {}, {}, {}, {} }
 local lost_ids = {}
 for p = 1, 4 do
   local jobs = asked[p]
-  if #jobs > 0 then
-    local first, last = ARGV[jobs[1] + 1], ARGV[jobs[#jobs] + 1]
-    local range = redis.call('XPENDING', KEYS[1 + p], group, first, last,
-                             #jobs * 4 + 1000, consumer)
+  local n = #jobs
+  if n > 0 then
+    local stream = KEYS[1 + p]
+    local range = redis.call('XPENDING', stream, group, ARGV[jobs[1] + 1],
+                             ARGV[jobs[n] + 1], n * 4 + 1000, consumer)
     local mine = {}
-    for _, entry in ipairs(range) do
-      mine[entry[1]] = true
+    for k = 1, #range do
+      mine[range[k][1]] = true
     end
-    for _, i in ipairs(jobs) do
+    local mine_at, ids, done = owned[p], acked[p], 0
+    for k = 1, n do
+      local i = jobs[k]
       local id = ARGV[i + 1]
-      if not mine[id] then
+      local ok = mine[id]
+      if not ok then
         -- Not in the range read (unsorted input, or more of our entries in
         -- the range than read): ask for this one alone.
-        local pending = redis.call('XPENDING', KEYS[1 + p], group, id, id, 1)
-        mine[id] = pending[1] ~= nil and pending[1][2] == consumer
+        local pending = redis.call('XPENDING', stream, group, id, id, 1)
+        ok = pending[1] ~= nil and pending[1][2] == consumer
       end
       local s = per_name[tonumber(ARGV[i + 2])]
-      if mine[id] then
-        table.insert(owned[p], i)
-        completed[p] = completed[p] + 1
+      if ok then
+        done = done + 1
+        mine_at[done], ids[done] = i, id
         s.completed = s.completed + 1
       else
         lost_ids[#lost_ids + 1] = id
@@ -128,14 +135,12 @@ for p = 1, 4 do
         s.lost = s.lost + 1
       end
     end
+    completed[p] = done
   end
 end
 
 for p = 1, 4 do
-  local ids = {}
-  for _, i in ipairs(owned[p]) do
-    ids[#ids + 1] = ARGV[i + 1]
-  end
+  local ids = acked[p]
   if #ids > 0 then
     redis.call('XACK', KEYS[1 + p], group, unpack(ids))
     redis.call('XDEL', KEYS[1 + p], unpack(ids))
