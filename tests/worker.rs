@@ -874,62 +874,68 @@ async fn clients(admin: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
 }
 
 /// A worker claims and acknowledges over a connection of its own, beside its
-/// blocking read's (redis-rs reads each connection's replies in one task,
-/// which, shared by every worker of a process, held them back). When Redis
-/// takes no more connections it shares the queue's, and its jobs still run.
+/// blocking read's: redis-rs reads each connection's replies in one task,
+/// which, shared by every worker of a process, held them back.
 #[tokio::test]
-async fn a_worker_claims_over_its_own_connection_or_shares_the_queues_when_redis_is_full() {
+async fn a_worker_claims_and_acks_over_a_connection_of_its_own() {
+    let (connections, blocked, report) = twenty_jobs_through_a_worker(false).await;
+    assert_eq!((connections, blocked), (2, 1));
+    assert_eq!(report.completed, 20);
+}
+
+/// When Redis takes no more connections, a worker shares its queue's, and
+/// its jobs still run.
+#[tokio::test]
+async fn a_worker_shares_the_queues_connection_when_redis_takes_no_more() {
+    let (connections, _, report) = twenty_jobs_through_a_worker(true).await;
+    assert_eq!(connections, 0);
+    assert_eq!(report.completed, 20);
+}
+
+/// Runs 20 jobs through one worker, with Redis at `maxclients` when `full`;
+/// returns the connections the worker added once its jobs had run (and it
+/// was waiting for more when it could), the clients blocked then, and its
+/// report.
+async fn twenty_jobs_through_a_worker(full: bool) -> (u64, u64, WorkerReport) {
     let redis = TestRedis::start();
     let mut admin = redis.raw().await;
-    for (queue_name, full) in [("own-connection", false), ("shared-connection", true)] {
-        let queue = redis.queue(queue_name).await;
-        let mut batch = queue.batch();
-        for i in 0..20u32 {
-            batch.push(&i, &EnqueueOptions::new()).unwrap();
-        }
-        batch.send().await.unwrap();
-        let (before, _) = clients(&mut admin).await;
-        if full {
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("maxclients")
-                .arg(before)
-                .query_async::<()>(&mut admin)
-                .await
-                .unwrap();
-        }
-        let seen = Seen::default();
-        let recorder = seen.clone();
-        let (stop, worker) = spawn_worker(&queue, WorkerConfig::new(), move |job: Job<u32>| {
-            let seen = recorder.clone();
-            async move {
-                seen.record(job.id());
-                Ok(())
-            }
-        });
-        wait_for("every job ran", || seen.len() == 20).await;
-        if full {
-            assert_eq!(clients(&mut admin).await.0, before);
-        } else {
-            // Once idle: its own connection, and its blocking read's.
-            let mut now = clients(&mut admin).await;
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while now.1 == 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                now = clients(&mut admin).await;
-            }
-            assert_eq!(now, (before + 2, 1));
-        }
-        stop.cancel();
-        let report = worker.await.unwrap();
-        assert_eq!(report.completed, 20);
-        assert!(seen.duplicates().is_empty());
+    let queue = redis.queue("own-connection").await;
+    let mut batch = queue.batch();
+    for i in 0..20u32 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    batch.send().await.unwrap();
+    let (before, _) = clients(&mut admin).await;
+    if full {
         redis::cmd("CONFIG")
             .arg("SET")
             .arg("maxclients")
-            .arg(10_000)
+            .arg(before)
             .query_async::<()>(&mut admin)
             .await
             .unwrap();
     }
+    let seen = Seen::default();
+    let recorder = seen.clone();
+    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new(), move |job: Job<u32>| {
+        let seen = recorder.clone();
+        async move {
+            seen.record(job.id());
+            Ok(())
+        }
+    });
+    wait_for("every job ran", || seen.len() == 20).await;
+    let mut now = clients(&mut admin).await;
+    if !full {
+        // Its blocking read comes last, once it is idle.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while now.1 == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            now = clients(&mut admin).await;
+        }
+    }
+    stop.cancel();
+    let report = worker.await.unwrap();
+    assert!(seen.duplicates().is_empty());
+    (now.0 - before, now.1, report)
 }
