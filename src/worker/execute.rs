@@ -18,8 +18,8 @@ use super::config::RetryBackoff;
 use super::fetch::Claimed;
 use super::finish::{Counters, Finished, Outcome};
 use super::job::{Handler, Job, JobError};
-use super::lease::StopSignal;
 use super::run_loop::JobContext;
+use super::stop::StopSignal;
 use super::tracker::TrackEvent;
 use crate::error::Error;
 use crate::protocol::envelope::{Envelope, ParentRef};
@@ -43,13 +43,18 @@ where
         started_ms: 0,
         leftovers: true,
     };
-    let outcome = match decode::<T>(&claimed, context.max_payload_bytes, &mut report.parent) {
+    let (stop, cancelled) = context
+        .holdings
+        .stop_signal(claimed.priority, &claimed.entry_id);
+    let decoded = decode::<T>(
+        &claimed,
+        context.max_payload_bytes,
+        stop,
+        &mut report.parent,
+    );
+    let outcome = match decoded {
         Err(poison) => poison,
         Ok((mut job, ready_us)) => {
-            let (stop, cancelled) = context
-                .holdings
-                .stop_signal(claimed.priority, &claimed.entry_id);
-            job.stop = stop;
             report.name.clone_from(&job.name);
             report.job_id = job.id.to_string();
             report.enqueued_ms = job.enqueued_ms;
@@ -309,6 +314,7 @@ fn retry_outcome(
 fn decode<T: DeserializeOwned>(
     claimed: &Claimed,
     max_bytes: usize,
+    stop: StopSignal,
     parent: &mut Option<ParentRef>,
 ) -> Result<(Job<T>, u64), Outcome> {
     let poison = |job_id: &str, attempts: u32, error: String| Outcome::Dead {
@@ -365,7 +371,7 @@ fn decode<T: DeserializeOwned>(
         traceparent: envelope.trace.map(Cow::into_owned),
         tracker: None,
         reported: None,
-        stop: StopSignal::default(),
+        stop,
         claimed_ms: claimed.claimed_ms,
         payload,
     };

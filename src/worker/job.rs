@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::lease::StopSignal;
+use super::stop::{JobStop, StopSignal};
 use super::tracker::{MAX_LOG_LINE, TrackEvent, Tracker};
 use crate::job_id::JobId;
 use crate::priority::Priority;
@@ -60,7 +60,7 @@ impl<T> Job<T> {
     /// Uses `token` as the job's stop signal (for tests of handlers that
     /// watch [`Job::stopped`]).
     pub fn with_stop_signal(mut self, token: CancellationToken) -> Job<T> {
-        self.stop = StopSignal::new(token, CancellationToken::new());
+        self.stop = StopSignal::new(Arc::new(token), Arc::new(JobStop::default()));
         self
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::stop::{JobStop, StopSignal};
 use crate::error::Error;
 use crate::priority::Priority;
 use crate::protocol::keys::GROUP;
@@ -16,51 +17,14 @@ use crate::protocol::scripts::scripts;
 use crate::queue::Queue;
 
 /// Entries this worker holds, running or waiting for a slot, each with its
-/// job's stop signal. One map per priority: each priority's stream numbers
+/// job's stop request. One map per priority: each priority's stream numbers
 /// its entries itself, so one batch enqueued within a millisecond gives
 /// entries of the same id in several streams.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Holdings {
-    held: Arc<Mutex<[HashMap<String, Held>; 4]>>,
+    held: Arc<Mutex<[HashMap<String, Arc<JobStop>>; 4]>>,
     /// The worker's shutdown signal: part of every job's stop signal.
-    stopping: CancellationToken,
-}
-
-/// One held entry.
-#[derive(Debug)]
-struct Held {
-    /// Cancelled on a stop request for this job alone.
-    stop: CancellationToken,
-    /// Whether a stop request (`Queue::cancel`) reached this entry.
-    cancel_requested: bool,
-}
-
-/// What a job watches to know it should stop: the worker's shutdown, or a
-/// stop request for the job alone. Two tokens rather than a child of the
-/// worker's: a child token links itself into its parent under the parent's
-/// lock, and every job of every runtime thread took that lock twice.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct StopSignal {
-    worker: CancellationToken,
-    job: CancellationToken,
-}
-
-impl StopSignal {
-    pub(crate) fn new(worker: CancellationToken, job: CancellationToken) -> StopSignal {
-        StopSignal { worker, job }
-    }
-
-    pub(crate) fn is_stopped(&self) -> bool {
-        self.worker.is_cancelled() || self.job.is_cancelled()
-    }
-
-    /// Completes once either token is cancelled. Cancel-safe.
-    pub(crate) async fn stopped(&self) {
-        tokio::select! {
-            () = self.worker.cancelled() => {}
-            () = self.job.cancelled() => {}
-        }
-    }
+    stopping: Arc<CancellationToken>,
 }
 
 impl Holdings {
@@ -68,17 +32,14 @@ impl Holdings {
     pub(crate) fn new(stopping: CancellationToken) -> Holdings {
         Holdings {
             held: Arc::default(),
-            stopping,
+            stopping: Arc::new(stopping),
         }
     }
 
     pub(crate) fn hold(&self, priority: Priority, entry_id: &str) {
         self.lock()[priority.index()]
             .entry(entry_id.to_owned())
-            .or_insert_with(|| Held {
-                stop: CancellationToken::new(),
-                cancel_requested: false,
-            });
+            .or_default();
     }
 
     /// Stops holding an entry: it was finished, or handed back.
@@ -95,13 +56,14 @@ impl Holdings {
             .collect()
     }
 
-    /// The stop signal of a held entry's job: cancelled on shutdown or when
-    /// the job is cancelled; and whether it was cancelled already.
+    /// The stop signal of a held entry's job: set on shutdown or when the
+    /// job is cancelled; and whether it was cancelled already.
     pub(crate) fn stop_signal(&self, priority: Priority, entry_id: &str) -> (StopSignal, bool) {
-        let (job, cancelled) = match self.lock()[priority.index()].get(entry_id) {
-            Some(held) => (held.stop.clone(), held.cancel_requested),
-            None => (CancellationToken::new(), false),
-        };
+        let job = self.lock()[priority.index()]
+            .get(entry_id)
+            .cloned()
+            .unwrap_or_default();
+        let cancelled = job.is_requested();
         (StopSignal::new(self.stopping.clone(), job), cancelled)
     }
 
@@ -109,21 +71,18 @@ impl Holdings {
     pub(crate) fn cancel_requested(&self, priority: Priority, entry_id: &str) -> bool {
         self.lock()[priority.index()]
             .get(entry_id)
-            .is_some_and(|held| held.cancel_requested)
+            .is_some_and(|stop| stop.is_requested())
     }
 
     /// Records a stop request for a held entry and signals its job (only
     /// that job). Returns whether it was new.
     fn request_stop(&self, priority: Priority, entry_id: &str) -> bool {
-        let mut held = self.lock();
-        let Some(held) = held[priority.index()].get_mut(entry_id) else {
-            return false;
-        };
-        held.stop.cancel();
-        !std::mem::replace(&mut held.cancel_requested, true)
+        self.lock()[priority.index()]
+            .get(entry_id)
+            .is_some_and(|stop| stop.request())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Held>; 4]> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Arc<JobStop>>; 4]> {
         // The maps stay consistent even if a holder panicked mid-update.
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -29,6 +29,7 @@ mod promote;
 mod reclaim;
 mod run_loop;
 mod share;
+mod stop;
 mod tracker;
 
 use std::sync::Arc;
