@@ -22,10 +22,13 @@ use crate::queue::Queue;
 /// entries of the same id in several streams.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Holdings {
-    held: Arc<Mutex<[HashMap<String, Arc<JobStop>>; 4]>>,
+    held: Arc<Mutex<HeldEntries>>,
     /// The worker's shutdown signal: part of every job's stop signal.
     stopping: Arc<CancellationToken>,
 }
+
+/// Per priority, each held entry's id and its job's stop request.
+type HeldEntries = [HashMap<String, Arc<JobStop>>; 4];
 
 impl Holdings {
     /// Holdings whose jobs also stop when `stopping` is cancelled.
@@ -82,7 +85,7 @@ impl Holdings {
             .is_some_and(|stop| stop.request())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<String, Arc<JobStop>>; 4]> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldEntries> {
         // The maps stay consistent even if a holder panicked mid-update.
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
