@@ -5,9 +5,10 @@
 //! claims from every stream with data at once, so a low job could be claimed
 //! while critical ones wait. Busy workers therefore claim with the `fetch`
 //! script, which reads critical first and lower streams only while it has
-//! room; while a backlog lasts, with a plain `XREADGROUP` down to where the
-//! last claim ended, holding what it took beyond the first stream it read
-//! full ([`Fetcher::claim_native`]). When `fetch` finds nothing, the worker
+//! room; while jobs keep coming, with a plain `XREADGROUP` down to where the
+//! last claim ended (every stream once the backlog thins), holding what it
+//! took beyond the first stream it read full ([`Fetcher::claim_native`],
+//! [`next_native_claim`]). When `fetch` finds nothing, the worker
 //! waits in one of two ways:
 //!
 //! - **Claiming in the wait** (the default): a blocking `XREADGROUP COUNT 1`
@@ -325,10 +326,11 @@ impl Fetcher {
     /// Claims up to `room` jobs from each stream from critical down to
     /// `upto` with one `XREADGROUP`, outside the `fetch` script, so their
     /// envelopes never pass through Lua (docs/benchmarks.md, "Round two,
-    /// sixth sitting"). For a busy worker whose last fetch ended in
+    /// sixth sitting"). For a busy worker whose last claim ended in
     /// `upto` with its room full: the streams above it were read to their
     /// end then, so they give what arrived since, and `upto` more of its
-    /// backlog. One command reads the streams at one instant, so a stream
+    /// backlog; or, with `upto` low, whose last claim read every stream to
+    /// its end and still found jobs. One command reads the streams at one instant, so a stream
     /// that gives fewer than `room` entries was read to its end: jobs less
     /// urgent than the most urgent stream read full must wait until a later
     /// claim shows nothing more urgent waits ([`Fetched::floor`]). The
@@ -421,6 +423,21 @@ impl Fetcher {
             .await?;
         self.blocking = Some((conn, client));
         Ok(())
+    }
+}
+
+/// After a claim outside the script ([`Fetcher::claim_native`]) that found
+/// `found` jobs with `full` its most urgent stream read full: how far the
+/// next such claim reads, or `None` to go back to `fetch`. Down to `full`
+/// while a backlog lasts there; over every stream when each was read to its
+/// end but some job came (the backlog is thin, not gone, and `fetch` would
+/// pass each entry through Lua); `fetch` once a claim finds nothing, since
+/// only it can say how to wait.
+pub(crate) fn next_native_claim(full: Option<Priority>, found: usize) -> Option<Priority> {
+    match (full, found) {
+        (Some(p), _) => Some(p),
+        (None, 0) => None,
+        (None, _) => Some(Priority::Low),
     }
 }
 
@@ -647,6 +664,16 @@ mod tests {
             deliveries: 1,
             claimed_ms: 0,
         }
+    }
+
+    #[test]
+    fn native_claims_last_while_jobs_come() {
+        assert_eq!(
+            next_native_claim(Some(Priority::High), 64),
+            Some(Priority::High)
+        );
+        assert_eq!(next_native_claim(None, 3), Some(Priority::Low));
+        assert_eq!(next_native_claim(None, 0), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Worker;
 use super::config::RetryBackoff;
 use super::execute::run_job;
-use super::fetch::{Claim, Claimed, Fetched, Fetcher, PriorityBuffer, Wait};
+use super::fetch::{Claim, Claimed, Fetched, Fetcher, PriorityBuffer, Wait, next_native_claim};
 use super::finish::{Counters, Finished};
 use super::job::Handler;
 use super::lease::Holdings;
@@ -214,13 +214,13 @@ impl Worker {
                         Some(upto) if claim_in_wait => {
                             let claimed = lane.fetcher.claim_native(room, upto).await;
                             claimed.map(|(jobs, fetched)| {
+                                if let Fetched::Claimed(full) = fetched {
+                                    native_upto = next_native_claim(full, jobs.len());
+                                }
                                 for job in &jobs {
                                     lane.holdings.hold(job.priority, &job.entry_id);
                                 }
                                 lane.held.extend(jobs);
-                                if let Fetched::Claimed(full) = fetched {
-                                    native_upto = full;
-                                }
                                 fetched
                             })
                         }
