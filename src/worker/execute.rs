@@ -3,7 +3,9 @@
 //! completed, retry later, or dead.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -27,6 +30,12 @@ use crate::queue::KeepResults;
 use crate::time::{micros, now_us};
 
 /// Decodes, runs and reports one claimed job.
+///
+/// Every job is a task of its own, and the runtime copies a task's future
+/// whole several times over its life (into the task, out of it when done),
+/// so what this holds across its waits is kept small: the handler runs
+/// boxed, and the outcome goes to the finisher without waiting while the
+/// finisher keeps up (docs/benchmarks.md, "Round two, eighth sitting").
 pub(super) async fn run_job<T, R, H>(claimed: Claimed, context: Arc<JobContext<H>>)
 where
     T: DeserializeOwned + Send + 'static,
@@ -43,100 +52,117 @@ where
         started_ms: 0,
         leftovers: true,
     };
+    let (outcome, ran) = match start::<T, R, H>(&claimed, &context, &mut report) {
+        Ok(Started {
+            run,
+            at,
+            reported,
+            earlier_runs,
+        }) => {
+            let outcome = run.await;
+            let leftovers = earlier_runs || reported.is_none_or(|r| r.load(Ordering::Relaxed));
+            (outcome, Some((at.elapsed(), leftovers)))
+        }
+        Err(done) => (done, None),
+    };
+    if let Some((took, leftovers)) = ran {
+        report.run_us = micros(took);
+        report.leftovers = leftovers;
+    }
+    let finished = report.finished(claimed, outcome);
+    let behind = match context.finished.try_send(finished) {
+        Ok(()) => return,
+        Err(TrySendError::Full(finished)) => Box::pin(context.finished.send(finished)),
+        Err(TrySendError::Closed(_)) => return finisher_gone(),
+    };
+    if behind.await.is_err() {
+        finisher_gone();
+    }
+}
+
+fn finisher_gone() {
+    tracing::error!("finisher stopped before a job's outcome was recorded; it will be reclaimed");
+}
+
+/// A job's handler, started.
+struct Started<F> {
+    /// The handler's run, boxed: a job's task would otherwise hold room for
+    /// the handler's future for the whole of its life.
+    run: Pin<Box<F>>,
+    at: Instant,
+    /// Set once the job reported progress or logged (tracking only).
+    reported: Option<Arc<AtomicBool>>,
+    /// Whether earlier runs of the job may have left tracking behind.
+    earlier_runs: bool,
+}
+
+/// Decodes a claimed job and starts its handler, filling in `report`; or
+/// its outcome when it cannot run (poison, or cancelled while it waited for
+/// a slot).
+fn start<'a, T, R, H>(
+    claimed: &'a Claimed,
+    context: &'a JobContext<H>,
+    report: &'a mut Report,
+) -> Result<Started<impl Future<Output = Outcome> + Send + 'a>, Outcome>
+where
+    T: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    H: Handler<T, R>,
+{
     let (stop, cancelled) = context
         .holdings
         .stop_signal(claimed.priority, &claimed.entry_id);
-    let decoded = decode::<T>(
-        &claimed,
-        context.max_payload_bytes,
-        stop,
-        &mut report.parent,
-    );
-    let outcome = match decoded {
-        Err(poison) => poison,
-        Ok((mut job, ready_us)) => {
-            report.name.clone_from(&job.name);
-            report.job_id = job.id.to_string();
-            report.enqueued_ms = job.enqueued_ms;
-            if cancelled {
-                // Cancelled while it waited for a slot: it never runs.
-                Counters::add(&context.counters.cancelled, 1);
-                tracing::info!(job = report.job_id, "job cancelled before it started");
-                let outcome = Outcome::Dead {
-                    job_id: report.job_id.clone(),
-                    attempts: job.attempt.saturating_sub(1),
-                    error: "cancelled before it started".to_owned(),
-                    failed_run: false,
-                };
-                return send(context, claimed, report, outcome).await;
-            }
-            let mut reported = None;
-            if let Some(tracker) = &context.tracker {
-                tracker.send(TrackEvent::Started {
-                    id: report.job_id.clone(),
-                    name: job.name.clone(),
-                    entry: claimed.entry_id.clone(),
-                    priority: claimed.priority,
-                    attempt: job.attempt,
-                    enqueued_ms: job.enqueued_ms,
-                });
-                job.tracker = Some(tracker.clone());
-                let flag = Arc::new(AtomicBool::new(false));
-                job.reported = Some(flag.clone());
-                reported = Some(flag);
-            }
-            let earlier_runs = job.attempt > 1 || claimed.deliveries > 1;
-            let started = Instant::now();
-            let started_us = now_us();
-            report.started_ms = started_us / 1000;
-            report.wait_us = started_us.saturating_sub(ready_us);
-            let span = tracing::info_span!(
-                "streamq.process",
-                job_id = %job.id,
-                queue = context.queue.as_str(),
-                priority = %job.priority,
-                attempt = job.attempt,
-                traceparent = job.traceparent.as_deref().unwrap_or(""),
-            );
-            let child = report.parent.is_some();
-            let outcome = run_handler(&claimed, &context, job, &report.job_id, child)
-                .instrument(span)
-                .await;
-            report.run_us = micros(started.elapsed());
-            report.leftovers =
-                earlier_runs || reported.is_none_or(|r: Arc<AtomicBool>| r.load(Ordering::Relaxed));
-            outcome
-        }
-    };
-    send(context, claimed, report, outcome).await;
-}
-
-/// Hands a job's outcome to the finisher.
-async fn send<H>(context: Arc<JobContext<H>>, claimed: Claimed, report: Report, outcome: Outcome) {
-    let job_id = if report.job_id.is_empty() {
-        poison_job_id(&outcome)
-    } else {
-        report.job_id
-    };
-    let finished = Finished {
-        priority: claimed.priority,
-        entry_id: claimed.entry_id,
-        job_id,
-        outcome,
-        name: report.name,
-        wait_us: report.wait_us,
-        run_us: report.run_us,
-        deliveries: claimed.deliveries,
-        parent: report.parent,
-        enqueued_ms: report.enqueued_ms,
-        started_ms: report.started_ms,
-        leftovers: report.leftovers,
-    };
-    if context.finished.send(finished).await.is_err() {
-        tracing::error!(
-            "finisher stopped before a job's outcome was recorded; it will be reclaimed"
-        );
+    let (mut job, ready_us) =
+        decode::<T>(claimed, context.max_payload_bytes, stop, &mut report.parent)?;
+    report.name.clone_from(&job.name);
+    report.job_id = job.id.to_string();
+    report.enqueued_ms = job.enqueued_ms;
+    if cancelled {
+        Counters::add(&context.counters.cancelled, 1);
+        tracing::info!(job = report.job_id, "job cancelled before it started");
+        return Err(Outcome::Dead {
+            job_id: report.job_id.clone(),
+            attempts: job.attempt.saturating_sub(1),
+            error: "cancelled before it started".to_owned(),
+            failed_run: false,
+        });
     }
+    let mut reported = None;
+    if let Some(tracker) = &context.tracker {
+        tracker.send(TrackEvent::Started {
+            id: report.job_id.clone(),
+            name: job.name.clone(),
+            entry: claimed.entry_id.clone(),
+            priority: claimed.priority,
+            attempt: job.attempt,
+            enqueued_ms: job.enqueued_ms,
+        });
+        job.tracker = Some(tracker.clone());
+        let flag = Arc::new(AtomicBool::new(false));
+        job.reported = Some(flag.clone());
+        reported = Some(flag);
+    }
+    let earlier_runs = job.attempt > 1 || claimed.deliveries > 1;
+    let at = Instant::now();
+    let started_us = now_us();
+    report.started_ms = started_us / 1000;
+    report.wait_us = started_us.saturating_sub(ready_us);
+    let span = tracing::info_span!(
+        "streamq.process",
+        job_id = %job.id,
+        queue = context.queue.as_str(),
+        priority = %job.priority,
+        attempt = job.attempt,
+        traceparent = job.traceparent.as_deref().unwrap_or(""),
+    );
+    let child = report.parent.is_some();
+    let run = run_handler(claimed, context, job, &report.job_id, child).instrument(span);
+    Ok(Started {
+        run: Box::pin(run),
+        at,
+        reported,
+        earlier_runs,
+    })
 }
 
 /// A job's name, id and timings, for per-name metrics and tracking.
@@ -152,6 +178,31 @@ struct Report {
     started_ms: u64,
     /// Whether the job's `job:<id>` hash or log may exist (see `Finished`).
     leftovers: bool,
+}
+
+impl Report {
+    /// What the finisher gets: the job's outcome with this report.
+    fn finished(self, claimed: Claimed, outcome: Outcome) -> Finished {
+        let job_id = if self.job_id.is_empty() {
+            poison_job_id(&outcome)
+        } else {
+            self.job_id
+        };
+        Finished {
+            priority: claimed.priority,
+            entry_id: claimed.entry_id,
+            job_id,
+            outcome,
+            name: self.name,
+            wait_us: self.wait_us,
+            run_us: self.run_us,
+            deliveries: claimed.deliveries,
+            parent: self.parent,
+            enqueued_ms: self.enqueued_ms,
+            started_ms: self.started_ms,
+            leftovers: self.leftovers,
+        }
+    }
 }
 
 /// Runs the handler (with its timeout, catching panics) and decides the
