@@ -258,9 +258,9 @@ impl Finisher {
             }
             if !acks.is_empty() {
                 self.ack(&mut acks).await;
-                for finished in acks.drain(..) {
-                    self.holdings.forget(finished.priority, &finished.entry_id);
-                }
+                let acked = acks.iter().map(|f| (f.priority, f.entry_id.as_str()));
+                self.holdings.forget_all(acked);
+                acks.clear();
             }
             if !releases.is_empty() {
                 self.release(&releases).await;

@@ -40,14 +40,30 @@ impl Holdings {
     }
 
     pub(crate) fn hold(&self, priority: Priority, entry_id: &str) {
-        self.lock()[priority.index()]
-            .entry(entry_id.to_owned())
-            .or_default();
+        self.hold_all([(priority, entry_id)]);
+    }
+
+    /// Holds a claim's entries, under one lock.
+    pub(crate) fn hold_all<'a>(&self, entries: impl IntoIterator<Item = (Priority, &'a str)>) {
+        let mut held = self.lock();
+        for (priority, entry_id) in entries {
+            held[priority.index()]
+                .entry(entry_id.to_owned())
+                .or_default();
+        }
     }
 
     /// Stops holding an entry: it was finished, or handed back.
     pub(crate) fn forget(&self, priority: Priority, entry_id: &str) {
-        self.lock()[priority.index()].remove(entry_id);
+        self.forget_all([(priority, entry_id)]);
+    }
+
+    /// Stops holding a batch of entries, under one lock.
+    pub(crate) fn forget_all<'a>(&self, entries: impl IntoIterator<Item = (Priority, &'a str)>) {
+        let mut held = self.lock();
+        for (priority, entry_id) in entries {
+            held[priority.index()].remove(entry_id);
+        }
     }
 
     /// Every entry held now.

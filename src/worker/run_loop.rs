@@ -97,6 +97,11 @@ async fn claim_while_idle(
     }
 }
 
+/// The stream entries of claimed jobs, to hold.
+fn entries(jobs: &[Claimed]) -> impl Iterator<Item = (Priority, &str)> {
+    jobs.iter().map(|job| (job.priority, job.entry_id.as_str()))
+}
+
 /// Waits until the shared slots change; never, without a share.
 async fn share_changed(share: &mut Option<LaneShare>) {
     match share {
@@ -200,9 +205,7 @@ impl Worker {
                     let block = upkeep_at.saturating_duration_since(now);
                     let claimed = claim_while_idle(&mut lane.fetcher, room, block, shutdown).await;
                     claimed.map(|Claim { read, then }| {
-                        for job in &read {
-                            lane.holdings.hold(job.priority, &job.entry_id);
-                        }
+                        lane.holdings.hold_all(entries(&read));
                         lane.held.extend(read);
                         then
                     })
@@ -217,9 +220,7 @@ impl Worker {
                                 if let Fetched::Claimed(full) = fetched {
                                     native_upto = next_native_claim(full, jobs.len());
                                 }
-                                for job in &jobs {
-                                    lane.holdings.hold(job.priority, &job.entry_id);
-                                }
+                                lane.holdings.hold_all(entries(&jobs));
                                 lane.held.extend(jobs);
                                 fetched
                             })
@@ -289,9 +290,7 @@ impl Worker {
                 }
                 Ok(Fetched::Jobs(jobs, wait)) => {
                     drained = wait;
-                    for job in &jobs {
-                        lane.holdings.hold(job.priority, &job.entry_id);
-                    }
+                    lane.holdings.hold_all(entries(&jobs));
                     let jobs = match self.config.group_rate_limit {
                         Some(limit) => {
                             let (queue, consumer) = (&self.queue, &self.consumer);
