@@ -142,13 +142,6 @@ impl ScriptCall {
         self.script
     }
 
-    /// The bare `EVALSHA`, for a pipeline mixing scripts with other
-    /// commands. Its `NOSCRIPT` reply is the caller's to handle (the script
-    /// did not run); [`invoke_pipelined`] does that for pipelines of scripts.
-    pub(crate) fn into_cmd(self) -> Cmd {
-        self.cmd
-    }
-
     /// Sends the call by SHA1; on `NOSCRIPT` replays it once as `EVAL` with
     /// the script's source, which cannot answer `NOSCRIPT` and caches the
     /// script again for the next `EVALSHA`. (Loading then retrying by SHA1

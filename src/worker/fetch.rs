@@ -12,15 +12,16 @@
 //! waits in one of two ways:
 //!
 //! - **Claiming in the wait** (the default): a blocking `XREADGROUP COUNT 1`
-//!   over the four streams, pipelined with a `fetch` for the rest of the
-//!   worker's room. Redis hands each new entry to exactly one blocked
-//!   consumer, so a job wakes one idle worker, not all of them, and costs no
-//!   extra round trip. The read claims at most one job per stream, and only
-//!   jobs that arrived while the worker was idle; `fetch`, run right after it
-//!   in the same round trip, claims the rest most urgent first and says what
-//!   may still wait. A job the read claimed starts only once nothing more
-//!   urgent waits unclaimed and the queue is not paused; until then it waits
-//!   in the worker, leased ([`Fetched::floor`]).
+//!   over the four streams, pipelined with the pause flag and a plain
+//!   `XREADGROUP` for the rest of the worker's room. Redis hands each new
+//!   entry to exactly one blocked consumer, so a job wakes one idle worker,
+//!   not all of them, and costs no extra round trip. The blocking read
+//!   claims at most one job per stream, and only jobs that arrived while the
+//!   worker was idle; the read right after it, in the same round trip, reads
+//!   every stream at one instant, so only the most urgent stream it reads
+//!   full may hold more. A claimed job starts only once nothing more urgent
+//!   waits unclaimed and the queue is not paused; until then it waits in the
+//!   worker, leased ([`Fetched::floor`]).
 //! - **Waking, then fetching** (under a rate limit, which only `fetch`
 //!   counts, or a per-group one, which admits each claimed job; with
 //!   `prefetch(0)`, which must never hold more than it runs; and on
@@ -108,7 +109,11 @@ pub(crate) struct Claim {
     /// What the blocking read claimed: at most one job per stream, which may
     /// start only once nothing more urgent waits (see [`Fetched::floor`]).
     pub(crate) read: Vec<Claimed>,
-    /// What the `fetch` behind it found.
+    /// What the read behind it claimed, from every stream at one instant:
+    /// held like `read`.
+    pub(crate) more: Vec<Claimed>,
+    /// What that says: paused; nothing more (wait by claiming again); or
+    /// the most urgent stream it read full, where more may wait.
     pub(crate) then: Fetched,
 }
 
@@ -253,9 +258,9 @@ impl Fetcher {
     }
 
     /// Waits up to `block` (at most the configured block) for new jobs while
-    /// the worker is idle, claiming in the read itself, then fetches up to
-    /// `room - 1` more (at least one) in the same round trip. See the module
-    /// docs.
+    /// the worker is idle, claiming in the read itself, then claims up to
+    /// `room - 1` more (at least one) from each stream and reads the pause
+    /// flag, in the same round trip. See the module docs.
     ///
     /// Cancel safety: not cancel-safe. Dropped mid-flight, the read may
     /// already have claimed jobs, which then wait for their lease to run out
@@ -282,45 +287,67 @@ impl Fetcher {
             .arg("STREAMS")
             .arg(keys.streams().as_slice())
             .arg([">"; 4].as_slice());
-        // Runs when the read returns: claims the rest of the room, and says
-        // whether the queue is paused and what may still wait.
-        let more = room.saturating_sub(1).max(1);
-        pipe.add_command(self.fetch_call(more, None, true, now_ms()).into_cmd());
+        // Run when the read returns: the pause flag, and the rest of the
+        // room from every stream, outside the script as in `claim_native`.
+        let count = room.saturating_sub(1).max(1);
+        pipe.cmd("EXISTS").arg(keys.paused());
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(keys.streams().as_slice())
+            .arg([">"; 4].as_slice());
         let span = tracing::debug_span!("streamq.claim", queue = self.queue.name(), room);
-        let mut replies: Vec<RedisResult<Value>> = pipe
+        let replies: Vec<RedisResult<Value>> = pipe
             .ignore_errors()
             .query_async(&mut conn)
             .instrument(span)
             .await?;
         self.blocking = Some((conn, client));
         let now = now_ms();
-        let then = replies.pop();
-        let read = replies.pop();
-        let (read, read_failed) = match read {
-            Some(Ok(reply)) => (parse_claim(reply, keys.streams(), now)?, None),
-            Some(Err(err)) => (Vec::new(), Some(err)),
-            None => (Vec::new(), None),
+        let claimed = |reply: Option<RedisResult<Value>>| match reply {
+            Some(reply) => parse_claim(reply?, keys.streams(), now),
+            None => Ok(Vec::new()),
         };
-        let then = match then {
-            Some(Ok(reply)) => parse_fetch(reply, now),
-            Some(Err(err)) => Err(Error::from(err)),
-            None => Ok(Fetched::Jobs(Vec::new(), None)),
+        let mut replies = replies.into_iter();
+        let read = claimed(replies.next());
+        let paused = match replies.next() {
+            Some(Ok(Value::Int(exists))) => Ok(exists > 0),
+            Some(Ok(other)) => Err(format!("EXISTS answered {other:?}")),
+            Some(Err(err)) => Err(err.to_string()),
+            None => Err("no reply".to_owned()),
         };
-        let then = match (then, read_failed) {
-            (Ok(then), None) => then,
-            // The claimed jobs are ours whatever else failed: keep them, and
-            // let the next fetch meet the error (NOSCRIPT is replayed there).
-            (Err(err), None) => {
-                tracing::debug!(queue = self.queue.name(), %err, "fetch after a blocking claim failed");
-                Fetched::Jobs(Vec::new(), None)
+        let more = claimed(replies.next());
+        let (read, more, then) = match (read, paused, more) {
+            (Ok(read), Ok(paused), Ok(more)) => {
+                let then = if paused {
+                    Fetched::Paused
+                } else if more.is_empty() {
+                    Fetched::Idle(Wait::Claim)
+                } else {
+                    Fetched::Claimed(most_urgent_full(&more, count))
+                };
+                (read, more, then)
             }
-            (Ok(Fetched::Jobs(more, wait)), Some(err)) if !more.is_empty() => {
-                tracing::debug!(queue = self.queue.name(), %err, "blocking claim failed");
-                Fetched::Jobs(more, wait)
+            // What was claimed is ours whatever else failed: keep it, start
+            // only critical jobs (nothing is more urgent), and let the next
+            // claim, a `fetch`, meet the error.
+            (Ok(read), paused, Ok(more)) => {
+                if let Err(err) = paused {
+                    tracing::debug!(queue = self.queue.name(), %err, "pause check after a blocking claim failed");
+                }
+                (read, more, Fetched::Jobs(Vec::new(), None))
             }
-            (_, Some(err)) => return Err(Error::from(err)),
+            (Ok(jobs), _, Err(err)) | (Err(err), _, Ok(jobs)) if !jobs.is_empty() => {
+                tracing::debug!(queue = self.queue.name(), %err, "blocking claim failed in part");
+                (jobs, Vec::new(), Fetched::Jobs(Vec::new(), None))
+            }
+            (Err(err), ..) | (_, _, Err(err)) => return Err(err),
         };
-        Ok(Claim { read, then })
+        Ok(Claim { read, more, then })
     }
 
     /// Claims up to `room` jobs from each stream from critical down to
@@ -366,10 +393,7 @@ impl Fetcher {
         if paused {
             return Ok((jobs, Fetched::Paused));
         }
-        let full = Priority::ALL[..streams.len()]
-            .iter()
-            .find(|&&p| jobs.iter().filter(|job| job.priority == p).count() >= room)
-            .copied();
+        let full = most_urgent_full(&jobs, room);
         Ok((jobs, Fetched::Claimed(full)))
     }
 
@@ -424,6 +448,15 @@ impl Fetcher {
         self.blocking = Some((conn, client));
         Ok(())
     }
+}
+
+/// The most urgent stream of which one `XREADGROUP COUNT <count>` claimed
+/// `count` jobs: where more may wait. The command reads every stream it
+/// names at one instant, so the others were read to their end.
+fn most_urgent_full(jobs: &[Claimed], count: usize) -> Option<Priority> {
+    Priority::ALL
+        .into_iter()
+        .find(|&p| jobs.iter().filter(|job| job.priority == p).count() >= count.max(1))
 }
 
 /// After a claim outside the script ([`Fetcher::claim_native`]) that found

@@ -204,9 +204,13 @@ impl Worker {
                 Some(Wait::Claim) if lane.buffer.is_empty() => {
                     let block = upkeep_at.saturating_duration_since(now);
                     let claimed = claim_while_idle(&mut lane.fetcher, room, block, shutdown).await;
-                    claimed.map(|Claim { read, then }| {
-                        lane.holdings.hold_all(entries(&read));
+                    claimed.map(|Claim { read, more, then }| {
+                        if let Fetched::Claimed(full) = then {
+                            native_upto = next_native_claim(full, more.len());
+                        }
+                        lane.holdings.hold_all(entries(&read).chain(entries(&more)));
                         lane.held.extend(read);
+                        lane.held.extend(more);
                         then
                     })
                 }
