@@ -80,6 +80,8 @@ where
     }
 }
 
+/// Says that an outcome could not be recorded: its job's lease runs out and
+/// another worker reclaims it.
 fn finisher_gone() {
     tracing::error!("finisher stopped before a job's outcome was recorded; it will be reclaimed");
 }

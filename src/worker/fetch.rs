@@ -357,10 +357,11 @@ impl Fetcher {
     /// `upto` with its room full: the streams above it were read to their
     /// end then, so they give what arrived since, and `upto` more of its
     /// backlog; or, with `upto` low, whose last claim read every stream to
-    /// its end and still found jobs. One command reads the streams at one instant, so a stream
-    /// that gives fewer than `room` entries was read to its end: jobs less
-    /// urgent than the most urgent stream read full must wait until a later
-    /// claim shows nothing more urgent waits ([`Fetched::floor`]). The
+    /// its end and still found jobs. One command reads the streams at one
+    /// instant, so a stream that gives fewer than `room` entries was read to
+    /// its end: jobs less urgent than the most urgent stream read full must
+    /// wait until a later claim shows nothing more urgent waits
+    /// ([`Fetched::floor`]). The
     /// caller holds every job claimed here until then.
     ///
     /// `XREADGROUP` does not know the pause flag: read in the same round

@@ -39,6 +39,7 @@ impl Holdings {
         }
     }
 
+    /// Holds an entry: claimed, not yet finished.
     pub(crate) fn hold(&self, priority: Priority, entry_id: &str) {
         self.hold_all([(priority, entry_id)]);
     }
