@@ -290,16 +290,7 @@ impl Fetcher {
         // Run when the read returns: the pause flag, and the rest of the
         // room from every stream, outside the script as in `claim_native`.
         let count = room.saturating_sub(1).max(1);
-        pipe.cmd("EXISTS").arg(keys.paused());
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(keys.streams().as_slice())
-            .arg([">"; 4].as_slice());
+        self.add_native_claim(&mut pipe, count, keys.streams());
         let span = tracing::debug_span!("streamq.claim", queue = self.queue.name(), room);
         let replies: Vec<RedisResult<Value>> = pipe
             .ignore_errors()
@@ -377,16 +368,7 @@ impl Fetcher {
         let keys = self.queue.keys();
         let streams = &keys.streams()[..=upto.index()];
         let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS").arg(keys.paused());
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(room)
-            .arg("STREAMS")
-            .arg(streams)
-            .arg(&[">"; 4][..streams.len()]);
+        self.add_native_claim(&mut pipe, room, streams);
         let span = tracing::debug_span!("streamq.claim_native", queue = self.queue.name(), room);
         let (paused, read): (bool, Value) =
             pipe.query_async(&mut self.conn).instrument(span).await?;
@@ -396,6 +378,22 @@ impl Fetcher {
         }
         let full = most_urgent_full(&jobs, room);
         Ok((jobs, Fetched::Claimed(full)))
+    }
+
+    /// Adds `EXISTS <paused>` and `XREADGROUP COUNT <count>` over `streams`
+    /// (critical first, any number of them) to `pipe`: a claim outside the
+    /// script, with the pause flag it cannot read itself.
+    fn add_native_claim(&self, pipe: &mut redis::Pipeline, count: usize, streams: &[String]) {
+        pipe.cmd("EXISTS").arg(self.queue.keys().paused());
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(streams)
+            .arg(&[">"; 4][..streams.len()]);
     }
 
     /// Takes over up to `count` jobs of `priority` idle for at least `lease`,
