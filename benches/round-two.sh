@@ -24,7 +24,7 @@ cargo build --release --quiet --bin streamq
 bin=${BIN:-$target/release/streamq}
 port=${PORT:-6399}
 out=${OUT:-$(mktemp -d)}
-only=${ONLY:-"raw saturation bullmq track-off track-on track-memory raw-paced-7000 paced-7000 raw-paced-500 paced-500 paced-70000 drain-1m"}
+only=${ONLY:-"raw saturation bullmq track-off track-on track-memory raw-paced-7000 paced-7000 raw-paced-500 paced-500 paced-7000-own paced-500-own paced-70000 drain-1m"}
 
 redis-server --port "$port" --save '' --appendonly no --daemonize yes \
     --logfile "$out/redis.log" --pidfile "$out/redis.pid"
@@ -84,6 +84,9 @@ for round in $(seq "$runs"); do
     has paced-7000 && run paced-7000 "$bin" bench --redis "$url" --json --rate 7000 --duration 60
     has raw-paced-500 && run raw-paced-500 "$bin" bench --redis "$url" --json --raw --rate 500 --duration 60
     has paced-500 && run paced-500 "$bin" bench --redis "$url" --json --rate 500 --duration 60
+    # The same, each worker on a thread of its own (docs/sizing.md, "Steady rates").
+    has paced-7000-own && run paced-7000-own "$bin" bench --redis "$url" --json --rate 7000 --duration 60 --worker-threads-own
+    has paced-500-own && run paced-500-own "$bin" bench --redis "$url" --json --rate 500 --duration 60 --worker-threads-own
     has paced-70000 && run paced-70000 "$bin" bench --redis "$url" --json --rate 70000 --duration 20
     if has drain-1m && [ "$round" = 1 ]; then
         # Memory and progress once a second while 1,000,000 jobs are

@@ -154,6 +154,19 @@ async fn bench_describes_its_run_in_words() {
     );
 }
 
+// 2b. `bench --worker-threads-own` runs each worker on a thread of its own,
+// with its own connections, and every job still runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_runs_workers_on_threads_of_their_own() {
+    let redis = TestRedis::start();
+    let args = ["bench", "--jobs", "300", "--worker-threads-own", "--json"];
+    let run = streamq(&redis.server.url(), &args);
+    assert_eq!(run.code, 0, "{run:?}");
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("one JSON line");
+    assert_eq!(report["jobs"], 300, "{report}");
+    assert_eq!(report["workers"], 2, "{report}");
+}
+
 // 3. Bad URLs say why, without a password.
 #[test]
 fn bad_redis_urls_say_why() {

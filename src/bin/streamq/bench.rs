@@ -89,6 +89,11 @@ pub(crate) struct BenchArgs {
     /// masters; the URL may name any cluster node).
     #[arg(long, default_value_t = 1)]
     partitions: u32,
+    /// Run each worker on a thread of its own, with a current-thread runtime
+    /// and its own connections, as the producers run (what a steady, light
+    /// queue costs that way; see docs/sizing.md, "Steady rates").
+    #[arg(long, conflicts_with = "raw")]
+    worker_threads_own: bool,
     /// Print one JSON line with the results instead of a summary.
     #[arg(long)]
     json: bool,
@@ -304,7 +309,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     };
     if !args.json {
         eprintln!(
-            "streamq bench: {} jobs of {} ({}), {} producers{}, {} workers x {}, batch {}; {} {} on {}",
+            "streamq bench: {} jobs of {} ({}), {} producers{}, {} workers x {}{}, batch {}; {} {} on {}",
             jobs_goal.map_or_else(
                 || format!("{} s of", args.duration.unwrap_or(0.0)),
                 |n| n.to_string()
@@ -316,6 +321,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
                 .map_or(String::new(), |r| format!(" at {r:.0} jobs/s")),
             args.workers,
             args.concurrency,
+            if args.worker_threads_own {
+                " (each on a thread of its own)"
+            } else {
+                ""
+            },
             args.batch,
             server.server,
             server.version,
@@ -414,26 +424,37 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let started_us = now_us();
     let stop_workers = CancellationToken::new();
     let mut workers = Vec::new();
-    let start_workers = |workers: &mut Vec<_>| -> Result<(), Box<dyn std::error::Error>> {
-        for _ in 0..args.workers {
+    let start_workers = async |workers: &mut Vec<_>| -> Result<(), Box<dyn std::error::Error>> {
+        for w in 0..args.workers {
             let mut config = WorkerConfig::new()
                 .concurrency(args.concurrency)
                 .prefetch(args.prefetch.unwrap_or(args.concurrency));
             if let Some(max) = args.rate_limit {
                 config = config.rate_limit(RateLimit::new(max, Duration::from_secs(1)));
             }
-            let worker = Worker::new(&queue, config)?;
             let tally = tally.clone();
             let handler = move |job: Job<BenchJob>| {
                 let tally = tally.clone();
                 async move { record(&tally, &job) }
             };
-            workers.push(tokio::spawn(worker.run(handler, stop_workers.clone())));
+            if args.worker_threads_own {
+                let (ready, run) =
+                    own_thread_worker(w, &builder, &target.config, config, handler, &stop_workers)?;
+                // Connected before the clock runs on: no job waits for it.
+                match ready.await {
+                    Ok(Ok(())) => workers.push(run),
+                    Ok(Err(err)) => return Err(explain(&err, &target.config).into()),
+                    Err(_) => return Err("a worker thread ended before it connected".into()),
+                }
+            } else {
+                let worker = Worker::new(&queue, config)?;
+                workers.push(tokio::spawn(worker.run(handler, stop_workers.clone())));
+            }
         }
         Ok(())
     };
     if args.backlog.is_none() {
-        start_workers(&mut workers)?;
+        start_workers(&mut workers).await?;
     }
 
     for go in go {
@@ -470,7 +491,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
             if let Some(n) = args.backlog {
                 let memory = used_memory(&queue).await?;
                 bytes_per_queued_job = Some(memory.saturating_sub(memory_before) as f64 / n as f64);
-                start_workers(&mut workers)?;
+                start_workers(&mut workers).await?;
             }
         }
         if !args.json {
@@ -730,6 +751,63 @@ impl Producer {
                 .fetch_max(now_us(), Ordering::Relaxed);
         }
     }
+}
+
+/// What runs a worker on its own thread hands back: whether it connected,
+/// once it has, and its outcome.
+type OwnThreadWorker = (
+    tokio::sync::oneshot::Receiver<Result<(), streamq::Error>>,
+    tokio::task::JoinHandle<Result<streamq::WorkerReport, streamq::Error>>,
+);
+
+/// Starts worker `index` on a thread of its own: a current-thread runtime,
+/// its own queue handle (so its connections' tasks run there too).
+fn own_thread_worker<H>(
+    index: usize,
+    builder: &streamq::QueueBuilder,
+    config: &streamq::RedisConfig,
+    worker_config: WorkerConfig,
+    handler: H,
+    stop: &CancellationToken,
+) -> std::io::Result<OwnThreadWorker>
+where
+    H: streamq::Handler<BenchJob>,
+{
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    let (builder, config, stop) = (builder.clone(), config.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name(format!("worker-{index}"))
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| streamq::Error::LocalServer(e.to_string()))
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let connected = builder.connect(&config).await;
+                        match connected.and_then(|queue| Ok(Worker::new(&queue, worker_config)?)) {
+                            Ok(worker) => {
+                                let _ = ready_tx.send(Ok(()));
+                                worker.run(handler, stop).await
+                            }
+                            Err(err) => {
+                                let _ = ready_tx.send(Err(err));
+                                Ok(streamq::WorkerReport::default())
+                            }
+                        }
+                    })
+                });
+            let _ = done.send(result);
+        })?;
+    let run = tokio::spawn(async move {
+        outcome.await.unwrap_or_else(|_| {
+            Err(streamq::Error::LocalServer(
+                "a worker thread panicked".into(),
+            ))
+        })
+    });
+    Ok((ready, run))
 }
 
 fn record(tally: &Tally, job: &Job<BenchJob>) -> Result<(), JobError> {
