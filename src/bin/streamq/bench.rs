@@ -361,7 +361,6 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     for p in 0..args.producers {
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<(Instant, u64)>();
-        let (done, handle) = tokio::sync::oneshot::channel();
         let builder = builder.clone();
         let config = target.config.clone();
         let tally = tally.clone();
@@ -369,51 +368,39 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
         let (goal, rate, batch, mix) = (jobs_goal, args.rate, args.batch.max(1), args.priorities);
         let step = args.producers;
         // Named, so that profiles tell producing from working.
-        std::thread::Builder::new()
-            .name(format!("producer-{p}"))
-            .spawn(move || {
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| streamq::Error::LocalServer(e.to_string()))
-                    .and_then(|runtime| {
-                        runtime.block_on(async move {
-                            let queue = match builder.connect(&config).await {
-                                Ok(queue) => queue,
-                                Err(e) => {
-                                    let _ = ready_tx.send(());
-                                    return Err(e);
-                                }
-                            };
-                            let _ = ready_tx.send(());
-                            let Ok((started, started_us)) = go_rx.recv() else {
-                                return Ok(());
-                            };
-                            let cpu = cpu_time::ThreadTime::now();
-                            let producer = Producer {
-                                queue,
-                                tally: tally.clone(),
-                                index: p,
-                                step,
-                                goal,
-                                deadline: deadline_secs
-                                    .map(|s| started + Duration::from_secs_f64(s)),
-                                rate,
-                                batch,
-                                mix,
-                                bodies,
-                                started,
-                                started_us,
-                            };
-                            let result = producer.run().await;
-                            tally
-                                .producer_cpu_ns
-                                .fetch_add(nanos(cpu.elapsed()), Ordering::Relaxed);
-                            result
-                        })
-                    });
-                let _ = done.send(result);
-            })?;
+        let handle = on_own_thread(format!("producer-{p}"), move || async move {
+            let queue = match builder.connect(&config).await {
+                Ok(queue) => queue,
+                Err(e) => {
+                    let _ = ready_tx.send(());
+                    return Err(e);
+                }
+            };
+            let _ = ready_tx.send(());
+            let Ok((started, started_us)) = go_rx.recv() else {
+                return Ok(());
+            };
+            let cpu = cpu_time::ThreadTime::now();
+            let producer = Producer {
+                queue,
+                tally: tally.clone(),
+                index: p,
+                step,
+                goal,
+                deadline: deadline_secs.map(|s| started + Duration::from_secs_f64(s)),
+                rate,
+                batch,
+                mix,
+                bodies,
+                started,
+                started_us,
+            };
+            let result = producer.run().await;
+            tally
+                .producer_cpu_ns
+                .fetch_add(nanos(cpu.elapsed()), Ordering::Relaxed);
+            result
+        })?;
         let _ = ready.await;
         go.push(go_tx);
         producers.push(tokio::spawn(async move { handle.await.unwrap_or(Ok(())) }));
@@ -753,6 +740,29 @@ impl Producer {
     }
 }
 
+/// Runs `work` on a new thread called `name`, on a current-thread runtime of
+/// its own; its outcome arrives on the returned channel.
+fn on_own_thread<T, F, Fut>(
+    name: String,
+    work: F,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<Result<T, streamq::Error>>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, streamq::Error>>,
+{
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(name).spawn(move || {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| streamq::Error::LocalServer(e.to_string()))
+            .and_then(|runtime| runtime.block_on(work()));
+        let _ = done.send(result);
+    })?;
+    Ok(outcome)
+}
+
 /// What runs a worker on its own thread hands back: whether it connected,
 /// once it has, and its outcome.
 type OwnThreadWorker = (
@@ -774,32 +784,20 @@ where
     H: streamq::Handler<BenchJob>,
 {
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let (done, outcome) = tokio::sync::oneshot::channel();
     let (builder, config, stop) = (builder.clone(), config.clone(), stop.clone());
-    std::thread::Builder::new()
-        .name(format!("worker-{index}"))
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| streamq::Error::LocalServer(e.to_string()))
-                .and_then(|runtime| {
-                    runtime.block_on(async move {
-                        let connected = builder.connect(&config).await;
-                        match connected.and_then(|queue| Ok(Worker::new(&queue, worker_config)?)) {
-                            Ok(worker) => {
-                                let _ = ready_tx.send(Ok(()));
-                                worker.run(handler, stop).await
-                            }
-                            Err(err) => {
-                                let _ = ready_tx.send(Err(err));
-                                Ok(streamq::WorkerReport::default())
-                            }
-                        }
-                    })
-                });
-            let _ = done.send(result);
-        })?;
+    let outcome = on_own_thread(format!("worker-{index}"), move || async move {
+        let connected = builder.connect(&config).await;
+        match connected.and_then(|queue| Ok(Worker::new(&queue, worker_config)?)) {
+            Ok(worker) => {
+                let _ = ready_tx.send(Ok(()));
+                worker.run(handler, stop).await
+            }
+            Err(err) => {
+                let _ = ready_tx.send(Err(err));
+                Ok(streamq::WorkerReport::default())
+            }
+        }
+    })?;
     let run = tokio::spawn(async move {
         outcome.await.unwrap_or_else(|_| {
             Err(streamq::Error::LocalServer(
