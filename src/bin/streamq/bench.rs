@@ -427,7 +427,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
             if args.worker_threads_own {
                 let (ready, run) =
                     own_thread_worker(w, &builder, &target.config, config, handler, &stop_workers)?;
-                // Connected before the clock runs on: no job waits for it.
+                // Started once it has connected, so that no job waits for it.
                 match ready.await {
                     Ok(Ok(())) => workers.push(run),
                     Ok(Err(err)) => return Err(explain(&err, &target.config).into()),
