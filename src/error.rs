@@ -136,6 +136,11 @@ pub enum Error {
     /// Starting a local redis-server failed.
     #[error("cannot start redis-server: {0}")]
     LocalServer(String),
+    /// A worker set to run on a thread of its own
+    /// ([`crate::WorkerConfig::own_thread`]) could not: the thread or its
+    /// runtime could not be made, or the worker panicked there.
+    #[error("cannot run the worker on a thread of its own: {0}")]
+    WorkerThread(String),
     /// Redis cannot be reached or is not serving commands now: connection
     /// refused or dropped, a timeout, a server loading its data or failing
     /// over. Retryable.

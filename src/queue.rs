@@ -57,6 +57,9 @@ struct Inner {
     parts: Vec<Queue>,
     /// Round-robin cursor for jobs without a partition key.
     next: std::sync::atomic::AtomicU64,
+    /// Reopened for one worker on a thread of its own
+    /// ([`Queue::reopen_for_worker`]): its connection is that worker's alone.
+    private: bool,
 }
 
 /// Per-queue settings, fixed when the queue is opened.
@@ -383,6 +386,7 @@ impl QueueBuilder {
                 index,
                 parts,
                 next: std::sync::atomic::AtomicU64::new(fastrand::u64(..)),
+                private: false,
             }),
         };
         let single = part(0, keys.clone(), Vec::new());
@@ -516,10 +520,11 @@ impl Queue {
     /// queue's shared one: redis-rs reads every reply of a connection in
     /// one task, and at a few tens of thousands of 1 KiB jobs a second
     /// that task, shared by every worker of the process, held them all
-    /// back (docs/benchmarks.md). On a cluster, or when Redis will not
-    /// take another connection, the shared one.
+    /// back (docs/benchmarks.md). On a cluster, when Redis will not take
+    /// another connection, or on a handle reopened for one worker (whose
+    /// shared connection is already the worker's own), the shared one.
     pub(crate) async fn worker_connection(&self) -> Conn {
-        if matches!(self.inner.conn, Conn::Cluster(_)) {
+        if self.inner.private || matches!(self.inner.conn, Conn::Cluster(_)) {
             return self.conn();
         }
         match self.inner.redis.connection_manager().await {
@@ -529,6 +534,40 @@ impl Queue {
                 self.conn()
             }
         }
+    }
+
+    /// The same queue over a new connection of its own, made on the calling
+    /// runtime, for a worker on a thread of its own: redis-rs runs a
+    /// connection's reads, and its reconnects, as tasks of the runtime that
+    /// made or reconnected it, so the worker's connection must be made
+    /// there. The handle's connection serves that worker alone, its claims
+    /// and acks included ([`Queue::worker_connection`]).
+    pub(crate) async fn reopen_for_worker(&self) -> Result<Queue, Error> {
+        let (conn, _) = self.inner.redis.shared_connection().await?;
+        let reopen = |of: &Inner, parts: Vec<Queue>| Queue {
+            inner: Arc::new(Inner {
+                name: of.name.clone(),
+                keys: of.keys.clone(),
+                settings: of.settings.clone(),
+                redis: of.redis.clone(),
+                server: of.server.clone(),
+                conn: conn.clone(),
+                transactions: of.transactions,
+                groups: tokio::sync::OnceCell::new(),
+                producer: std::sync::OnceLock::new(),
+                index: of.index,
+                parts,
+                next: std::sync::atomic::AtomicU64::new(fastrand::u64(..)),
+                private: true,
+            }),
+        };
+        let parts = self
+            .inner
+            .parts
+            .iter()
+            .map(|part| reopen(&part.inner, Vec::new()))
+            .collect();
+        Ok(reopen(&self.inner, parts))
     }
 
     /// Whether `MULTI`/`EXEC` may be sent: not on a cluster, and allowed by

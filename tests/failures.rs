@@ -806,11 +806,35 @@ async fn requeue_all_does_not_chase_jobs_that_fail_again_meanwhile() {
 
 #[tokio::test]
 async fn a_worker_started_while_redis_is_down_starts_once_it_is_back() {
+    worker_started_while_redis_is_down(false).await;
+}
+
+/// The same for a worker on a thread of its own, which then runs there.
+#[tokio::test]
+async fn a_worker_for_its_own_thread_started_while_redis_is_down_runs_there_once_it_is_back() {
+    worker_started_while_redis_is_down(true).await;
+}
+
+/// Starts a worker (on a thread of its own when `own_thread`) while Redis is
+/// down, restarts Redis, and checks a job enqueued then runs once, on the
+/// thread asked for.
+async fn worker_started_while_redis_is_down(own_thread: bool) {
     let mut redis = TestRedis::start();
     let queue = redis.queue("late").await;
     redis.server.kill();
     let seen = Seen::default();
-    let (stop, worker) = spawn_worker(&queue, fast(), seen.handler::<u32>());
+    let recorder = seen.clone();
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    let ran_on = threads.clone();
+    let handler = move |job: Job<u32>| {
+        ran_on
+            .lock()
+            .unwrap()
+            .push(std::thread::current().name().map(str::to_owned));
+        recorder.handler()(job)
+    };
+    let config = fast().own_thread(own_thread);
+    let (stop, worker) = spawn_worker(&queue, config, handler);
     // A window for the worker to give up in, if it would (nothing to wait on
     // while Redis is away); the outcome that matters is asserted below.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -836,4 +860,6 @@ async fn a_worker_started_while_redis_is_down_starts_once_it_is_back() {
     wait_for("the job ran", || seen.count(&id) == 1).await;
     stop.cancel();
     assert_eq!(worker.await.unwrap().completed, 1);
+    let expected = support::handler_thread(own_thread);
+    assert_eq!(*threads.lock().unwrap(), [expected]);
 }

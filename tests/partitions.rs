@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +86,18 @@ async fn jobs_route_by_key_and_spread_without_one() {
 
 #[tokio::test]
 async fn a_worker_runs_every_partition_once_most_urgent_first() {
+    every_partition_once_most_urgent_first(false).await;
+}
+
+#[tokio::test]
+async fn a_worker_on_a_thread_of_its_own_runs_every_partition_there() {
+    every_partition_once_most_urgent_first(true).await;
+}
+
+/// 400 jobs over 4 partitions through one worker (on a thread of its own
+/// when `own_thread`) running one job at a time: each runs once, most
+/// urgent first across partitions, on the thread asked for.
+async fn every_partition_once_most_urgent_first(own_thread: bool) {
     let redis = TestRedis::start();
     let queue = redis.open(Queue::builder("urgent").partitions(4)).await;
     let mut batch = queue.batch();
@@ -98,11 +111,15 @@ async fn a_worker_runs_every_partition_once_most_urgent_first() {
     batch.send().await.unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let seen = Seen::default();
-    let (stop, worker) = spawn_worker(&queue, fast().concurrency(1).prefetch(0), {
-        let (order, seen) = (order.clone(), seen.clone());
+    let threads = Arc::new(Mutex::new(HashSet::new()));
+    let config = fast().concurrency(1).prefetch(0).own_thread(own_thread);
+    let (stop, worker) = spawn_worker(&queue, config, {
+        let (order, seen, threads) = (order.clone(), seen.clone(), threads.clone());
         move |job: Job<(String, u32)>| {
             order.lock().unwrap().push(job.priority());
             seen.record(job.id());
+            let thread = std::thread::current().name().map(str::to_owned);
+            threads.lock().unwrap().insert(thread);
             async { Ok(()) }
         }
     });
@@ -120,6 +137,8 @@ async fn a_worker_runs_every_partition_once_most_urgent_first() {
         order.windows(2).all(|w| w[0] <= w[1]),
         "priorities out of order across partitions: {order:?}"
     );
+    let expected = support::handler_thread(own_thread);
+    assert_eq!(*threads.lock().unwrap(), HashSet::from([expected]));
 }
 
 #[tokio::test]

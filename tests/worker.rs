@@ -178,6 +178,79 @@ async fn the_concurrency_limit_holds_and_is_reached() {
 
 #[tokio::test]
 async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
+    graceful_shutdown_under_load(WorkerConfig::new()).await;
+}
+
+#[tokio::test]
+async fn a_worker_on_a_thread_of_its_own_shuts_down_under_load_losing_nothing() {
+    graceful_shutdown_under_load(WorkerConfig::new().own_thread(true)).await;
+}
+
+/// Dropping the future of a worker on a thread of its own shuts it down
+/// there as cancelling its token does: jobs claimed but not started go back
+/// at once, running ones finish and are acknowledged, and the consumer
+/// leaves the group.
+#[tokio::test]
+async fn dropping_a_worker_on_a_thread_of_its_own_shuts_it_down_gracefully() {
+    let redis = TestRedis::start();
+    let queue = redis.queue("dropped").await;
+    let mut batch = queue.batch();
+    for i in 0..30u32 {
+        batch.push(&i, &EnqueueOptions::new()).unwrap();
+    }
+    batch.send().await.unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let starts = started.clone();
+    let config = WorkerConfig::new()
+        .own_thread(true)
+        .concurrency(4)
+        .prefetch(4);
+    let worker = streamq::Worker::new(&queue, config).unwrap();
+    // Each job runs until the worker shuts down.
+    let run = tokio::spawn(worker.run(
+        move |job: Job<u32>| {
+            starts.fetch_add(1, Ordering::SeqCst);
+            async move {
+                job.stopped().await;
+                Ok::<(), JobError>(())
+            }
+        },
+        CancellationToken::new(),
+    ));
+    wait_for("four jobs are running", || {
+        started.load(Ordering::SeqCst) == 4
+    })
+    .await;
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    let thresholds = streamq::HealthThresholds::default();
+    eventually("the worker left the group", WAIT, || {
+        let queue = queue.clone();
+        async move {
+            queue
+                .inspect(&thresholds)
+                .await
+                .unwrap()
+                .consumers
+                .is_empty()
+        }
+    })
+    .await;
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        4,
+        "a job started after the drop"
+    );
+    assert_eq!(
+        (stats.completed(), stats.waiting(), stats.in_flight()),
+        (4, 26, 0)
+    );
+}
+
+/// Runs a worker set up by `config` while a producer adds 2,000 jobs,
+/// stops it midway and starts another: every job runs exactly once.
+async fn graceful_shutdown_under_load(config: WorkerConfig) {
     let redis = TestRedis::start();
     let queue = redis.queue("shutdown").await;
     let enqueued = Arc::new(Mutex::new(Vec::new()));
@@ -213,7 +286,7 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
     };
     let (stop, worker) = spawn_worker(
         &queue,
-        WorkerConfig::new().concurrency(16),
+        config.clone().concurrency(16),
         handler(seen.clone()),
     );
     wait_for("the worker is busy", || seen.len() > 300).await;
@@ -232,11 +305,7 @@ async fn graceful_shutdown_under_load_loses_nothing_and_runs_nothing_twice() {
     );
 
     producer.await.unwrap();
-    let (stop, worker) = spawn_worker(
-        &queue,
-        WorkerConfig::new().concurrency(16),
-        handler(seen.clone()),
-    );
+    let (stop, worker) = spawn_worker(&queue, config.concurrency(16), handler(seen.clone()));
     wait_for("the rest drained", || seen.len() == 2000).await;
     stop.cancel();
     worker.await.unwrap();
@@ -880,7 +949,17 @@ async fn clients(admin: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
 /// which, shared by every worker of a process, held them back.
 #[tokio::test]
 async fn a_worker_claims_and_acks_over_a_connection_of_its_own() {
-    let (connections, blocked, report) = twenty_jobs_through_a_worker(false).await;
+    let (connections, blocked, report) = twenty_jobs_through_a_worker(false, false).await;
+    assert_eq!((connections, blocked), (2, 1));
+    assert_eq!(report.completed, 20);
+}
+
+/// A worker on a thread of its own runs its handlers there and connects
+/// from there, with no more connections than a worker on the caller's
+/// runtime (the one it reopens its queue over serves its claims and acks).
+#[tokio::test]
+async fn a_worker_on_a_thread_of_its_own_runs_its_jobs_there() {
+    let (connections, blocked, report) = twenty_jobs_through_a_worker(true, false).await;
     assert_eq!((connections, blocked), (2, 1));
     assert_eq!(report.completed, 20);
 }
@@ -889,16 +968,27 @@ async fn a_worker_claims_and_acks_over_a_connection_of_its_own() {
 /// its jobs still run.
 #[tokio::test]
 async fn a_worker_shares_the_queues_connection_when_redis_takes_no_more() {
-    let (connections, _, report) = twenty_jobs_through_a_worker(true).await;
+    let (connections, _, report) = twenty_jobs_through_a_worker(false, true).await;
     assert_eq!(connections, 0);
     assert_eq!(report.completed, 20);
 }
 
-/// Runs 20 jobs through one worker, with Redis at `maxclients` when `full`;
-/// returns the connections the worker added once its jobs had run (and it
-/// was waiting for more when it could), the clients blocked then, and its
-/// report.
-async fn twenty_jobs_through_a_worker(full: bool) -> (u64, u64, WorkerReport) {
+/// When Redis takes no more connections, a worker set to run on a thread of
+/// its own runs on the caller's runtime instead, and its jobs still run.
+#[tokio::test]
+async fn a_worker_for_its_own_thread_runs_on_the_callers_when_redis_takes_no_more() {
+    let (connections, _, report) = twenty_jobs_through_a_worker(true, true).await;
+    assert_eq!(connections, 0);
+    assert_eq!(report.completed, 20);
+}
+
+/// Runs 20 jobs through one worker, on a thread of its own when
+/// `own_thread`, with Redis at `maxclients` when `full`; returns the
+/// connections the worker added once its jobs had run (and it was waiting
+/// for more when it could), the clients blocked then, and its report.
+/// Checks that the handlers ran on the worker's own thread when it has one
+/// and on the test's otherwise.
+async fn twenty_jobs_through_a_worker(own_thread: bool, full: bool) -> (u64, u64, WorkerReport) {
     let redis = TestRedis::start();
     let mut admin = redis.raw().await;
     let queue = redis.queue("own-connection").await;
@@ -919,14 +1009,22 @@ async fn twenty_jobs_through_a_worker(full: bool) -> (u64, u64, WorkerReport) {
     }
     let seen = Seen::default();
     let recorder = seen.clone();
-    let (stop, worker) = spawn_worker(&queue, WorkerConfig::new(), move |job: Job<u32>| {
+    let threads = Arc::new(Mutex::new(HashSet::new()));
+    let ran_on = threads.clone();
+    let config = WorkerConfig::new().own_thread(own_thread);
+    let (stop, worker) = spawn_worker(&queue, config, move |job: Job<u32>| {
         let seen = recorder.clone();
+        let thread = std::thread::current().name().map(str::to_owned);
+        ran_on.lock().unwrap().insert(thread);
         async move {
             seen.record(job.id());
             Ok(())
         }
     });
     wait_for("every job ran", || seen.len() == 20).await;
+    let threads = threads.lock().unwrap().clone();
+    let expected = support::handler_thread(own_thread && !full);
+    assert_eq!(threads, HashSet::from([expected]));
     let mut now = clients(&mut admin).await;
     if !full {
         // Its blocking read comes last, once it is idle.

@@ -60,7 +60,7 @@ impl From<Error> for ApiError {
             Error::Unavailable(_) => ApiError::unavailable(message, 1),
             Error::PartialBatch { source, .. } => ApiError::from(*source),
             Error::OwnershipLost => ApiError::new(StatusCode::CONFLICT, message),
-            Error::Config(_) | Error::LocalServer(_) => {
+            Error::Config(_) | Error::LocalServer(_) | Error::WorkerThread(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
             }
             _ => ApiError::new(StatusCode::BAD_GATEWAY, message),

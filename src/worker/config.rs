@@ -46,6 +46,7 @@ pub struct WorkerConfig {
     pub(crate) shutdown_grace: Duration,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) group_rate_limit: Option<RateLimit>,
+    pub(crate) own_thread: bool,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -66,6 +67,7 @@ impl fmt::Debug for WorkerConfig {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("rate_limit", &self.rate_limit)
             .field("group_rate_limit", &self.group_rate_limit)
+            .field("own_thread", &self.own_thread)
             .finish()
     }
 }
@@ -88,6 +90,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             rate_limit: None,
             group_rate_limit: None,
+            own_thread: false,
         }
     }
 }
@@ -192,6 +195,25 @@ impl WorkerConfig {
     /// worker runs them at once rather than after their lease. Default: 30 s.
     pub fn shutdown_grace(mut self, grace: Duration) -> WorkerConfig {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Runs the worker, its handlers and its Redis connections on a thread
+    /// of its own, on a single-threaded tokio runtime, rather than on the
+    /// runtime that calls [`crate::Worker::run`].
+    ///
+    /// At a steady rate, where jobs arrive one at a time, a multi-threaded
+    /// runtime wakes a second thread for about every job; on a thread of
+    /// its own the worker spares those wake-ups, which lowers its CPU per
+    /// job and its rare slow starts (`docs/sizing.md`, "Steady rates", has
+    /// the figures). Flat out it costs nothing. Handlers share the one
+    /// thread: this suits handlers that mostly wait (on the network, on
+    /// Redis), not ones that compute for long; start a worker per core for
+    /// more. What a handler spawns runs on that thread and ends with the
+    /// worker. The worker connects again from its thread, with as many
+    /// connections as it would use without. Default: off.
+    pub fn own_thread(mut self, on: bool) -> WorkerConfig {
+        self.own_thread = on;
         self
     }
 

@@ -16,6 +16,7 @@
 //! - `share`: one worker over many partitions: shared slots, priority
 //!   across partitions, fair share between them.
 //! - `partitioned`: running one loop per partition of a partitioned queue.
+//! - `thread`: running a worker on a thread of its own.
 
 mod config;
 mod execute;
@@ -30,6 +31,7 @@ mod reclaim;
 mod run_loop;
 mod share;
 mod stop;
+mod thread;
 mod tracker;
 
 use std::sync::Arc;
@@ -149,8 +151,33 @@ impl Worker {
     ///
     /// Not cancel-safe: dropping the future abandons claimed jobs, which
     /// stay pending until another worker reclaims them after the lease.
-    /// Cancel `shutdown` instead.
+    /// Cancel `shutdown` instead. A worker on a thread of its own
+    /// ([`WorkerConfig::own_thread`]) is the exception: dropping the
+    /// future shuts it down there as cancelling `shutdown` would, though
+    /// nothing then waits for it to finish.
+    ///
+    /// # Panics
+    ///
+    /// A handler's panic fails its job's attempt; only a panic of the
+    /// worker's own code reaches the caller, also from its own thread.
     pub async fn run<T, R, H>(
+        self,
+        handler: H,
+        shutdown: CancellationToken,
+    ) -> Result<WorkerReport, Error>
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        H: Handler<T, R>,
+    {
+        if self.config.own_thread {
+            return self.run_on_own_thread(handler, shutdown).await;
+        }
+        self.run_here(handler, shutdown).await
+    }
+
+    /// [`Worker::run`] on the calling runtime.
+    async fn run_here<T, R, H>(
         self,
         handler: H,
         shutdown: CancellationToken,

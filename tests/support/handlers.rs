@@ -22,6 +22,17 @@ pub fn fast() -> WorkerConfig {
         .block(Duration::from_millis(200))
 }
 
+/// The name of the thread a worker's handlers run on: the worker's own
+/// when `own_thread` ([`WorkerConfig::own_thread`]), else the caller's (a
+/// test's runtime has one thread).
+pub fn handler_thread(own_thread: bool) -> Option<String> {
+    if own_thread {
+        Some("streamq-worker".to_owned())
+    } else {
+        std::thread::current().name().map(str::to_owned)
+    }
+}
+
 /// Runs a worker on its own task; cancel the token, then await the handle
 /// for its report (by then every outcome is written to Redis).
 pub fn spawn_worker<T, F, Fut>(

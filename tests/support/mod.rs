@@ -24,7 +24,7 @@ pub mod fairness;
 mod handlers;
 mod wait;
 
-pub use handlers::{Gate, Seen, fast, spawn_worker};
+pub use handlers::{Gate, Seen, fast, handler_thread, spawn_worker};
 pub use wait::{WAIT, eventually, until_metrics, until_stats, wait_for};
 
 use std::collections::HashMap;

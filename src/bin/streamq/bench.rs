@@ -89,9 +89,9 @@ pub(crate) struct BenchArgs {
     /// masters; the URL may name any cluster node).
     #[arg(long, default_value_t = 1)]
     partitions: u32,
-    /// Run each worker on a thread of its own, with a current-thread runtime
-    /// and its own connections, as the producers run (what a steady, light
-    /// queue costs that way; see docs/sizing.md, "Steady rates").
+    /// Run each worker on a thread of its own (`WorkerConfig::own_thread`),
+    /// as the producers run: what a steady, light queue costs that way (see
+    /// docs/sizing.md, "Steady rates").
     #[arg(long, conflicts_with = "raw")]
     worker_threads_own: bool,
     /// Print one JSON line with the results instead of a summary.
@@ -412,7 +412,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
     let stop_workers = CancellationToken::new();
     let mut workers = Vec::new();
     let start_workers = async |workers: &mut Vec<_>| -> Result<(), Box<dyn std::error::Error>> {
-        for w in 0..args.workers {
+        for _ in 0..args.workers {
             let mut config = WorkerConfig::new()
                 .concurrency(args.concurrency)
                 .prefetch(args.prefetch.unwrap_or(args.concurrency));
@@ -424,19 +424,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error:
                 let tally = tally.clone();
                 async move { record(&tally, &job) }
             };
-            if args.worker_threads_own {
-                let (ready, run) =
-                    own_thread_worker(w, &builder, &target.config, config, handler, &stop_workers)?;
-                // Started once it has connected, so that no job waits for it.
-                match ready.await {
-                    Ok(Ok(())) => workers.push(run),
-                    Ok(Err(err)) => return Err(explain(&err, &target.config).into()),
-                    Err(_) => return Err("a worker thread ended before it connected".into()),
-                }
-            } else {
-                let worker = Worker::new(&queue, config)?;
-                workers.push(tokio::spawn(worker.run(handler, stop_workers.clone())));
-            }
+            let worker = Worker::new(&queue, config.own_thread(args.worker_threads_own))?;
+            workers.push(tokio::spawn(worker.run(handler, stop_workers.clone())));
         }
         Ok(())
     };
@@ -761,51 +750,6 @@ where
         let _ = done.send(result);
     })?;
     Ok(outcome)
-}
-
-/// What runs a worker on its own thread hands back: whether it connected,
-/// once it has, and its outcome.
-type OwnThreadWorker = (
-    tokio::sync::oneshot::Receiver<Result<(), streamq::Error>>,
-    tokio::task::JoinHandle<Result<streamq::WorkerReport, streamq::Error>>,
-);
-
-/// Starts worker `index` on a thread of its own: a current-thread runtime,
-/// its own queue handle (so its connections' tasks run there too).
-fn own_thread_worker<H>(
-    index: usize,
-    builder: &streamq::QueueBuilder,
-    config: &streamq::RedisConfig,
-    worker_config: WorkerConfig,
-    handler: H,
-    stop: &CancellationToken,
-) -> std::io::Result<OwnThreadWorker>
-where
-    H: streamq::Handler<BenchJob>,
-{
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let (builder, config, stop) = (builder.clone(), config.clone(), stop.clone());
-    let outcome = on_own_thread(format!("worker-{index}"), move || async move {
-        let connected = builder.connect(&config).await;
-        match connected.and_then(|queue| Ok(Worker::new(&queue, worker_config)?)) {
-            Ok(worker) => {
-                let _ = ready_tx.send(Ok(()));
-                worker.run(handler, stop).await
-            }
-            Err(err) => {
-                let _ = ready_tx.send(Err(err));
-                Ok(streamq::WorkerReport::default())
-            }
-        }
-    })?;
-    let run = tokio::spawn(async move {
-        outcome.await.unwrap_or_else(|_| {
-            Err(streamq::Error::LocalServer(
-                "a worker thread panicked".into(),
-            ))
-        })
-    });
-    Ok((ready, run))
 }
 
 fn record(tally: &Tally, job: &Job<BenchJob>) -> Result<(), JobError> {
