@@ -211,7 +211,11 @@ impl WorkerConfig {
     /// Redis), not ones that compute for long; start a worker per core for
     /// more. What a handler spawns runs on that thread and ends with the
     /// worker. The worker connects again from its thread, with as many
-    /// connections as it would use without. Default: off.
+    /// connections as it would use without. A connection the handler
+    /// shares with the rest of the process (a [`crate::Queue`] it enqueues
+    /// to, say) keeps working, but one that reconnects while called from
+    /// the worker's thread runs there until the worker stops, and may then
+    /// fail one call as unavailable before it reconnects. Default: off.
     pub fn own_thread(mut self, on: bool) -> WorkerConfig {
         self.own_thread = on;
         self
