@@ -38,7 +38,6 @@ impl Worker {
         R: Serialize + Send + 'static,
         H: Handler<T, R>,
     {
-        self.config.own_thread = false;
         let stop = shutdown.child_token();
         let _stop_when_dropped = stop.clone().drop_guard();
         let mut backoff = Backoff::redis();
