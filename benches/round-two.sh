@@ -12,6 +12,9 @@
 #   PROFILE=1                   also log every command in SLOWLOG for one
 #                               paced and one saturation run, and print Redis
 #                               time per script (perturbs those runs)
+#   WAKES=1                     run each bench under `perf stat` (Debian's
+#                               linux-perf) and add the client's context
+#                               switches per job to its result
 # Needs: a release build (cargo build --release), redis-server, and for the
 # BullMQ rows node + `npm install` in benches/bullmq (the lock pins bullmq;
 # npm 11 `npm ci` refuses this lock over msgpackr-extract's optional
@@ -47,14 +50,18 @@ run() {
     local cpu0 cpu1 line load
     load=$(cut -d' ' -f1 /proc/loadavg)
     cpu0=$(redis_cpu)
+    local wakes="$out/$name.$(date +%s).perf"
+    if [ "${WAKES:-0}" = 1 ]; then
+        set -- perf stat -x, -e context-switches -o "$wakes" "$@"
+    fi
     line=$("$@" 2>>"$out/stderr.log" | tail -n 1) || echo "  $name: the command failed (see $out/stderr.log)"
     cpu1=$(redis_cpu)
     cli info commandstats | tr -d '\r' | grep '^cmdstat' >"$out/$name.$(date +%s).cmdstats" || true
     local evalsha
     evalsha=$(cli info commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/{print $2, $6}')
-    python3 - "$name" "$line" "$cpu0" "$cpu1" "$load" "$evalsha" >>"$out/results" <<'PY'
-import json, sys
-name, line, cpu0, cpu1, load, evalsha = sys.argv[1:7]
+    python3 - "$name" "$line" "$cpu0" "$cpu1" "$load" "$evalsha" "$wakes" >>"$out/results" <<'PY'
+import json, os, sys
+name, line, cpu0, cpu1, load, evalsha, wakes = sys.argv[1:8]
 r = json.loads(line)
 jobs = r.get("jobs") or 1
 r["redis_cpu_us_per_job"] = round((float(cpu1) - float(cpu0)) * 1e6 / jobs, 2)
@@ -63,6 +70,11 @@ if evalsha:
     r["script_calls_per_job"] = round(int(calls) / jobs, 3)
     r["script_usec_per_call"] = float(usec_per_call)
 r["load"] = float(load)
+if os.path.exists(wakes):
+    for row in open(wakes):
+        fields = row.strip().split(",")
+        if len(fields) > 2 and fields[2] == "context-switches" and fields[0].isdigit():
+            r["client_context_switches_per_job"] = round(int(fields[0]) / jobs, 2)
 print(name, json.dumps(r))
 PY
     echo "  $name done ($(date -u +%H:%M:%S), load $load)"
@@ -145,7 +157,8 @@ fields = ["e2e_jobs_per_s", "enqueue_jobs_per_s", "process_jobs_per_s", "p50_ms"
           "p999_ms", "max_waiting", "redis_bytes_per_queued_job", "redis_used_memory_peak_bytes",
           "client_cpu_s_per_1k_jobs", "client_cpu_us_per_job", "producer_cpu_us_per_job",
           "worker_cpu_us_per_job", "pacing_cpu_us_per_job", "queue_cpu_us_per_job",
-          "redis_cpu_us_per_job", "script_calls_per_job", "script_usec_per_call", "load"]
+          "redis_cpu_us_per_job", "client_context_switches_per_job", "script_calls_per_job",
+          "script_usec_per_call", "load"]
 for name, runs in rows.items():
     print(f"\n{name} ({len(runs)} runs, median [min..max])")
     for f in fields:
